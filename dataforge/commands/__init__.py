@@ -1,0 +1,1 @@
+"""Subcommands of the `dataforge` CLI: one module each, discovered by `dataforge.cli`."""

@@ -1,0 +1,136 @@
+"""The one interface every generator, judge and refiner uses to talk to a language model.
+
+A backend implements two coroutines, `chat` and `complete`; `generate` picks the right one for a
+`RenderedPrompt`. Backends are cheap to construct and load heavy resources lazily on first use.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from abc import ABC, abstractmethod
+from dataclasses import asdict, dataclass, field
+from typing import Any, Iterable, Literal
+
+from ..prompts import RenderedPrompt
+
+Profile = Literal["chat", "fewshot"]
+
+
+@dataclass(frozen=True)
+class GenParams:
+    """Sampling parameters; part of the request-cache key."""
+
+    temperature: float = 0.7
+    top_p: float = 1.0
+    max_tokens: int = 512
+    stop: tuple[str, ...] = ()
+    n: int = 1
+    seed: int | None = None
+    json_schema: dict[str, Any] | None = None  # ask for JSON matching this schema (where supported)
+    logprobs: int | None = None  # number of top log-probabilities per generated token, where supported
+
+    def key(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def replace(self, **changes: Any) -> "GenParams":
+        from dataclasses import replace
+
+        return replace(self, **changes)
+
+
+@dataclass
+class Choice:
+    text: str
+    finish_reason: str = "stop"  # "stop" | "length" (cut off at max_tokens) | "error"
+    # per generated token: {token: logprob} of the top alternatives (None where the backend has none)
+    logprobs: list[dict[str, float]] | None = None
+
+    @property
+    def truncated(self) -> bool:
+        return self.finish_reason == "length"
+
+
+@dataclass
+class Usage:
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    requests: int = 0
+    cached: int = 0
+    errors: int = 0
+
+    def add(self, other: "Usage") -> None:
+        for k in ("prompt_tokens", "completion_tokens", "requests", "cached", "errors"):
+            setattr(self, k, getattr(self, k) + getattr(other, k))
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+@dataclass
+class Completion:
+    choices: list[Choice]
+    model: str = ""
+    usage: Usage = field(default_factory=Usage)
+    cached: bool = False
+
+    @property
+    def text(self) -> str:
+        return self.choices[0].text if self.choices else ""
+
+    @property
+    def truncated(self) -> bool:
+        return bool(self.choices) and self.choices[0].truncated
+
+
+class LLMError(Exception):
+    """A request that failed for good (after retries); carries the last cause."""
+
+
+class LLM(ABC):
+    """Backend interface. Subclasses set `backend` and `model` and implement `chat` and `complete`."""
+
+    backend: str = "abstract"
+    model: str = ""
+
+    def __init__(self) -> None:
+        self.usage = Usage()
+
+    @property
+    def model_id(self) -> str:
+        """`backend:model`, as stored in `lineage.model`."""
+        return f"{self.backend}:{self.model}"
+
+    @property
+    def profile(self) -> Profile:
+        """Which prompt profile suits this model: small models get few-shot completion prompts."""
+        return getattr(self, "_profile", None) or "chat"
+
+    @profile.setter
+    def profile(self, value: Profile) -> None:
+        self._profile = value
+
+    @abstractmethod
+    async def chat(self, messages: list[dict[str, str]], params: GenParams = GenParams()) -> Completion: ...
+
+    @abstractmethod
+    async def complete(self, prompt: str, params: GenParams = GenParams()) -> Completion: ...
+
+    async def generate(self, prompt: RenderedPrompt, params: GenParams = GenParams()) -> Completion:
+        """Send a rendered template: chat messages for chat profiles, raw text for few-shot ones.
+        The template's stop sequences are added to the params'."""
+        if prompt.stop:
+            params = params.replace(stop=tuple(dict.fromkeys((*params.stop, *prompt.stop))))
+        if prompt.is_chat:
+            return await self.chat(prompt.messages, params)
+        return await self.complete(prompt.text, params)
+
+    async def generate_many(self, prompts: Iterable[RenderedPrompt], params: GenParams = GenParams()) -> list[Completion]:
+        """Concurrently; the backend bounds how many are in flight."""
+        return list(await asyncio.gather(*(self.generate(p, params) for p in prompts)))
+
+    async def aclose(self) -> None:
+        """Release connections/models; safe to call twice."""
+
+    def describe(self) -> dict[str, Any]:
+        return {"backend": self.backend, "model": self.model, "profile": self.profile}

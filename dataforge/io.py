@@ -8,12 +8,18 @@ reason. With ``strict=True`` the first bad line raises `DataforgeError` naming f
 Writing: `RecordWriter` writes atomically (temp file in the same folder, fsync, rename), in Record,
 Alpaca, chat-messages or parquet format. `Journal` is the append-with-fsync file long runs write to; on
 reopen it repairs a partially written last line so a killed run can resume.
+
+Containers: ``.jsonl``/``.ndjson`` files are always read line by line; other files are sniffed (a
+Parquet magic number, a leading ``[`` for a JSON array, else JSON Lines); a folder must be a saved
+Hugging Face ``datasets`` directory. For arrays, Parquet and HF folders the "line" of a reject is the
+1-based item (row) number.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 from collections import Counter
 from dataclasses import dataclass, field
@@ -28,6 +34,7 @@ from .records import Record
 IN_FORMATS = ("auto", "record", "selfinstruct", "alpaca", "chat", "parquet", "hf")
 OUT_FORMATS = ("record", "alpaca", "chat", "parquet")
 RECORD_KEYS = frozenset(Record.model_fields)
+_PASSTHROUGH = tuple(k for k in Record.model_fields if k not in ("instruction", "input", "output"))
 
 # outside names for the three text fields (Alpaca variants, Dolly, GSM8K, GPTeacher, ...)
 _ALIASES = {
@@ -51,12 +58,18 @@ def rejects_path_for(out: str | os.PathLike) -> Path:
 
 
 class RejectSink:
-    """Collects bad input lines into a JSONL file (created on first reject) and counts them by reason."""
+    """Collects bad input lines into a JSONL file (created on first reject) and counts them by reason.
 
-    def __init__(self, path: str | os.PathLike | None):
+    Each run starts a fresh file (a stale one from an earlier run is removed) because a rerun reads its
+    input again and so reproduces every reject; pass ``append=True`` to keep adding to an existing file.
+    """
+
+    def __init__(self, path: str | os.PathLike | None, append: bool = False):
         self.path = Path(path) if path else None
         self.counts: Counter[str] = Counter()
         self._fh: IO[str] | None = None
+        if self.path is not None and not append:
+            self.path.unlink(missing_ok=True)
 
     def add(self, file: str, line: int, raw: str | bytes, reason: str) -> None:
         key = reason.split(":", 1)[0]
@@ -93,8 +106,9 @@ class RejectSink:
 class ReadStats:
     """What a read saw; filled in while iterating."""
 
-    read: int = 0
-    bad: int = 0
+    read: int = 0  # Records yielded (a seed task with 3 instances counts 3)
+    bad: int = 0  # items that went to the rejects
+    items: int = 0  # non-blank lines / array items / rows seen, good or bad
     fmt: str = ""
     reasons: Counter = field(default_factory=Counter)
 
@@ -134,11 +148,19 @@ def from_alpaca(obj: dict[str, Any]) -> list[Record]:
         fields[name] = _text(value, key or name)
     if not fields["instruction"].strip():
         raise BadLine("invalid: empty or missing instruction")
+    # Record fields the file already has (id, task, scores, status, ...) are kept as they are, foreign keys
+    # go to meta: nothing in the input is silently dropped.
     meta = {k: v for k, v in obj.items() if k not in used and k not in RECORD_KEYS}
-    extra = {k: obj[k] for k in ("id", "task", "meta") if k in obj}
-    if isinstance(extra.get("meta"), dict):
+    extra = {k: obj[k] for k in _PASSTHROUGH if k in obj and k not in used}
+    if "meta" in extra:
+        if not isinstance(extra["meta"], dict):
+            raise BadLine("invalid: meta: must be an object")
         meta = {**meta, **extra.pop("meta")}
-    return from_record({**fields, **extra, "meta": meta, "lineage": {"generator": "import"}})
+    extra.setdefault("lineage", {"generator": "import"})
+    return from_record({**fields, **extra, "meta": meta})
+
+
+_SEED_KEYS = frozenset({"id", "name", "instruction", "instances", "is_classification"})
 
 
 def from_seed_task(obj: dict[str, Any]) -> list[Record]:
@@ -151,11 +173,14 @@ def from_seed_task(obj: dict[str, Any]) -> list[Record]:
         raise BadLine("invalid: 'instances' must be a list")
     is_cls = bool(obj.get("is_classification", False))
     task_id = str(obj.get("id") or "")
+    extra_meta = {k: v for k, v in obj.items() if k not in _SEED_KEYS}
     out = []
     for i, inst in enumerate(instances):
         if not isinstance(inst, dict):
             raise BadLine(f"invalid: instance {i} is not an object")
-        meta = {"task_id": task_id, "name": obj.get("name"), "is_classification": is_cls, "instance": i}
+        meta = {**extra_meta, "task_id": task_id, "name": obj.get("name"), "is_classification": is_cls,
+                "instance": i}
+        meta.update({f"instance_{k}": v for k, v in inst.items() if k not in ("input", "output")})
         out.extend(from_record({
             "instruction": instruction,
             "input": _text(inst.get("input"), "input"),
@@ -183,21 +208,39 @@ def _turns(obj: dict[str, Any]) -> list[dict[str, str]]:
     return turns
 
 
+def _first_exchange(turns: list[dict[str, str]]) -> tuple[str, str]:
+    """(first user turn, the assistant turn right after it or "") of a conversation."""
+    convo = [t for t in turns if t["role"] != "system"]
+    if not convo or convo[0]["role"] != "user":
+        return "", ""
+    return convo[0]["content"], convo[1]["content"] if len(convo) > 1 and convo[1]["role"] == "assistant" else ""
+
+
+def _chat_messages(user: str, output: str, system: str | None) -> list[dict[str, str]]:
+    messages = [{"role": "system", "content": system}] if system else []
+    return messages + [{"role": "user", "content": user}, {"role": "assistant", "content": output}]
+
+
 def from_chat(obj: dict[str, Any]) -> list[Record]:
-    """First user turn -> instruction, first assistant turn after it -> output; the rest kept in meta."""
+    """First user turn -> instruction, first assistant turn after it -> output.
+
+    The whole conversation is kept in ``meta.messages`` whenever those two turns (plus one leading system
+    message, kept in ``meta.system``) do not say everything, so writing chat again loses no turn.
+    """
     turns = _turns(obj)
     meta: dict[str, Any] = {k: v for k, v in obj.items() if k not in ("messages", "conversations", "id")}
-    system = [t["content"] for t in turns if t["role"] == "system"]
-    convo = [t for t in turns if t["role"] != "system"]
-    if not convo or convo[0]["role"] != "user" or not convo[0]["content"].strip():
+    instruction, output = _first_exchange(turns)
+    if not instruction.strip():
         raise BadLine("invalid: conversation does not start with a non-empty user turn")
-    output = convo[1]["content"] if len(convo) > 1 and convo[1]["role"] == "assistant" else ""
-    if system:
-        meta["system"] = system[0]
-    if len(convo) > 2:
+    system = next((t["content"] for t in turns if t["role"] == "system"), None)
+    if system is not None:
+        meta["system"] = system
+    if turns != _chat_messages(instruction, output, system):
         meta["messages"] = turns
+    if "id" in obj and not isinstance(obj["id"], str):
+        meta["source_id"] = obj["id"]
     extra = {"id": obj["id"]} if isinstance(obj.get("id"), str) else {}
-    return from_record({"instruction": convo[0]["content"], "output": output, "meta": meta,
+    return from_record({"instruction": instruction, "output": output, "meta": meta,
                         "lineage": {"generator": "import"}, **extra})
 
 
@@ -221,34 +264,47 @@ def detect_object_format(obj: Any) -> str | None:
 
 # --------------------------------------------------------------------------- detection
 
+CONTAINERS = ("jsonl", "json-array", "parquet", "hf")
+_LINE_SUFFIXES = (".jsonl", ".ndjson")
+_BOM = b"\xef\xbb\xbf"
+
 
 def _is_hf_dir(p: Path) -> bool:
     return p.is_dir() and ((p / "dataset_info.json").exists() or (p / "dataset_dict.json").exists()
                            or (p / "state.json").exists())
 
 
-def detect_format(path: str | os.PathLike) -> str:
-    """Container + record format of a file: parquet, hf, alpaca (JSON array) or the first good JSONL line's."""
+def detect_container(path: str | os.PathLike) -> str:
+    """How the items are stored: ``jsonl``, ``json-array``, ``parquet`` or ``hf`` (see the module doc)."""
     p = Path(path)
     if p.is_dir():
         if _is_hf_dir(p):
             return "hf"
-        raise DataforgeError(f"{p}: a folder that is not a saved Hugging Face dataset")
-    if p.suffix == ".parquet":
+        raise DataforgeError(f"{p}: a folder that is not a saved Hugging Face dataset (no dataset_info.json)")
+    if p.suffix.lower() == ".parquet":
         return "parquet"
     with open(p, "rb") as fh:
-        head = fh.read(4096).lstrip()
-        if head.startswith(b"PAR1"):
-            return "parquet"
-        if head.startswith(b"["):
-            return "json-array"
-        fh.seek(0)
+        head = fh.read(4096)
+    if head.startswith(b"PAR1"):
+        return "parquet"
+    if p.suffix.lower() in _LINE_SUFFIXES:
+        return "jsonl"
+    return "json-array" if head.removeprefix(_BOM).lstrip().startswith(b"[") else "jsonl"
+
+
+def detect_format(path: str | os.PathLike) -> str:
+    """Container + record format of a file: parquet, hf, json-array, or the first good JSONL line's format."""
+    p = Path(path)
+    container = detect_container(p)
+    if container != "jsonl":
+        return container
+    with open(p, "rb") as fh:
         for n, raw in enumerate(fh):
             if n >= 50:
                 break
             try:
-                fmt = detect_object_format(json.loads(raw))
-            except (ValueError, UnicodeDecodeError):
+                fmt = detect_object_format(json.loads(raw.removeprefix(_BOM) if n == 0 else raw))
+            except (ValueError, RecursionError):
                 continue
             if fmt:
                 return fmt
@@ -263,7 +319,47 @@ def _check_input(p: Path) -> None:
         raise DataforgeError(f"{p}: the file is empty")
 
 
+def count_items(path: str | os.PathLike) -> int | None:
+    """Cheap upper bound of the items in `path` for a progress total (lines, rows); None if unknown."""
+    p = Path(path)
+    try:
+        container = detect_container(p)
+    except (OSError, DataforgeError):
+        return None
+    if container == "jsonl":
+        n, last = 0, b"\n"
+        with open(p, "rb") as fh:
+            while chunk := fh.read(1 << 20):
+                n += chunk.count(b"\n")
+                last = chunk[-1:]
+        return n + (last != b"\n")
+    if container == "parquet":
+        import pyarrow.parquet as pq
+
+        return pq.ParquetFile(p).metadata.num_rows
+    return None
+
+
 # --------------------------------------------------------------------------- readers
+
+# a \uD800-\uDFFF escape: json decodes a lone one into a str that cannot be written as UTF-8
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _loads(text: str) -> Any:
+    """json.loads that refuses NaN/Infinity (they would not survive a round trip through Record)."""
+    return json.loads(text, parse_constant=_reject_constant)
+
+
+def _check_encodable(obj: Any) -> None:
+    try:
+        json.dumps(obj, ensure_ascii=False, default=str).encode("utf-8")
+    except UnicodeEncodeError:
+        raise BadLine("invalid: lone UTF-16 surrogate escape (\\ud800-\\udfff) cannot be stored as UTF-8") from None
 
 
 def read_records(
@@ -274,84 +370,127 @@ def read_records(
     strict: bool = False,
     stats: ReadStats | None = None,
 ) -> Iterator[Record]:
-    """Yield Records from `path`, streaming. Bad items go to `rejects` (or raise with `strict`)."""
+    """Yield Records from `path`, streaming. Bad items go to `rejects` (or raise with `strict`).
+
+    `fmt` is ``auto`` (detect), a record format (``record|selfinstruct|alpaca|chat``, any container) or a
+    container (``parquet|hf``, record format detected per row). Only `DataforgeError` escapes.
+    """
     p = Path(path)
-    _check_input(p)
     if fmt not in IN_FORMATS:
         raise DataforgeError(f"unknown input format {fmt!r}; choose from {', '.join(IN_FORMATS)}")
-    container = detect_format(p) if fmt == "auto" else fmt
+    _check_input(p)
+    container = fmt if fmt in ("parquet", "hf") else detect_container(p)
+    if container == "jsonl":
+        kind = detect_format(p) if fmt == "auto" else fmt
+    else:
+        kind = "auto" if fmt in ("auto", "parquet", "hf") else fmt
     stats = stats if stats is not None else ReadStats()
-    stats.fmt = container
+    stats.fmt = container if container != "jsonl" else kind
     sink = rejects if rejects is not None else RejectSink(None)
+    unit = "" if container == "jsonl" else "item "
 
     def bad(where: int, raw: Any, reason: str) -> None:
         if strict:
-            raise DataforgeError(f"{p}:{where}: {reason}")
+            raise DataforgeError(f"{p}:{where}: {reason}" if not unit else f"{p}: {unit}{where}: {reason}")
         stats.bad += 1
         stats.reasons[reason.split(":", 1)[0]] += 1
-        sink.add(str(p), where, raw if isinstance(raw, (str, bytes)) else json.dumps(raw, default=str), reason)
+        if not isinstance(raw, (str, bytes)):
+            raw = json.dumps(raw, ensure_ascii=False, default=str)
+        sink.add(str(p), where, raw, reason)
 
-    if container in ("parquet", "hf", "json-array"):
+    if container != "jsonl":
         items = {"parquet": _parquet_rows, "hf": _hf_rows, "json-array": _json_array_items}[container](p)
-        inner = "auto" if fmt in ("auto", "parquet", "hf") else fmt
         for where, obj in items:
-            yield from _normalise(obj, inner, where, bad, stats)
+            stats.items += 1
+            if container == "json-array":
+                try:
+                    _check_encodable(obj)
+                except BadLine as exc:
+                    bad(where, json.dumps(obj, ensure_ascii=True, default=str), str(exc))
+                    continue
+            yield from _normalise(obj, kind, where, bad, stats)
         return
 
     with open(p, "rb") as fh:
         for lineno, raw in enumerate(fh, start=1):
+            if lineno == 1:
+                raw = raw.removeprefix(_BOM)
             if not raw.strip():
                 continue
+            stats.items += 1
             try:
                 text = raw.decode("utf-8")
             except UnicodeDecodeError as exc:
-                bad(lineno, raw, f"not UTF-8: byte {exc.start}")
+                bad(lineno, raw.rstrip(b"\r\n"), f"not UTF-8: byte {exc.start}")
                 continue
+            line = text.rstrip("\r\n")
             try:
-                obj = json.loads(text)
+                obj = _loads(text)
             except json.JSONDecodeError as exc:
-                bad(lineno, text.rstrip("\n"), f"not JSON: {exc.msg} at column {exc.colno}")
+                bad(lineno, line, f"not JSON: {exc.msg} at column {exc.colno}")
                 continue
-            yield from _normalise(obj, container, lineno, bad, stats, raw=text.rstrip("\n"))
+            except (ValueError, RecursionError) as exc:  # NaN, over-long integers, absurd nesting
+                bad(lineno, line, f"not JSON: {str(exc).splitlines()[0][:200] or type(exc).__name__}")
+                continue
+            if "\\u" in line and _SURROGATE_ESCAPE.search(line):
+                try:
+                    _check_encodable(obj)
+                except BadLine as exc:
+                    bad(lineno, line, str(exc))
+                    continue
+            yield from _normalise(obj, kind, lineno, bad, stats, raw=line)
 
 
 def _normalise(obj: Any, fmt: str, where: int, bad, stats: ReadStats, raw: str | None = None) -> Iterator[Record]:
+    shown = raw if raw is not None else obj
+    if not isinstance(obj, dict):
+        bad(where, shown, "invalid: not a JSON object")
+        return
     kind = detect_object_format(obj) if fmt == "auto" else fmt
     if kind is None:
-        bad(where, raw if raw is not None else obj, "invalid: not an instruction record (no instruction/messages/instances key)")
-        return
-    if not isinstance(obj, dict):
-        bad(where, raw if raw is not None else obj, "invalid: not a JSON object")
+        bad(where, shown, "invalid: not an instruction record (no instruction/messages/instances key)")
         return
     try:
         records = NORMALISERS[kind](obj)
     except BadLine as exc:
-        bad(where, raw if raw is not None else obj, str(exc))
+        bad(where, shown, str(exc))
+        return
+    except (ValueError, TypeError, RecursionError) as exc:  # anything odd a normaliser did not foresee
+        bad(where, shown, f"invalid: {type(exc).__name__}: {exc}")
         return
     stats.read += len(records)
     yield from records
 
 
 def _parquet_rows(p: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     n = 0
-    for batch in pq.ParquetFile(p).iter_batches(batch_size=1024):
-        for row in batch.to_pylist():
-            n += 1
-            yield n, _decode_json_columns(row)
+    try:
+        for batch in pq.ParquetFile(p).iter_batches(batch_size=1024):
+            for row in batch.to_pylist():
+                n += 1
+                yield n, _decode_json_columns(row)
+    except (pa.ArrowException, OSError) as exc:
+        raise DataforgeError(f"{p}: unreadable Parquet after row {n}: {exc}") from exc
 
 
 def _hf_rows(p: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     from datasets import DatasetDict, load_from_disk
 
-    ds = load_from_disk(str(p))  # memory-mapped Arrow: rows are read lazily
+    try:
+        ds = load_from_disk(str(p))  # memory-mapped Arrow: rows are read lazily
+    except Exception as exc:  # datasets raises a zoo of types for a broken folder
+        raise DataforgeError(f"{p}: cannot open the saved dataset: {exc}") from exc
     splits = list(ds.values()) if isinstance(ds, DatasetDict) else [ds]
     n = 0
     for split in splits:
-        for row in split:
-            n += 1
-            yield n, _decode_json_columns(row)
+        for batch in split.iter(batch_size=1024):
+            columns = list(batch)
+            for values in zip(*(batch[c] for c in columns)):
+                n += 1
+                yield n, _decode_json_columns(dict(zip(columns, values)))
 
 
 def _decode_json_columns(row: dict[str, Any]) -> dict[str, Any]:
@@ -366,14 +505,18 @@ def _decode_json_columns(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def _json_array_items(p: Path) -> Iterator[tuple[int, Any]]:
+    """Items of a top-level JSON array, parsed incrementally (ijson) so a huge array never sits in memory."""
     import ijson
 
+    n = 0
     with open(p, "rb") as fh:
+        if fh.read(3) != _BOM:
+            fh.seek(0)
         try:
-            for i, obj in enumerate(ijson.items(fh, "item", use_float=True), start=1):
-                yield i, obj
-        except ijson.JSONError as exc:
-            raise DataforgeError(f"{p}: malformed JSON array: {exc}") from exc
+            for n, obj in enumerate(ijson.items(fh, "item", use_float=True), start=1):
+                yield n, obj
+        except (ijson.JSONError, ValueError, RecursionError) as exc:  # incl. UnicodeDecodeError
+            raise DataforgeError(f"{p}: malformed JSON array after item {n}: {exc}") from exc
 
 
 # --------------------------------------------------------------------------- writers
@@ -384,30 +527,77 @@ def to_alpaca(r: Record) -> dict[str, Any]:
 
 
 def to_chat(r: Record) -> dict[str, Any]:
-    """OpenAI/TRL `messages` (input appended to the user turn), loadable by datasets' json builder."""
-    user = r.prompt_text
-    messages = []
-    if r.meta.get("system"):
-        messages.append({"role": "system", "content": str(r.meta["system"])})
-    messages += [{"role": "user", "content": user}, {"role": "assistant", "content": r.output}]
-    return {"id": r.id, "messages": messages}
+    """OpenAI/TRL `messages` (input appended to the user turn), loadable by datasets' json builder.
+
+    A conversation read from a chat file comes back whole (all turns, from ``meta.messages``) as long as
+    its first exchange was not changed since.
+    """
+    kept = r.meta.get("messages")
+    if isinstance(kept, list) and not r.input:
+        try:
+            if _first_exchange(kept) == (r.instruction, r.output):
+                return {"id": r.id, "messages": [{"role": m["role"], "content": m["content"]} for m in kept]}
+        except (KeyError, TypeError):
+            pass  # meta.messages edited into something else: fall back to the record's own text
+    system = r.meta.get("system")
+    return {"id": r.id, "messages": _chat_messages(r.prompt_text, r.output, str(system) if system else None)}
+
+
+FLAT_JSON_COLUMNS = ("reasons", "scores", "lineage", "meta")
+
+
+def parquet_schema():
+    """The fixed Arrow schema of a flattened Record (nested fields as JSON text), so every batch agrees."""
+    import pyarrow as pa
+
+    types = {"complexity": pa.float64()}
+    return pa.schema([(name, types.get(name, pa.string())) for name in Record.model_fields])
 
 
 def to_flat(r: Record) -> dict[str, Any]:
     """Parquet row: scalar columns; nested fields as JSON strings so the schema stays fixed."""
     d = r.model_dump()
-    for key in ("lineage", "scores", "meta", "reasons"):
+    for key in FLAT_JSON_COLUMNS:
         d[key] = json.dumps(d[key], ensure_ascii=False, default=str)
     return d
 
 
+def _default_mode() -> int:
+    """0o666 less the process umask: what `open()` would have given, unlike mkstemp's private 0o600."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+_FILE_MODE = _default_mode()  # read once at import: umask() is process-wide and not thread-safe
+
+
 def _atomic_tmp(path: Path) -> tuple[int, str]:
     path.parent.mkdir(parents=True, exist_ok=True)
-    return tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.chmod(tmp, _FILE_MODE)
+    return fd, tmp
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make a rename durable (best effort: not every platform can open a folder)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 class RecordWriter:
     """Writes Records to `path` atomically: readers never see a half-written file.
+
+    Rows go to a hidden temp file in the same folder; `close()` fsyncs and renames it over `path`, and
+    an exception inside the ``with`` block (or `abort()`) deletes it, leaving any earlier `path` untouched.
 
     >>> with RecordWriter("out.jsonl", fmt="alpaca") as w:  # doctest: +SKIP
     ...     w.write(record)
@@ -417,12 +607,15 @@ class RecordWriter:
         if fmt not in OUT_FORMATS:
             raise DataforgeError(f"unknown output format {fmt!r}; choose from {', '.join(OUT_FORMATS)}")
         self.path = Path(path)
+        if self.path.is_dir():
+            raise DataforgeError(f"{self.path}: is a folder; give an output file name")
         self.fmt = fmt
         self.count = 0
         fd, self._tmp = _atomic_tmp(self.path)
         self._batch: list[dict[str, Any]] = []
         self._batch_size = batch_size
         self._pq = None
+        self._closed = False
         if fmt == "parquet":
             os.close(fd)
             self._fh = None
@@ -430,17 +623,20 @@ class RecordWriter:
             self._fh = os.fdopen(fd, "w", encoding="utf-8")
 
     def write(self, record: Record) -> None:
-        self.count += 1
+        if self._closed:
+            raise ValueError(f"{self.path}: writer already closed")
         if self.fmt == "parquet":
             self._batch.append(to_flat(record))
             if len(self._batch) >= self._batch_size:
                 self._flush_parquet()
-            return
-        if self.fmt == "record":
-            line = record.model_dump_json()
         else:
-            line = json.dumps(to_alpaca(record) if self.fmt == "alpaca" else to_chat(record), ensure_ascii=False)
-        self._fh.write(line + "\n")
+            if self.fmt == "record":
+                line = record.model_dump_json()
+            else:
+                line = json.dumps(to_alpaca(record) if self.fmt == "alpaca" else to_chat(record),
+                                  ensure_ascii=False)
+            self._fh.write(line + "\n")
+        self.count += 1
 
     def write_all(self, records: Iterable[Record]) -> int:
         for r in records:
@@ -451,38 +647,44 @@ class RecordWriter:
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        if not self._batch:
-            return
-        table = pa.Table.from_pylist(self._batch, schema=self._pq.schema if self._pq else None)
         if self._pq is None:
-            self._pq = pq.ParquetWriter(self._tmp, table.schema)
-        self._pq.write_table(table)
-        self._batch = []
+            self._pq = pq.ParquetWriter(self._tmp, parquet_schema())
+        if self._batch:
+            self._pq.write_table(pa.Table.from_pylist(self._batch, schema=parquet_schema()))
+            self._batch = []
 
     def close(self) -> None:
-        if self.fmt == "parquet":
-            self._flush_parquet()
-            if self._pq is None:  # no rows: still write a valid empty file with the record schema
-                import pyarrow as pa
-                import pyarrow.parquet as pq
-
-                empty = to_flat(Record(instruction="x"))
-                schema = pa.Table.from_pylist([empty]).schema
-                pq.write_table(schema.empty_table(), self._tmp)
-            else:
+        """Finish: fsync the temp file and rename it over `path` (idempotent)."""
+        if self._closed:
+            return
+        try:
+            if self.fmt == "parquet":
+                self._flush_parquet()  # also creates a valid empty file when nothing was written
                 self._pq.close()
-            with open(self._tmp, "rb+") as fh:
-                os.fsync(fh.fileno())
-        else:
-            self._fh.flush()
-            os.fsync(self._fh.fileno())
-            self._fh.close()
-        os.replace(self._tmp, self.path)
+                with open(self._tmp, "rb+") as fh:
+                    os.fsync(fh.fileno())
+            else:
+                self._fh.flush()
+                os.fsync(self._fh.fileno())
+                self._fh.close()
+            os.replace(self._tmp, self.path)
+        except BaseException:
+            self.abort()
+            raise
+        self._closed = True
+        _fsync_dir(self.path.parent)
 
     def abort(self) -> None:
+        """Throw the partial output away; `path` keeps whatever it had before."""
+        self._closed = True
         try:
-            if self._fh:
+            if self._fh is not None and not self._fh.closed:
                 self._fh.close()
+            if self._pq is not None:
+                try:
+                    self._pq.close()
+                except Exception:
+                    pass
         finally:
             if os.path.exists(self._tmp):
                 os.unlink(self._tmp)
@@ -506,12 +708,18 @@ def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
     """Small JSON documents (stats, manifests, state) written atomically."""
     p = Path(path)
     fd, tmp = _atomic_tmp(p)
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        json.dump(obj, fh, indent=2, ensure_ascii=False, default=str)
-        fh.write("\n")
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, p)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(obj, fh, indent=2, ensure_ascii=False, default=str)
+            fh.write("\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, p)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(p.parent)
 
 
 # --------------------------------------------------------------------------- journal (resumable runs)
@@ -563,9 +771,14 @@ class Journal:
     def existing(self) -> Iterator[dict[str, Any]]:
         """Every complete entry already in the journal (as dicts)."""
         with open(self.path, "rb") as fh:
-            for raw in fh:
-                if raw.strip():
+            for lineno, raw in enumerate(fh, start=1):
+                if not raw.strip():
+                    continue
+                try:
                     yield json.loads(raw)
+                except ValueError as exc:  # only a damaged disk or a hand edit gets here
+                    raise DataforgeError(f"{self.path}:{lineno}: damaged journal entry ({exc}); "
+                                         "delete that line (its work will be redone) and resume") from exc
 
     def existing_records(self) -> Iterator[Record]:
         for obj in self.existing():

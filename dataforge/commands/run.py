@@ -1,0 +1,74 @@
+"""`dataforge run PIPELINE`: the whole chain as one resumable batch job (see dataforge/pipeline/)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from ._common import (BackendOpt, BaseUrlOpt, CacheOpt, ConcurrencyOpt, LocalModelOpt, ModelOpt, NoCacheOpt,
+                      ProfileOpt, ThreadsOpt)
+
+
+def run(
+    pipeline: Annotated[str, typer.Argument(help="pipelines/NAME.yaml, or the bare name of a shipped pipeline "
+                                            "(alpaca_bootstrap, evol_corpus, filter_balance, full_chain).")],
+    run_dir: Annotated[Optional[Path], typer.Option("--run-dir", help="Where stage outputs and manifest.json go "
+                                                    "(default: the YAML's run_dir, else runs/NAME).")] = None,
+    shard: Annotated[Optional[str], typer.Option("--shard", help="Run record-parallel stages on shard i of n "
+                                                 "(\"i/n\", by record id); merge the parts with `dataforge merge`.")] = None,
+    ray: Annotated[Optional[str], typer.Option("--ray", help="Fan generation batches out to this Ray cluster "
+                                               "('auto', 'ray://host:10001', or 'local').")] = None,
+    from_stage: Annotated[Optional[str], typer.Option("--from", help="Redo this stage and everything after it, "
+                                                      "even if done.")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Validate and show what would run; run nothing.")] = False,
+    backend: BackendOpt = None,
+    base_url: BaseUrlOpt = None,
+    model: ModelOpt = None,
+    local_model: LocalModelOpt = None,
+    concurrency: ConcurrencyOpt = None,
+    cache: CacheOpt = None,
+    no_cache: NoCacheOpt = False,
+    profile: ProfileOpt = None,
+    threads: ThreadsOpt = None,
+) -> None:
+    """Run a pipeline YAML: every stage's output in its own folder under the run directory, a manifest
+    after every stage; a re-run skips what is done and redoes only what changed."""
+    from ..pipeline import RunOptions, load_pipeline, run_pipeline
+    from ..shard import parse_shard
+
+    spec = load_pipeline(pipeline)
+    overrides = {"backend": backend, "base_url": base_url, "model": model, "local_model": local_model,
+                 "concurrency": concurrency, "cache_path": cache, "no_cache": no_cache or None,
+                 "profile": profile, "n_threads": threads}
+    opts = RunOptions(run_dir=run_dir, shard=parse_shard(shard), ray_address=ray, from_stage=from_stage,
+                      dry_run=dry_run, backend_overrides=overrides)
+    result = run_pipeline(spec, opts)
+    _print_result(result, dry_run)
+
+
+def _print_result(result: dict, dry_run: bool) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{'plan' if dry_run else 'run'}: {result['run_dir']}", title_justify="left")
+    table.add_column("stage", style="bold")
+    table.add_column("action")
+    table.add_column("in", justify="right")
+    table.add_column("out", justify="right")
+    table.add_column("seconds", justify="right")
+    table.add_column("tokens", justify="right")
+    stages = result["manifest"].get("stages", {})
+    for name, action in result["plan"]:
+        e = stages.get(name, {})
+        c = e.get("counts", {})
+        t = (e.get("tokens") or {}).get("total_tokens", "")
+        table.add_row(name, action, str(c.get("in", "")), str(c.get("out", "")), str(e.get("seconds", "")), str(t))
+    Console().print(table)
+    if not dry_run:
+        typer.echo(f"manifest: {Path(result['run_dir']) / 'manifest.json'}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("run")(run)

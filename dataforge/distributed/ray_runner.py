@@ -1,0 +1,205 @@
+"""Fan a generation stage's record batches out to Ray workers, one backend endpoint per worker.
+
+Why batches of whole records: a record-parallel stage's output for a record depends on that
+record alone, so any split gives the same records, and the engine's canonical order puts them back
+exactly where one process would. Each worker is a Ray actor that owns one LLM client pointed at its
+endpoint and runs the stage's own `run_<stage>` on a batch file, so the stage's journal, elimination
+rules and lineage are the ones a local run uses.
+
+Resume: every finished batch is written atomically to ``<stage>/ray_batches/bNNNNN.jsonl`` with its
+summary; a re-run skips those and only sends the rest (inside an unfinished batch, the stage's own
+journal resumes when the run directory is on a filesystem the workers share).
+Cache: workers open the same SQLite request cache file and key requests by the job's *logical*
+backend (not the worker's endpoint), so a batch that lands on another worker after a crash still
+hits the cache. Accounting: each batch returns its token usage; the driver sums them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+from ..errors import DataforgeError
+from ..io import Journal, RecordWriter, read_records, write_json_atomic
+from ..progress import Bar, progress_bar
+
+_LOCAL = ("local", "", None)
+
+
+def ensure_ray(settings) -> Any:
+    """Import Ray and connect (or start a local instance); reuse a connection already made."""
+    try:
+        import ray
+    except ImportError as exc:
+        raise DataforgeError("Ray is not installed: pip install 'dataforge[ray]'") from exc
+    if not ray.is_initialized():
+        if settings.address in _LOCAL:
+            ray.init(num_cpus=settings.local_cpus or os.cpu_count(), include_dashboard=False,
+                     log_to_driver=False, configure_logging=False)
+        else:
+            ray.init(address=settings.address, log_to_driver=False)
+    return ray
+
+
+class _Worker:
+    """Body of the Ray actor (wrapped with ray.remote at call time so importing this module needs no Ray)."""
+
+    def __init__(self, backend: dict[str, Any], endpoint: str | None, cache_identity: str | None,
+                 env: dict[str, str]):
+        os.environ.update(env)
+        from ..llm import BackendConfig
+
+        fields = dict(backend)
+        if endpoint:
+            fields.update({"base_url": endpoint, "backend": "openai" if fields.get("backend", "auto") == "auto"
+                           else fields["backend"]})
+        self.cfg = BackendConfig(**fields)
+        self.cache_identity = cache_identity or self.cfg.base_url
+        self.endpoint = endpoint
+
+    def _llm(self):
+        from ..llm import make_backend
+
+        inner = make_backend(self.cfg)
+        if self.cfg.no_cache:
+            return inner
+        from ..llm.cache import CachedLLM, RequestCache
+
+        return CachedLLM(inner, RequestCache(self.cfg.resolved_cache_path()), base_url=self.cache_identity)
+
+    def run_batch(self, kind: str, cfg: dict[str, Any], lines: list[str], batch_dir: str, index: int) -> dict[str, Any]:
+        from ..llm import run_sync
+        from ..pipeline.stages import get_adapter
+
+        adapter = get_adapter(kind)
+        config = adapter.config_class().model_validate(cfg)
+        work = Path(batch_dir)
+        work.mkdir(parents=True, exist_ok=True)
+        src = work / "input.jsonl"
+        if not src.is_file():
+            tmp = work / ".input.jsonl.tmp"
+            tmp.write_text("".join(line if line.endswith("\n") else line + "\n" for line in lines), encoding="utf-8")
+            os.replace(tmp, src)
+        out = work / "output.jsonl"
+        llm = self._llm()
+        try:
+            summary = adapter.run(src, out, config, llm=llm, progress=False)
+        finally:
+            try:
+                run_sync(llm.aclose())
+            except Exception:
+                pass
+        usage = llm.usage
+        rejects = Path(f"{out}.rejects.jsonl")
+        return {
+            "lines": out.read_text(encoding="utf-8").splitlines(),
+            "rejects": rejects.read_text(encoding="utf-8").splitlines() if rejects.is_file() else [],
+            "summary": summary,
+            "usage": {k: getattr(usage, k) for k in ("prompt_tokens", "completion_tokens", "requests", "cached", "errors")},
+            "endpoint": self.endpoint,
+            "batch": index,
+        }
+
+
+def _batches(path: Path, size: int) -> list[list[str]]:
+    out: list[list[str]] = [[]]
+    for r in read_records(path):
+        if len(out[-1]) >= size:
+            out.append([])
+        out[-1].append(r.model_dump_json())
+    return [b for b in out if b]
+
+
+def sum_summaries(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """Numbers summed, nested dicts merged key by key; other values from the first batch."""
+    total: dict[str, Any] = {}
+    for part in parts:
+        for k, v in part.items():
+            if isinstance(v, bool):
+                total.setdefault(k, v)
+            elif isinstance(v, (int, float)):
+                total[k] = total.get(k, 0) + v
+            elif isinstance(v, dict):
+                total[k] = sum_summaries([total.get(k, {}) if isinstance(total.get(k), dict) else {}, v])
+            else:
+                total.setdefault(k, v)
+    return total
+
+
+def run_stage_on_ray(adapter, cfg, input_path: Path, output_path: Path, backend_cfg, settings,
+                     *, progress: bool = True) -> tuple[dict[str, Any], dict[str, int]]:
+    """Run `adapter`'s stage over `input_path` in Ray batches; write `output_path` in batch order.
+    Returns (summed summary, summed token usage)."""
+    ray = ensure_ray(settings)
+    from ray.util import ActorPool
+
+    batches = _batches(Path(input_path), settings.batch_size)
+    root = Path(output_path).parent / "ray_batches"
+    root.mkdir(parents=True, exist_ok=True)
+    done_file = lambda i: root / f"b{i:05d}.jsonl"  # noqa: E731
+    todo = [i for i in range(len(batches)) if not (done_file(i).is_file() and Path(f"{done_file(i)}.json").is_file())]
+
+    backend = backend_cfg.model_dump(mode="json")
+    if not backend.get("no_cache"):
+        backend["cache_path"] = str(backend_cfg.resolved_cache_path().resolve())
+    endpoints = list(settings.endpoints) or [backend_cfg.base_url]
+    n_workers = settings.workers or (len(settings.endpoints) if settings.endpoints else 2)
+    n_workers = max(1, min(n_workers, len(todo))) if todo else 0
+    env = {k: v for k, v in os.environ.items() if k.startswith(("DATAFORGE_", "OPENAI_", "HF_"))}
+    identity = backend_cfg.base_url or "ray:" + ",".join(e or "" for e in endpoints)
+
+    results: dict[int, dict[str, Any]] = {}
+    if todo:
+        actor_cls = ray.remote(num_cpus=settings.num_cpus)(_Worker)
+        actors = [actor_cls.remote(backend, endpoints[w % len(endpoints)], identity, env) for w in range(n_workers)]
+        pool = ActorPool(actors)
+        cfg_dict = cfg.model_dump(mode="json")
+        with (progress_bar(f"{adapter.kind} (ray x{n_workers})", total=len(batches), unit="batch")
+              if progress else nullcontext(Bar(None, None))) as bar:
+            bar.advance(len(batches) - len(todo))
+            jobs = pool.map_unordered(
+                lambda a, i: a.run_batch.remote(adapter.kind, cfg_dict, batches[i], str(root / f"b{i:05d}"), i),
+                todo)
+            for res in jobs:
+                i = int(res["batch"])
+                _write_batch(done_file(i), res)
+                bar.advance()
+        for a in actors:
+            ray.kill(a)
+
+    summaries, usage, per_endpoint = [], {}, {}
+    with RecordWriter(output_path) as w:
+        rejects: list[str] = []
+        for i in range(len(batches)):
+            meta = json.loads(Path(f"{done_file(i)}.json").read_text(encoding="utf-8"))
+            summaries.append(meta["summary"])
+            for k, v in meta["usage"].items():
+                usage[k] = usage.get(k, 0) + v
+            ep = meta.get("endpoint") or "default"
+            per_endpoint[ep] = per_endpoint.get(ep, 0) + 1
+            rejects += meta.get("rejects", [])
+            for r in read_records(done_file(i)):
+                w.write(r)
+    if rejects:
+        with Journal(f"{output_path}.rejects.jsonl") as j:
+            for line in rejects:
+                j.append(json.loads(line))
+    usage["total_tokens"] = usage.get("prompt_tokens", 0) + usage.get("completion_tokens", 0)
+    summary = sum_summaries(summaries)
+    summary["ray"] = {"batches": len(batches), "resumed_batches": len(batches) - len(todo),
+                      "workers": n_workers, "batches_per_endpoint": per_endpoint}
+    return summary, usage
+
+
+def _write_batch(path: Path, res: dict[str, Any]) -> None:
+    tmp = path.with_suffix(".jsonl.tmp")
+    with open(tmp, "w", encoding="utf-8") as fh:
+        for line in res["lines"]:
+            fh.write(line + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    write_json_atomic(f"{path}.json", {k: res[k] for k in ("summary", "usage", "endpoint", "rejects")})

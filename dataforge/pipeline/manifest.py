@@ -1,0 +1,159 @@
+"""The run manifest: what was run, with what, and what came out, in `<run_dir>/manifest.json`.
+
+It is rewritten atomically after every stage, so a killed run leaves the last finished stage on
+record; the engine reads it back to decide what is already done. Secrets never enter it: keys
+that look like credentials are dropped and any value equal to an API key in the environment is
+replaced before writing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import re
+import sys
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from ..io import write_json_atomic
+from ..records import utc_now
+
+MANIFEST = "manifest.json"
+FORMAT_VERSION = 1
+_SECRET_KEY = re.compile(r"(api[_-]?key|secret|password|authorization|bearer|access[_-]?token)", re.I)
+_SECRET_ENV = ("OPENAI_API_KEY", "DATAFORGE_API_KEY", "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "ANTHROPIC_API_KEY")
+
+
+def scrub(obj: Any) -> Any:
+    """A copy of `obj` without credential-looking keys or values equal to a key in the environment."""
+    secrets = {os.environ[k] for k in _SECRET_ENV if os.environ.get(k)}
+    secrets |= {v for k, v in os.environ.items() if _SECRET_KEY.search(k) and v and len(v) >= 8}
+
+    def walk(x: Any) -> Any:
+        if isinstance(x, dict):
+            return {k: walk(v) for k, v in x.items() if not (isinstance(k, str) and _SECRET_KEY.search(k))}
+        if isinstance(x, (list, tuple)):
+            return [walk(v) for v in x]
+        if isinstance(x, str):
+            for s in secrets:
+                if s in x:
+                    x = x.replace(s, "***")
+            return x
+        return x
+
+    return walk(obj)
+
+
+def file_hash(path: str | os.PathLike) -> str | None:
+    """sha256 (16 hex) of a file, or of a folder's files (names + contents); None when absent."""
+    p = Path(path)
+    if not p.exists():
+        return None
+    h = hashlib.sha256()
+    files = [p] if p.is_file() else sorted(q for q in p.rglob("*") if q.is_file())
+    for f in files:
+        if p.is_dir():
+            h.update(str(f.relative_to(p)).encode("utf-8") + b"\0")
+        with open(f, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()[:16]
+
+
+def versions() -> dict[str, str]:
+    """Versions of what shaped the output: python, dataforge and the main libraries that are loaded/installed."""
+    from importlib import metadata
+
+    out = {"python": platform.python_version(), "platform": platform.platform()}
+    for dist in ("dataforge", "torch", "transformers", "openai", "pydantic", "datasets", "sentence-transformers",
+                 "llama-cpp-python", "ray", "numpy", "scikit-learn"):
+        try:
+            out[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            continue
+    return out
+
+
+def prompt_hashes() -> dict[str, str]:
+    try:
+        from ..prompts import default_library
+
+        return default_library().hashes()
+    except Exception:  # no prompts folder in a broken install: record that rather than fail the run
+        return {}
+
+
+def count_records(path: str | os.PathLike) -> dict[str, Any]:
+    """Records in a stage output by status and by reason (the manifest's 'counts')."""
+    from ..io import read_records
+
+    p = Path(path)
+    by_status: Counter[str] = Counter()
+    by_reason: Counter[str] = Counter()
+    n = 0
+    if p.is_file() and p.stat().st_size > 0:
+        for r in read_records(p):
+            n += 1
+            by_status[r.status] += 1
+            for reason in r.reasons:
+                by_reason[reason.split(":", 1)[0]] += 1
+    return {"records": n, "by_status": dict(by_status), "by_reason": dict(by_reason)}
+
+
+def count_lines(path: str | os.PathLike) -> int:
+    p = Path(path)
+    if not p.is_file():
+        return 0
+    with open(p, "rb") as fh:
+        return sum(1 for line in fh if line.strip())
+
+
+class Manifest:
+    """The manifest as a dict with helpers; `save()` writes it atomically."""
+
+    def __init__(self, run_dir: Path, data: dict[str, Any] | None = None):
+        self.run_dir = Path(run_dir)
+        self.data: dict[str, Any] = data or {"format": FORMAT_VERSION, "created": utc_now(), "stages": {}}
+
+    @property
+    def path(self) -> Path:
+        return self.run_dir / MANIFEST
+
+    @classmethod
+    def load(cls, run_dir: Path) -> "Manifest":
+        p = Path(run_dir) / MANIFEST
+        if p.is_file():
+            try:
+                return cls(run_dir, json.loads(p.read_text(encoding="utf-8")))
+            except ValueError:
+                pass  # a manifest is written atomically, so this is a hand edit: start a fresh record
+        return cls(run_dir)
+
+    def stage(self, name: str) -> dict[str, Any]:
+        return self.data.setdefault("stages", {}).setdefault(name, {})
+
+    def set_stage(self, name: str, entry: dict[str, Any]) -> None:
+        self.data.setdefault("stages", {})[name] = entry
+
+    def save(self) -> None:
+        self.data["updated"] = utc_now()
+        self.data["totals"] = self._totals()
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(self.path, scrub(self.data))
+
+    def _totals(self) -> dict[str, Any]:
+        tokens: Counter[str] = Counter()
+        seconds = 0.0
+        for entry in self.data.get("stages", {}).values():
+            for k, v in (entry.get("tokens") or {}).items():
+                if isinstance(v, (int, float)):
+                    tokens[k] += v
+            seconds += float(entry.get("seconds") or 0.0)
+        return {"tokens": dict(tokens), "seconds": round(seconds, 3)}
+
+
+def environment_record() -> dict[str, Any]:
+    return {"versions": versions(), "argv": scrub(sys.argv), "cwd": os.getcwd()}

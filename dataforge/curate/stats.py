@@ -142,7 +142,7 @@ def compute_stats(
         row.update({"supply_share": round(share, 4) if share is not None else None,
                     "target_share": round(target, 4) if target is not None else None})
         level_rows[lv] = row
-        if lv == UNRATED or not target:
+        if lv == UNRATED or not target or not rated_supply:   # nothing rated: no level can be judged
             continue
         if (share or 0.0) < level_thin_ratio * target:
             thin_why[lv] = f"supply share {share or 0.0:.2f} < {level_thin_ratio} x target {target:.2f}"
@@ -150,6 +150,9 @@ def compute_stats(
         elif t.total and t.supply / t.total < thin_ratio * overall_supply_rate:
             thin_why[lv] = f"supply rate {t.supply / t.total:.2f} < {thin_ratio} x overall {overall_supply_rate:.2f}"
             thin_levels.append(lv)
+
+    # thinnest first: lowest supply share relative to the target
+    thin_levels.sort(key=lambda lv: ((level_rows[lv]["supply_share"] or 0.0) / (level_target.get(lv) or 1.0), lv))
 
     topic_rows = {}
     for name in sorted(topics):

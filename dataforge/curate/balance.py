@@ -1,0 +1,323 @@
+"""The balance stage: topics x complexity levels, a target level mix, a cap per topic, nothing silent.
+
+1. every record (kept or already rejected upstream) is embedded, clustered into topics and given a level;
+2. the candidates (not rejected) are placed in (topic, level) cells, each cell sorted best score first;
+3. the largest output that meets the level target is chosen, each level's quota spread over topics as
+   evenly as the cells allow (max-min fair) and no topic above its cap;
+4. kept records go to `-o`; every candidate not kept becomes ``status=rejected`` with reason
+   ``balance:<topic>/<level>`` and goes, with the records that arrived rejected, to
+   ``<out>.rejected.jsonl`` (or stays in `-o` with ``keep_dropped``); a stats file records acceptance
+   rates per topic and level for the generators (`dataforge evolve --steer`).
+
+>>> run_balance("clean.jsonl", "final.jsonl", BalanceConfig(levels_target="low=0.2,mid=0.5,high=0.3"))  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import time
+from collections import Counter, defaultdict
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from ..errors import DataforgeError
+from ..io import ReadStats, RecordWriter, RejectSink, read_records, rejects_path_for, write_json_atomic
+from ..progress import progress_bar
+from ..records import Record
+from .levels import DEFAULT_NAMES, UNRATED, LevelScheme, level_of, parse_edges, parse_target
+from .stats import compute_stats
+
+
+class BalanceConfig(BaseModel):
+    """Options of `dataforge balance` (one field per CLI option)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    levels_target: str | None = Field(None, description="target share per level, e.g. 'low=0.2,mid=0.5,high=0.3' "
+                                                         "(default: uniform)")
+    level_names: str = Field(",".join(DEFAULT_NAMES), description="level names, lowest first")
+    level_edges: str | None = Field(None, description="complexity-score edges between levels (default 4,7 on 1-10)")
+    depth_edges: str | None = Field(None, description="evolution-round edges used where no score exists (default 1,2)")
+    topic_cap: int | None = Field(None, ge=1, description="at most this many records per topic")
+    topic_cap_ratio: float | None = Field(2.0, gt=0, description="without --topic-cap: cap = ratio x mean "
+                                                                 "candidates per topic (None: no cap)")
+    size: int | None = Field(None, ge=1, description="at most this many records in the output")
+    method: Literal["kmeans", "hdbscan"] = Field("kmeans", description="clustering algorithm")
+    k: int | None = Field(None, ge=1, description="number of topics (kmeans; default: chosen by silhouette)")
+    k_min: int = Field(2, ge=2, description="smallest k tried when choosing k")
+    k_max: int = Field(30, ge=2, description="largest k tried when choosing k")
+    min_cluster_size: int | None = Field(None, ge=2, description="HDBSCAN minimum cluster size (default n/100)")
+    reuse_topics: bool = Field(False, description="keep the `topic` already on records instead of clustering "
+                                                  "(only when every record has one)")
+    name_topics: bool = Field(False, description="ask the model for a short name per topic")
+    embedder: str | None = Field(None, description="local sentence-transformers folder (default: MiniLM-L6)")
+    keep_dropped: bool = Field(False, description="write dropped records into the output too (status=rejected)")
+    stats_path: str | None = Field(None, description="stats file (default: <out>.stats.json)")
+    rejected_path: str | None = Field(None, description="dropped records (default: <out>.rejected.jsonl)")
+    in_format: str = Field("auto", description="input format")
+    out_format: str = Field("record", description="output format")
+    strict: bool = Field(False, description="stop at the first bad input line")
+    seed: int = Field(0, description="seed for clustering and for breaking score ties")
+
+    def scheme(self) -> LevelScheme:
+        names = tuple(n.strip() for n in self.level_names.split(",") if n.strip())
+        if len(names) < 1 or len(set(names)) != len(names) or UNRATED in names:
+            raise DataforgeError(f"--level-names {self.level_names!r}: give distinct names (not {UNRATED!r})")
+        base = LevelScheme()
+        default_edges = base.score_edges if len(names) == 3 else tuple(1 + 9 * (i + 1) / len(names) for i in range(len(names) - 1))
+        default_depth = base.depth_edges if len(names) == 3 else tuple(float(i + 1) for i in range(len(names) - 1))
+        return LevelScheme(names, parse_edges(self.level_edges, default_edges), parse_edges(self.depth_edges, default_depth))
+
+
+def rejected_path_for(out: str | Path) -> Path:
+    return Path(f"{out}.rejected.jsonl")
+
+
+def stats_path_for(out: str | Path) -> Path:
+    return Path(f"{out}.stats.json")
+
+
+# --------------------------------------------------------------------------- scoring and selection
+
+
+def quality_score(record: Record) -> float:
+    """What "best" means inside a cell: the gate's overall score, else the mean of its check scores."""
+    for key in ("quality", "overall", "score"):
+        if key in record.scores:
+            return float(record.scores[key])
+    checks = [v for k, v in record.scores.items() if k != "complexity"]
+    return float(sum(checks) / len(checks)) if checks else 0.0
+
+
+def _tiebreak(seed: int, rid: str) -> str:
+    return hashlib.sha256(f"{seed}:{rid}".encode()).hexdigest()
+
+
+def waterfill(quota: int, limits: dict[str, int]) -> dict[str, int]:
+    """Split `quota` over topics as evenly as their limits allow (max-min fair); sums to min(quota, sum)."""
+    give = {t: 0 for t in limits}
+    remaining = min(quota, sum(limits.values()))
+    items = sorted(limits.items(), key=lambda kv: (kv[1], kv[0]))
+    for i, (topic, limit) in enumerate(items):
+        if remaining <= 0:
+            break
+        fair = -(-remaining // (len(items) - i))          # ceil
+        give[topic] = min(limit, fair)
+        remaining -= give[topic]
+    return give
+
+
+def _quotas(total: int, target: dict[str, float]) -> dict[str, int]:
+    """Integer quotas per level summing to `total` (largest remainder)."""
+    exact = {lv: total * share for lv, share in target.items()}
+    quotas = {lv: math.floor(v) for lv, v in exact.items()}
+    left = total - sum(quotas.values())
+    for lv in sorted(exact, key=lambda lv: (-(exact[lv] - quotas[lv]), lv))[:left]:
+        quotas[lv] += 1
+    return quotas
+
+
+def plan_selection(
+    avail: dict[tuple[str, str], int],
+    target: dict[str, float],
+    cap: int | None,
+    size: int | None = None,
+) -> dict[tuple[str, str], int]:
+    """How many records to keep per (topic, level) cell.
+
+    Rated levels: the largest total T whose level quotas (T x share) can all be met under the topic cap,
+    each quota water-filled over topics, scarcest level first. Unrated records (no score, no depth) are
+    outside the level target and are kept up to what the topic cap leaves (and `size` leaves).
+    """
+    topics = sorted({t for t, _ in avail})
+    cap_of = {t: cap if cap is not None else sum(n for (tt, _), n in avail.items() if tt == t) for t in topics}
+    rated = [lv for lv, share in target.items() if share > 0]
+    by_level = {lv: {t: avail.get((t, lv), 0) for t in topics} for lv in rated}
+    plan: dict[tuple[str, str], int] = {}
+    used: Counter[str] = Counter()
+
+    if rated and any(sum(v.values()) for v in by_level.values()):
+        reach = {lv: sum(min(n, cap_of[t]) for t, n in by_level[lv].items()) for lv in rated}
+        total = min(math.floor(reach[lv] / target[lv] + 1e-9) for lv in rated)
+        if size is not None:
+            total = min(total, size)
+        order = sorted(rated, key=lambda lv: (reach[lv] / target[lv], lv))      # scarcest first
+        while True:
+            quotas = _quotas(total, {lv: target[lv] for lv in rated})
+            used = Counter()
+            plan = {}
+            got: dict[str, int] = {}
+            for lv in order:
+                limits = {t: min(n, cap_of[t] - used[t]) for t, n in by_level[lv].items()}
+                give = waterfill(quotas[lv], limits)
+                for t, n in give.items():
+                    if n:
+                        plan[(t, lv)] = n
+                        used[t] += n
+                got[lv] = sum(give.values())
+            if all(got[lv] >= quotas[lv] for lv in rated) or total <= 0:
+                break
+            total = min(total - 1, min(math.floor(got[lv] / target[lv] + 1e-9) for lv in rated))
+
+    unrated = {t: avail.get((t, UNRATED), 0) for t in topics}
+    if sum(unrated.values()):
+        room = {t: min(n, cap_of[t] - used[t]) for t, n in unrated.items()}
+        quota = sum(room.values()) if size is None else max(0, size - sum(plan.values()))
+        for t, n in waterfill(quota, room).items():
+            if n:
+                plan[(t, UNRATED)] = n
+    return plan
+
+
+# --------------------------------------------------------------------------- topics
+
+
+def assign_topics(records: list[Record], cfg: BalanceConfig, *, llm=None, progress: bool = True) -> tuple[list[str], dict]:
+    """Topic key per record plus {key: {"label", "terms", "name", "size"}} and clustering facts."""
+    if cfg.reuse_topics and records and all(r.topic for r in records):
+        keys = [r.topic or "" for r in records]
+        sizes = Counter(keys)
+        return keys, {"topics": {k: {"label": k, "terms": [], "name": None, "size": n} for k, n in sorted(sizes.items())},
+                      "method": "reused", "k": len(sizes)}
+    from .cluster import cluster_embeddings
+    from .labels import ctfidf_terms, name_topics, topic_key
+    from ..quality.embed import get_embedder
+
+    texts = [r.prompt_text for r in records]
+    embedder = get_embedder(cfg.embedder)
+    t0 = time.perf_counter()
+    vectors = []
+    step = 2048
+    with progress_bar("embed", total=len(texts), unit="rec") as bar:
+        for i in range(0, len(texts), step):
+            vectors.append(embedder.encode(texts[i:i + step]))
+            bar.advance(len(texts[i:i + step]))
+    import numpy as np
+
+    x = np.concatenate(vectors) if vectors else np.zeros((0, 1), np.float32)
+    t_embed = time.perf_counter() - t0
+    res = cluster_embeddings(x, cfg.method, cfg.k, k_min=cfg.k_min, k_max=cfg.k_max,
+                             min_cluster_size=cfg.min_cluster_size, seed=cfg.seed)
+    terms = ctfidf_terms(texts, res.labels)
+    names: dict[int, str | None] = {}
+    if cfg.name_topics:
+        if llm is None:
+            raise DataforgeError("--name-topics needs a model (backend options or DATAFORGE_* environment)")
+        examples = {c: [texts[i] for i in np.flatnonzero(res.labels == c)[:4]] for c in range(res.k)}
+        names = name_topics(llm, terms, examples)
+    key_of = {c: topic_key(c, terms.get(c, []), names.get(c)) for c in range(res.k)}
+    sizes = res.sizes
+    info = {
+        "method": res.method, "k": res.k, "noise": res.noise, "embed_s": round(t_embed, 2),
+        "cluster_s": round(res.seconds, 2),
+        "silhouette_by_k": {str(k): round(v, 4) for k, v in res.silhouette_by_k.items()},
+        "topics": {key_of[c]: {"label": ", ".join(terms.get(c, [])) or key_of[c], "terms": terms.get(c, []),
+                               "name": names.get(c), "size": sizes[c]} for c in range(res.k)},
+    }
+    return [key_of[int(c)] for c in res.labels], info
+
+
+# --------------------------------------------------------------------------- the stage
+
+
+def run_balance(input_path, output_path, cfg: BalanceConfig | None = None, *, llm=None, progress: bool = True) -> dict:
+    """Cluster, level, balance; write kept records, dropped records and the stats file. Returns a summary."""
+    cfg = cfg or BalanceConfig()
+    t0 = time.perf_counter()
+    out = Path(output_path)
+    scheme = cfg.scheme()
+    target = parse_target(cfg.levels_target, scheme.names)
+
+    read = ReadStats()
+    sink = RejectSink(rejects_path_for(out))
+    try:
+        records = list(read_records(input_path, cfg.in_format, rejects=sink, strict=cfg.strict, stats=read))
+    finally:
+        sink.close()
+    if not records:
+        raise DataforgeError(f"{input_path}: no readable records to balance")
+    ids = Counter(r.id for r in records)
+
+    topics, topic_info = assign_topics(records, cfg, llm=llm, progress=progress)
+    levels = [level_of(r, scheme) for r in records]
+
+    cells: dict[tuple[str, str], list[int]] = defaultdict(list)
+    for i, r in enumerate(records):
+        if r.status != "rejected":
+            cells[(topics[i], levels[i])].append(i)
+    for members in cells.values():
+        members.sort(key=lambda i: (-quality_score(records[i]), _tiebreak(cfg.seed, records[i].id), i))
+    avail = {cell: len(m) for cell, m in cells.items()}
+    n_candidates = sum(avail.values())
+    n_topics = len({t for t, _ in avail}) or 1
+    cap = cfg.topic_cap
+    if cap is None and cfg.topic_cap_ratio is not None:
+        cap = max(1, math.ceil(cfg.topic_cap_ratio * n_candidates / n_topics))
+    plan = plan_selection(avail, target, cap, cfg.size)
+    keep = {i for cell, members in cells.items() for i in members[: plan.get(cell, 0)]}
+
+    final: list[Record] = []
+    for i, r in enumerate(records):
+        r = r.model_copy(update={"topic": topics[i]})
+        if r.status != "rejected" and i not in keep:
+            r = r.with_status("rejected", f"balance:{topics[i]}/{levels[i]}")
+        final.append(r)
+
+    rejected_path = Path(cfg.rejected_path) if cfg.rejected_path else rejected_path_for(out)
+    n_kept = n_dropped = 0
+    with progress_bar("write", total=len(final), unit="rec") as bar:
+        with RecordWriter(out, cfg.out_format) as w:
+            rw = None if cfg.keep_dropped else RecordWriter(rejected_path, "record")
+            try:
+                for r in final:
+                    if r.status == "rejected" and rw is not None:
+                        rw.write(r)
+                    else:
+                        w.write(r)
+                    n_kept += r.status != "rejected"
+                    n_dropped += r.status == "rejected"
+                    bar.advance()
+            except BaseException:
+                if rw is not None:
+                    rw.abort()
+                raise
+            if rw is not None:
+                rw.close()
+
+    labels = {k: v["label"] for k, v in topic_info["topics"].items()}
+    names = {k: v.get("name") for k, v in topic_info["topics"].items()}
+    stats = compute_stats(zip(final, topics, levels), topic_labels=labels, topic_names=names, level_target=target)
+    stats["balance"] = {
+        "topic_cap": cap, "size": cfg.size, "levels": list(scheme.names),
+        "plan": [{"topic": t, "level": lv, "available": avail[(t, lv)], "kept": plan.get((t, lv), 0)}
+                 for (t, lv) in sorted(avail)],
+        "clustering": {k: v for k, v in topic_info.items() if k != "topics"},
+    }
+    stats_path = Path(cfg.stats_path) if cfg.stats_path else stats_path_for(out)
+    write_json_atomic(stats_path, stats)
+
+    reasons = Counter(r.reasons[-1].split(":", 1)[0] if r.reasons else "unknown" for r in final if r.status == "rejected")
+    kept_levels = Counter(levels[i] for i in keep)
+    return {
+        "stage": "balance",
+        "input": str(input_path), "output": str(out),
+        "rejected_file": None if cfg.keep_dropped else str(rejected_path),
+        "stats_file": str(stats_path),
+        "read": len(records), "bad_lines": read.bad, "duplicate_ids": sum(n - 1 for n in ids.values() if n > 1),
+        "candidates": n_candidates, "kept": len(keep),
+        "dropped_by_balance": n_candidates - len(keep),
+        "arrived_rejected": len(records) - n_candidates,
+        "written_output": (n_kept + n_dropped) if cfg.keep_dropped else n_kept,
+        "written_rejected": 0 if cfg.keep_dropped else n_dropped,
+        "by_status": dict(Counter(r.status for r in final)),
+        "by_reason": dict(reasons),
+        "topics": topic_info.get("k"), "topic_cap": cap,
+        "kept_by_level": {lv: kept_levels.get(lv, 0) for lv in [*scheme.names, UNRATED] if lv in kept_levels or lv in target},
+        "level_target": {k: round(v, 4) for k, v in target.items()},
+        "thin_topics": stats["thin_topics"], "thin_levels": stats["thin_levels"],
+        "tokens": llm.usage.total_tokens if llm is not None and hasattr(llm, "usage") else 0,
+        "wall_s": round(time.perf_counter() - t0, 2),
+    }

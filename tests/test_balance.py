@@ -1,0 +1,186 @@
+"""Balancing: a skewed synthetic corpus comes out at the target level mix, within each topic's cap, with
+the best-scored records kept and every dropped record accounted for (file, status, reason)."""
+
+from __future__ import annotations
+
+import json
+import random
+from collections import Counter, defaultdict
+from pathlib import Path
+
+import pytest
+
+from dataforge.curate.balance import BalanceConfig, plan_selection, run_balance, waterfill
+from dataforge.curate.levels import LevelScheme, level_of, parse_target
+from dataforge.curate.steer import load_steering
+from dataforge.errors import DataforgeError
+from dataforge.io import write_records
+from dataforge.records import Lineage, Record
+
+TOPICS = ("cooking", "python", "math", "travel", "poetry")
+
+
+def skewed_corpus(n: int = 900, seed: int = 1) -> list[Record]:
+    """70% low / 22% mid / 8% high complexity; topic sizes 45/25/15/10/5%; 10% already rejected upstream."""
+    rng = random.Random(seed)
+    out = []
+    for i in range(n):
+        topic = rng.choices(TOPICS, weights=(45, 25, 15, 10, 5))[0]
+        complexity = rng.choices([rng.uniform(1, 3.9), rng.uniform(4, 6.9), rng.uniform(7, 10)], weights=(70, 22, 8))[0]
+        status, reasons = ("rejected", ["gate:coherence<0.5"]) if rng.random() < 0.1 else ("accepted", [])
+        out.append(Record(instruction=f"{topic} task number {i}", output=f"answer {i}", topic=topic,
+                          complexity=round(complexity, 2), status=status, reasons=reasons,
+                          scores={"coherence": round(rng.random(), 3), "alignment": round(rng.random(), 3)}))
+    return out
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+@pytest.fixture
+def corpus(tmp_path) -> tuple[Path, list[Record]]:
+    records = skewed_corpus()
+    path = tmp_path / "clean.jsonl"
+    write_records(path, records)
+    return path, records
+
+
+def level_shares(rows: list[dict]) -> dict[str, float]:
+    scheme = LevelScheme()
+    counts = Counter(level_of(Record.model_validate(r), scheme) for r in rows)
+    total = sum(counts.values())
+    return {lv: counts[lv] / total for lv in scheme.names}
+
+
+def check_accounting(inp: list[Record], kept: list[dict], dropped: list[dict]) -> None:
+    """in == kept + dropped, nothing twice, every drop rejected with a reason naming its stage."""
+    assert sorted(r.id for r in inp) == sorted(r["id"] for r in kept + dropped)
+    assert all(r["status"] != "rejected" for r in kept)
+    assert all(r["status"] == "rejected" and r["reasons"] for r in dropped)
+    arrived_rejected = {r.id for r in inp if r.status == "rejected"}
+    for r in dropped:
+        if r["id"] in arrived_rejected:
+            assert r["reasons"][-1].startswith("gate:")
+        else:
+            assert r["reasons"][-1] == f"balance:{r['topic']}/{level_of(Record.model_validate(r))}"
+
+
+def test_uniform_target_on_skewed_corpus(corpus, tmp_path):
+    path, records = corpus
+    out = tmp_path / "final.jsonl"
+    summary = run_balance(path, out, BalanceConfig(reuse_topics=True, topic_cap_ratio=None), progress=False)
+    kept, dropped = read_jsonl(out), read_jsonl(Path(f"{out}.rejected.jsonl"))
+    check_accounting(records, kept, dropped)
+    shares = level_shares(kept)
+    assert all(abs(s - 1 / 3) <= 0.01 for s in shares.values()), shares
+    # the scarce level limits the output: all of its candidates are kept
+    high_candidates = [r for r in records if r.status != "rejected" and level_of(r) == "high"]
+    assert sum(1 for r in kept if level_of(Record.model_validate(r)) == "high") == len(high_candidates)
+    assert summary["kept"] == len(kept) and summary["dropped_by_balance"] + summary["arrived_rejected"] == len(dropped)
+    assert summary["by_reason"]["balance"] == summary["dropped_by_balance"] > 0
+
+
+def test_given_target_and_best_scores_kept(corpus, tmp_path):
+    path, records = corpus
+    out = tmp_path / "final.jsonl"
+    run_balance(path, out, BalanceConfig(reuse_topics=True, levels_target="low=0.2,mid=0.5,high=0.3",
+                                         topic_cap_ratio=None), progress=False)
+    kept, dropped = read_jsonl(out), read_jsonl(Path(f"{out}.rejected.jsonl"))
+    check_accounting(records, kept, dropped)
+    shares = level_shares(kept)
+    for lv, want in {"low": 0.2, "mid": 0.5, "high": 0.3}.items():
+        assert abs(shares[lv] - want) <= 0.01, shares
+    # inside each (topic, level) cell nothing dropped by balance beats anything kept
+    def score(r):
+        return (r["scores"]["coherence"] + r["scores"]["alignment"]) / 2
+    best_dropped, worst_kept = defaultdict(lambda: -1.0), defaultdict(lambda: 2.0)
+    for r in kept:
+        cell = (r["topic"], level_of(Record.model_validate(r)))
+        worst_kept[cell] = min(worst_kept[cell], score(r))
+    for r in dropped:
+        if r["reasons"][-1].startswith("balance:"):
+            cell = (r["topic"], level_of(Record.model_validate(r)))
+            best_dropped[cell] = max(best_dropped[cell], score(r))
+    assert best_dropped and all(best_dropped[c] <= worst_kept[c] for c in best_dropped if c in worst_kept)
+
+
+def test_topic_cap_and_fair_spread(corpus, tmp_path):
+    path, records = corpus
+    out = tmp_path / "final.jsonl"
+    summary = run_balance(path, out, BalanceConfig(reuse_topics=True, topic_cap=60), progress=False)
+    kept = read_jsonl(out)
+    per_topic = Counter(r["topic"] for r in kept)
+    assert max(per_topic.values()) <= 60 and summary["topic_cap"] == 60
+    assert set(per_topic) == set(TOPICS)                     # even the smallest topic keeps records
+    shares = level_shares(kept)
+    assert all(abs(s - 1 / 3) <= 0.02 for s in shares.values()), shares
+    check_accounting(records, kept, read_jsonl(Path(f"{out}.rejected.jsonl")))
+
+
+def test_keep_dropped_and_size(corpus, tmp_path):
+    path, records = corpus
+    out = tmp_path / "final.jsonl"
+    summary = run_balance(path, out, BalanceConfig(reuse_topics=True, keep_dropped=True, size=90,
+                                                   topic_cap_ratio=None), progress=False)
+    rows = read_jsonl(out)
+    assert not Path(f"{out}.rejected.jsonl").exists()
+    assert len(rows) == len(records) and [r["id"] for r in rows] == [r.id for r in records]   # input order kept
+    kept = [r for r in rows if r["status"] != "rejected"]
+    assert len(kept) == 90 == summary["kept"]
+    check_accounting(records, kept, [r for r in rows if r["status"] == "rejected"])
+
+
+def test_stats_file_and_steering(corpus, tmp_path):
+    path, records = corpus
+    out = tmp_path / "final.jsonl"
+    run_balance(path, out, BalanceConfig(reuse_topics=True), progress=False)
+    stats = json.loads(Path(f"{out}.stats.json").read_text())
+    assert stats["total"] == len(records)
+    assert stats["rejected_by_stage"]["gate"] == sum(r.status == "rejected" for r in records)
+    assert stats["thin_levels"] == ["high", "mid"]           # 8% and 22% supply against a 33% target
+    assert "poetry" in stats["thin_topics"]                  # 5% of the corpus against a mean of 20%
+    assert "cooking" not in stats["thin_topics"]
+    cooking = stats["topics"]["cooking"]
+    assert cooking["kept"] + sum(cooking["rejected_by_stage"].values()) == cooking["total"]
+    steering = load_steering(Path(f"{out}.stats.json"))
+    assert steering.thin_levels == ["high", "mid"] and "poetry" in steering.thin_topics
+    examples = steering.examples_for("poetry")
+    assert examples and all(e.startswith("poetry task") for e in examples)
+
+
+def test_depth_fallback_when_no_score(tmp_path):
+    recs = [Record(instruction=f"t {i}", topic="x", lineage=Lineage(round=i % 4), status="accepted") for i in range(40)]
+    assert [level_of(r) for r in recs[:4]] == ["low", "mid", "high", "high"]
+    path, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    write_records(path, recs)
+    run_balance(path, out, BalanceConfig(reuse_topics=True), progress=False)
+    kept = read_jsonl(out)
+    assert Counter(level_of(Record.model_validate(r)) for r in kept) == {"low": 10, "mid": 10, "high": 10}
+
+
+def test_plan_and_waterfill_properties():
+    assert waterfill(10, {"a": 2, "b": 8, "c": 8}) == {"a": 2, "b": 4, "c": 4}
+    assert sum(waterfill(100, {"a": 3, "b": 4}).values()) == 7
+    avail = {("t1", "low"): 100, ("t1", "mid"): 10, ("t2", "low"): 50, ("t2", "mid"): 30, ("t2", "high"): 5,
+             ("t3", "high"): 20, ("t3", "low"): 5}
+    plan = plan_selection(avail, {"low": 1 / 3, "mid": 1 / 3, "high": 1 / 3}, cap=40)
+    by_level, by_topic = Counter(), Counter()
+    for (t, lv), n in plan.items():
+        assert n <= avail[(t, lv)]
+        by_level[lv] += n
+        by_topic[t] += n
+    assert by_level["low"] == by_level["mid"] == by_level["high"] == 25
+    assert max(by_topic.values()) <= 40
+
+
+def test_bad_target_is_a_clear_error(tmp_path):
+    with pytest.raises(DataforgeError, match="LEVEL=SHARE"):
+        parse_target("low=0.5,extreme=0.5", ("low", "mid", "high"))
+    with pytest.raises(DataforgeError, match="not a number"):
+        parse_target("low=lots", ("low", "mid", "high"))
+    assert parse_target("low=1,high=3", ("low", "mid", "high")) == {"low": 0.25, "mid": 0.0, "high": 0.75}
+    bad = tmp_path / "stats.json"
+    bad.write_text("{not json")
+    with pytest.raises(DataforgeError, match="stats.json"):
+        load_steering(bad)

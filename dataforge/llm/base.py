@@ -57,9 +57,10 @@ class Usage:
     requests: int = 0
     cached: int = 0
     errors: int = 0
+    retries: int = 0  # extra attempts after 429/5xx/timeouts (counted, not hidden inside a client)
 
     def add(self, other: "Usage") -> None:
-        for k in ("prompt_tokens", "completion_tokens", "requests", "cached", "errors"):
+        for k in ("prompt_tokens", "completion_tokens", "requests", "cached", "errors", "retries"):
             setattr(self, k, getattr(self, k) + getattr(other, k))
 
     @property

@@ -1,0 +1,78 @@
+"""The LLM layer: one interface (`LLM`), three backends (openai-compatible, local llama.cpp, vLLM),
+a persistent request cache, retries/rate limits and structured output.
+
+    cfg = BackendConfig.from_env(base_url="http://localhost:8000/v1")
+    llm = make_llm(cfg)
+    completion = run_sync(llm.generate(render("evol_deepen", llm.profile, instruction=...), GenParams()))
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from typing import Any, Awaitable, TypeVar
+
+from ..errors import DataforgeError
+from .base import LLM, Choice, Completion, GenParams, LLMError, Usage
+from .config import BackendConfig, default_local_model, profile_for_model
+
+T = TypeVar("T")
+
+__all__ = [
+    "LLM", "Choice", "Completion", "GenParams", "LLMError", "Usage",
+    "BackendConfig", "make_llm", "make_backend", "run_sync", "default_local_model", "profile_for_model",
+]
+
+
+def make_backend(cfg: BackendConfig) -> LLM:
+    """The bare backend for `cfg` (no cache)."""
+    kind = cfg.resolved_backend
+    if kind == "openai":
+        if not cfg.base_url:
+            raise DataforgeError("the openai backend needs --base-url (or OPENAI_BASE_URL)")
+        from .openai_backend import OpenAIBackend
+
+        return OpenAIBackend(cfg)
+    if kind == "local":
+        from .local_backend import LocalBackend
+
+        return LocalBackend(cfg)
+    if kind == "vllm":
+        from .vllm_backend import VLLMBackend
+
+        return VLLMBackend(cfg)
+    raise DataforgeError(f"unknown backend {cfg.backend!r} (use auto, openai, local or vllm)")
+
+
+def make_llm(cfg: BackendConfig | None = None) -> LLM:
+    """The backend for `cfg`, wrapped in the persistent request cache unless `cfg.no_cache`."""
+    cfg = cfg or BackendConfig.from_env()
+    llm = make_backend(cfg)
+    if cfg.no_cache:
+        return llm
+    from .cache import CachedLLM, RequestCache
+
+    return CachedLLM(llm, RequestCache(cfg.resolved_cache_path()), base_url=cfg.base_url)
+
+
+def run_sync(coro: Awaitable[T]) -> T:
+    """Run a coroutine to completion from sync code, also when an event loop is already running
+    (Jupyter): then it runs on a fresh loop in a helper thread."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coro)  # type: ignore[arg-type]
+    box: dict[str, Any] = {}
+
+    def runner() -> None:
+        try:
+            box["value"] = asyncio.run(coro)  # type: ignore[arg-type]
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
+            box["error"] = exc
+
+    t = threading.Thread(target=runner, name="dataforge-run-sync")
+    t.start()
+    t.join()
+    if "error" in box:
+        raise box["error"]
+    return box["value"]

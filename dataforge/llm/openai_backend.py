@@ -1,0 +1,225 @@
+"""Any OpenAI-compatible server (vLLM, llama.cpp server, Ollama, OpenAI) through `openai.AsyncOpenAI`.
+
+Why our own retry loop: the client's built-in retries are invisible (not counted, no jitter across
+hundreds of coroutines), so they are switched off and every retry here is counted in `usage.retries`.
+A request that still fails becomes an `LLMError` carrying the cause; callers record it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+from dataclasses import dataclass
+from typing import Any
+
+from ..errors import DataforgeError
+from .base import LLM, Choice, Completion, GenParams, LLMError, Usage
+from .config import BackendConfig, profile_for_model
+from .retry import TokenBucket, backoff_delay, parse_retry_after, redact
+
+RETRY_STATUS = {408, 409, 425, 429, 500, 502, 503, 504, 520, 522, 524, 529}
+
+
+@dataclass
+class _LoopState:
+    """Things bound to one event loop (httpx pool, semaphore, limiters); rebuilt when `run_sync`
+    starts a new loop."""
+
+    loop: asyncio.AbstractEventLoop
+    client: Any
+    sem: asyncio.Semaphore
+    rpm: TokenBucket | None
+    tpm: TokenBucket | None
+    model_lock: asyncio.Lock
+
+
+class OpenAIBackend(LLM):
+    backend = "openai"
+
+    def __init__(self, cfg: BackendConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.base_url = cfg.base_url
+        self.model = cfg.model or ""
+        if cfg.profile:
+            self.profile = cfg.profile
+        self._state: _LoopState | None = None
+        self._rng = random.Random()
+
+    # -- plumbing ---------------------------------------------------------------------------------
+    @property
+    def profile(self):  # type: ignore[override]
+        return getattr(self, "_profile", None) or profile_for_model(self.model)
+
+    @profile.setter
+    def profile(self, value):  # type: ignore[override]
+        self._profile = value
+
+    def _loop_state(self) -> _LoopState:
+        loop = asyncio.get_running_loop()
+        if self._state is None or self._state.loop is not loop:
+            import openai
+            from openai._constants import DEFAULT_CONNECTION_LIMITS
+
+            limits = type(DEFAULT_CONNECTION_LIMITS)(  # httpx.Limits, whichever httpx openai is built on
+                max_connections=max(self.cfg.concurrency * 2, 16),
+                max_keepalive_connections=max(self.cfg.concurrency, 16))
+            client = openai.AsyncOpenAI(
+                base_url=self.cfg.base_url,
+                api_key=self.cfg.api_key() or "not-needed",  # local servers ignore it; read from env only
+                max_retries=0,  # our loop below does (and counts) every retry
+                timeout=self.cfg.timeout,
+                http_client=openai.DefaultAsyncHttpxClient(limits=limits, timeout=self.cfg.timeout),
+            )
+            self._state = _LoopState(loop, client, asyncio.Semaphore(self.cfg.concurrency),
+                                     TokenBucket(self.cfg.rpm) if self.cfg.rpm else None,
+                                     TokenBucket(self.cfg.tpm, capacity=self.cfg.tpm) if self.cfg.tpm else None,
+                                     asyncio.Lock())
+        return self._state
+
+    async def resolve_model(self) -> str:
+        """The configured model, or the server's first listed model (what `vllm serve` exposes)."""
+        if self.model:
+            return self.model
+        st = self._loop_state()
+        async with st.model_lock:
+            if not self.model:
+                try:
+                    page = await st.client.models.list(timeout=min(self.cfg.timeout, 30))
+                    ids = [m.id for m in page.data]
+                except Exception as exc:
+                    raise LLMError(f"no --model given and listing models at {self.base_url} failed: "
+                                   f"{self._describe(exc)}") from None
+                if not ids:
+                    raise LLMError(f"no --model given and {self.base_url} lists no models")
+                self.model = ids[0]
+        return self.model
+
+    async def list_models(self) -> list[str]:
+        st = self._loop_state()
+        page = await st.client.models.list(timeout=min(self.cfg.timeout, 30))
+        return [m.id for m in page.data]
+
+    def _describe(self, exc: BaseException) -> str:
+        status = getattr(exc, "status_code", None)
+        msg = f"{type(exc).__name__}{f' {status}' if status else ''}: {exc}"
+        return redact(msg, self.cfg.api_key())
+
+    @staticmethod
+    def _retryable(exc: BaseException) -> tuple[bool, float | None]:
+        import openai
+
+        if isinstance(exc, openai.APIStatusError):
+            retry_after = parse_retry_after({k.lower(): v for k, v in exc.response.headers.items()})
+            return exc.status_code in RETRY_STATUS or exc.status_code >= 500, retry_after
+        if isinstance(exc, (openai.APITimeoutError, openai.APIConnectionError, asyncio.TimeoutError)):
+            return True, None
+        if isinstance(exc, (json.JSONDecodeError, openai.APIResponseValidationError)):
+            return True, None  # a malformed body from a flaky proxy/server: ask again
+        try:
+            from pydantic import ValidationError
+        except ImportError:  # pragma: no cover
+            return False, None
+        return isinstance(exc, ValidationError), None
+
+    async def _request(self, kind: str, payload: dict[str, Any], est_tokens: int) -> tuple[Any, int]:
+        """Send with bounded concurrency, rate limits and retries; returns (response, retries)."""
+        st = self._loop_state()
+        create = st.client.chat.completions.create if kind == "chat" else st.client.completions.create
+        attempt = 0
+        async with st.sem:
+            while True:
+                if st.rpm:
+                    await st.rpm.acquire(1)
+                if st.tpm:
+                    await st.tpm.acquire(est_tokens)
+                try:
+                    resp = await create(**payload)
+                    if not getattr(resp, "choices", None):
+                        raise json.JSONDecodeError("response has no choices", "", 0)
+                    return resp, attempt
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:  # noqa: BLE001 - classified below; nothing escapes unrecorded
+                    retry, retry_after = self._retryable(exc)
+                    if not retry or attempt >= self.cfg.max_retries:
+                        self.usage.errors += 1
+                        self.usage.retries += attempt
+                        raise LLMError(f"{kind} request to {self.base_url} failed after {attempt + 1} attempt(s): "
+                                       f"{self._describe(exc)}") from None
+                    delay = backoff_delay(attempt, self.cfg.retry_base_delay, self.cfg.retry_max_delay, retry_after, self._rng)
+                    attempt += 1
+                    await asyncio.sleep(delay)
+
+    # -- the interface ----------------------------------------------------------------------------
+    def _common(self, params: GenParams) -> dict[str, Any]:
+        p: dict[str, Any] = {"model": self.model, "temperature": params.temperature, "top_p": params.top_p,
+                             "max_tokens": params.max_tokens, "timeout": self.cfg.timeout}
+        if params.stop:
+            p["stop"] = list(params.stop)[:4]  # the OpenAI protocol allows at most 4
+        if params.n != 1:
+            p["n"] = params.n
+        if params.seed is not None:
+            p["seed"] = params.seed
+        return p
+
+    async def chat(self, messages: list[dict[str, str]], params: GenParams = GenParams()) -> Completion:
+        await self.resolve_model()
+        payload = self._common(params)
+        payload["messages"] = messages
+        if params.logprobs:
+            payload["logprobs"] = True
+            payload["top_logprobs"] = params.logprobs
+        if params.json_schema is not None:
+            payload["response_format"] = {"type": "json_schema",
+                                          "json_schema": {"name": "output", "schema": params.json_schema}}
+        est = sum(len(m.get("content") or "") for m in messages) // 4 + params.max_tokens * params.n
+        resp, retries = await self._request("chat", payload, est)
+        choices = []
+        for c in sorted(resp.choices, key=lambda c: c.index):
+            lps = None
+            if c.logprobs is not None and getattr(c.logprobs, "content", None):
+                lps = [({t.token: t.logprob for t in tok.top_logprobs} if tok.top_logprobs else {tok.token: tok.logprob})
+                       for tok in c.logprobs.content]
+            choices.append(Choice(text=c.message.content or "", finish_reason=c.finish_reason or "stop", logprobs=lps))
+        return self._finish(resp, choices, retries)
+
+    async def complete(self, prompt: str, params: GenParams = GenParams()) -> Completion:
+        await self.resolve_model()
+        payload = self._common(params)
+        payload["prompt"] = prompt
+        if params.logprobs:
+            payload["logprobs"] = params.logprobs
+        if params.json_schema is not None:  # vLLM / llama.cpp server accept this on completions too
+            payload["extra_body"] = {"response_format": {"type": "json_schema",
+                                                         "json_schema": {"name": "output", "schema": params.json_schema}}}
+        est = len(prompt) // 4 + params.max_tokens * params.n
+        resp, retries = await self._request("complete", payload, est)
+        choices = []
+        for c in sorted(resp.choices, key=lambda c: c.index):
+            lps = None
+            if c.logprobs is not None and getattr(c.logprobs, "top_logprobs", None):
+                lps = [dict(d) if d else {} for d in c.logprobs.top_logprobs]
+            choices.append(Choice(text=c.text or "", finish_reason=c.finish_reason or "stop", logprobs=lps))
+        return self._finish(resp, choices, retries)
+
+    def _finish(self, resp: Any, choices: list[Choice], retries: int) -> Completion:
+        u = getattr(resp, "usage", None)
+        usage = Usage(prompt_tokens=getattr(u, "prompt_tokens", 0) or 0,
+                      completion_tokens=getattr(u, "completion_tokens", 0) or 0, requests=1, retries=retries)
+        self.usage.add(usage)
+        return Completion(choices=choices, model=getattr(resp, "model", "") or self.model, usage=usage)
+
+    async def aclose(self) -> None:
+        st, self._state = self._state, None
+        if st is not None and st.loop is asyncio.get_running_loop():
+            await st.client.close()
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "base_url": self.base_url, "concurrency": self.cfg.concurrency}
+
+
+def check_base_url(url: str) -> None:
+    if not url.startswith(("http://", "https://")):
+        raise DataforgeError(f"--base-url must start with http:// or https:// (got {url!r})")

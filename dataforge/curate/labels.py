@@ -73,7 +73,7 @@ def clean_name(text: str, max_words: int = 6) -> str | None:
     """First line of a model's answer, without quotes, labels or trailing punctuation."""
     for line in text.strip().splitlines():
         line = re.sub(r"^\s*(topic|name|label)\s*:\s*", "", line.strip(), flags=re.I).strip(" \"'`*.#-")
-        if line:
+        if re.search(r"[^\W_]", line):          # at least one letter or digit
             return " ".join(line.split()[:max_words])
     return None
 

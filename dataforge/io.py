@@ -283,12 +283,12 @@ def detect_container(path: str | os.PathLike) -> str:
         raise DataforgeError(f"{p}: a folder that is not a saved Hugging Face dataset (no dataset_info.json)")
     if p.suffix.lower() == ".parquet":
         return "parquet"
+    if p.suffix.lower() in _LINE_SUFFIXES:
+        return "jsonl"
     with open(p, "rb") as fh:
         head = fh.read(4096)
     if head.startswith(b"PAR1"):
         return "parquet"
-    if p.suffix.lower() in _LINE_SUFFIXES:
-        return "jsonl"
     return "json-array" if head.removeprefix(_BOM).lstrip().startswith(b"[") else "jsonl"
 
 

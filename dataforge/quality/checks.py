@@ -1,0 +1,244 @@
+"""The gate's per-record checks. Each writes a named score into ``record.scores`` (higher = better,
+except ``contradiction`` and ``complexity``) and, when it finds a problem, a short detail that ends up
+in the record's reasons. Checks run on a batch of records at once so embeddings are computed in bulk.
+
+Scores:
+  coherence      cosine(instruction+input, response) of MiniLM embeddings
+  alignment      model judge P(yes: the response carries out the instruction)       (with a judge)
+  alignment_emb  share of other prompts (a fixed, seeded pool from the input and the
+                 reference set) that match the response worse than its own prompt    (without one)
+  format         share of attached + detected constraints the response meets (1.0 = all, or none)
+  truncation     0 when the response looks cut off, else 1
+  structure      0 for an empty response or leftover template markers / role tags, else 1
+  refusal        0 for refusal boilerplate, else 1
+  reference      max cosine of the (prompt, response) pair to a known-good example
+  contradiction  model judge P(yes: the response contradicts itself or its input)    (with a judge)
+  complexity     1-10 from features (length, constraints, reasoning cues, evolution depth),
+                 averaged with the model judge's rating when there is one
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import re
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from ..records import Record
+from . import structure
+from .constraint_parser import parse_constraints
+from .judges import Judge
+from .rules import DomainDetector, GateRules
+
+_REASONING = re.compile(r"\b(?:step[- ]by[- ]step|explain why|justify|prove|derive|compare|contrast|analy[sz]e|"
+                        r"evaluate|optimi[sz]e|trade-?offs?|edge cases?|complexity|multiple|each of|at least|"
+                        r"consider|assume|given that|then)\b", re.I)
+_NUMBER = re.compile(r"(?<![\w.])\d+(?:[.,]\d+)?")
+
+
+@dataclass
+class Scored:
+    """A record's check results before the decision: scores, problem details, detected domains."""
+
+    record: Record
+    scores: dict[str, float] = field(default_factory=dict)
+    details: dict[str, str] = field(default_factory=dict)
+    domains: list[str] = field(default_factory=list)
+
+
+def group_key(r: Record) -> str:
+    """Records of one origin share answer conventions: the source, else the task, else one group."""
+    return str(r.meta.get("source") or r.task or "*")
+
+
+class EndingShapes:
+    """Learns, per group, the closing-line shape that nearly all responses share (e.g. GSM8K's
+    '#### 42'), so a response missing it can be flagged as probably cut off. Groups without such a
+    convention are left alone."""
+
+    def __init__(self, min_group: int = 30, min_share: float = 0.9):
+        self.min_group, self.min_share = min_group, min_share
+        self.counts: dict[str, Counter] = defaultdict(Counter)
+        self.dominant: dict[str, str] = {}
+
+    def add(self, r: Record) -> None:
+        if r.output.strip():
+            self.counts[group_key(r)][structure.ending_shape(r.output)] += 1
+
+    def finish(self) -> "EndingShapes":
+        for g, c in self.counts.items():
+            total = sum(c.values())
+            shape, n = c.most_common(1)[0]
+            if total >= self.min_group and n / total >= self.min_share and shape:
+                self.dominant[g] = shape
+        return self
+
+    def odd_ending(self, r: Record, output: str) -> bool:
+        want = self.dominant.get(group_key(r))
+        return bool(want) and structure.ending_shape(output) != want
+
+
+def complexity_features(r: Record, n_constraints: int) -> float:
+    """1-10 from what can be counted: length, constraints, reasoning cues, numbers, evolution depth."""
+    text = r.prompt_text
+    words = len(text.split())
+    score = 1.0 + 2.0 * math.log10(1 + words / 10)
+    score += min(n_constraints, 3) * 1.0
+    score += min(len(_REASONING.findall(text)), 4) * 0.4
+    score += min(len(_NUMBER.findall(text)), 10) * 0.1
+    score += min(int(r.lineage.round or 0), 4) * 0.75
+    return float(min(max(score, 1.0), 10.0))
+
+
+def constraint_specs(r: Record) -> list[dict]:
+    """Attached constraints (from evolve) plus detected ones whose type is not attached already."""
+    attached = [s for s in (r.meta.get("constraints") or []) if isinstance(s, dict) and "type" in s]
+    have = {s["type"] for s in attached}
+    detected = [s for s in parse_constraints(r.prompt_text) if s["type"] not in have]
+    return attached + detected
+
+
+def format_score(r: Record, output: str) -> tuple[float, str | None]:
+    from ..constraints import check
+    from ..errors import DataforgeError
+
+    specs = constraint_specs(r)
+    if not specs:
+        return 1.0, None
+    bad = []
+    for s in specs:
+        try:
+            res = check(s, output)
+        except DataforgeError as exc:  # an unknown or malformed attached spec is a finding, not a crash
+            bad.append(f"{s.get('type')}({exc})")
+            continue
+        if not res.ok:
+            bad.append(f"{s['type']}({res.detail})")
+    return (len(specs) - len(bad)) / len(specs), ("; ".join(bad) or None)
+
+
+class Checker:
+    """Runs every check on batches. `embedder` is a `dataforge.quality.embed.Embedder`; `judge` is
+    None when no judge model is used; `pool_prompts` are the prompts alignment_emb ranks against."""
+
+    def __init__(self, rules: GateRules, embedder, *, judge: Judge | None = None,
+                 reference: Sequence[Record] = (), pool_prompts: Sequence[str] = (),
+                 shapes: EndingShapes | None = None):
+        self.rules = rules
+        self.embedder = embedder
+        self.judge = judge
+        self.shapes = shapes or EndingShapes()
+        self.domains = DomainDetector(rules.high_stakes)
+        self.ref_pairs = None
+        if reference:
+            ep = embedder.encode([r.prompt_text for r in reference])
+            eo = embedder.encode([r.output for r in reference])
+            self.ref_pairs = _pair(ep, eo)
+        self.pool = embedder.encode(list(dict.fromkeys(pool_prompts))) if pool_prompts else None
+
+    # ------------------------------------------------------------------ cheap, per record
+    def text_checks(self, r: Record, output: str, finish_reason: str | None = None) -> Scored:
+        sc = Scored(r)
+        problem = structure.check_empty(output) or structure.check_template_leftovers(output)
+        sc.scores["structure"] = 0.0 if problem else 1.0
+        if problem:
+            sc.details["structure"] = problem
+        problem = structure.check_refusal(output)
+        sc.scores["refusal"] = 0.0 if problem else 1.0
+        if problem:
+            sc.details["refusal"] = problem
+        signals = structure.truncation_signals(output, finish_reason) if output.strip() else []
+        if output.strip() and self.shapes.odd_ending(r, output):
+            signals.append("unusual_ending")
+        sc.scores["truncation"] = 0.0 if signals else 1.0
+        if signals:
+            sc.details["truncation"] = "+".join(signals)
+        fmt, detail = format_score(r, output)
+        sc.scores["format"] = round(fmt, 4)
+        if detail:
+            sc.details["format"] = detail
+        n_constraints = len(constraint_specs(r))
+        sc.scores["complexity"] = round(complexity_features(r, n_constraints), 3)
+        sc.domains = self.domains.detect(f"{r.prompt_text}\n{output}")
+        return sc
+
+    # ------------------------------------------------------------------ batch
+    async def score(self, records: Sequence[Record], outputs: Sequence[str] | None = None,
+                    judge_complexity: bool = True) -> list[Scored]:
+        """All checks for `records` (responses from `outputs` when given: refine drafts)."""
+        outs = list(outputs) if outputs is not None else [r.output for r in records]
+        scored = [self.text_checks(r, o, r.meta.get("finish_reason")) for r, o in zip(records, outs)]
+        ep = self.embedder.encode([r.prompt_text for r in records])
+        eo = self.embedder.encode(outs)
+        coh = np.einsum("ij,ij->i", ep, eo)
+        for sc, c in zip(scored, coh):
+            sc.scores["coherence"] = round(float(c), 4)
+        if self.ref_pairs is not None and len(self.ref_pairs):
+            ref = (_pair(ep, eo) @ self.ref_pairs.T).max(axis=1)
+            for sc, v in zip(scored, ref):
+                sc.scores["reference"] = round(float(v), 4)
+        if self.judge is None:
+            for sc, v in zip(scored, self.alignment_rank(ep, eo)):
+                if v is not None:
+                    sc.scores["alignment_emb"] = round(float(v), 4)
+        else:
+            await self._judge(scored, outs, judge_complexity)
+        return scored
+
+    def alignment_rank(self, ep: np.ndarray, eo: np.ndarray) -> list[float | None]:
+        """Share of pool prompts that match each response worse than its own prompt does.
+        Pool prompts nearly identical to the record's own prompt (cos > 0.98) are left out."""
+        if self.pool is None or len(self.pool) < 16:
+            return [None] * len(ep)
+        own = np.einsum("ij,ij->i", ep, eo)
+        vs_pool = eo @ self.pool.T                    # (batch, pool)
+        same = (ep @ self.pool.T) > 0.98              # the record's own prompt (or a copy) is in the pool
+        worse = (vs_pool < own[:, None]) & ~same
+        valid = (~same).sum(axis=1)
+        return [float(w / v) if v else None for w, v in zip(worse.sum(axis=1), valid)]
+
+    async def _judge(self, scored: list[Scored], outs: list[str], judge_complexity: bool) -> None:
+        judge = self.judge
+
+        async def one(sc: Scored, out: str) -> None:
+            if sc.scores.get("structure") == 0.0:
+                return  # nothing to judge in an empty or broken response
+            tasks = [judge.alignment(sc.record, out), judge.contradiction(sc.record, out)]
+            if judge_complexity:
+                tasks.append(judge.complexity(sc.record))
+            res = await asyncio.gather(*tasks)
+            if res[0] is not None:
+                sc.scores["alignment"] = round(res[0], 4)
+            if res[1] is not None:
+                sc.scores["contradiction"] = round(res[1], 4)
+            if judge_complexity and res[2] is not None:
+                sc.scores["complexity_judge"] = res[2]
+                sc.scores["complexity"] = round((sc.scores["complexity"] + res[2]) / 2, 3)
+
+        await asyncio.gather(*(one(sc, o) for sc, o in zip(scored, outs)))
+
+
+def _pair(ep: np.ndarray, eo: np.ndarray) -> np.ndarray:
+    v = ep + eo
+    return v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
+
+
+def hash_pool(records: Iterable[Record], k: int = 512) -> list[str]:
+    """A fixed pool of k prompts: the records with the smallest id hashes, so the pool (and every
+    alignment_emb score) does not depend on input order, sharding or where a resumed run restarts."""
+    import hashlib
+    import heapq
+
+    heap: list[tuple[int, str]] = []
+    for r in records:
+        h = -int.from_bytes(hashlib.blake2b(r.id.encode(), digest_size=8).digest(), "big")
+        item = (h, r.prompt_text)
+        if len(heap) < k:
+            heapq.heappush(heap, item)
+        elif item > heap[0]:
+            heapq.heapreplace(heap, item)
+    return [t for _, t in sorted(heap, reverse=True)]

@@ -112,6 +112,7 @@ class Verdict:
     reason: str | None
     how: str = ""
     score: float | None = None
+    tokens: int = 0  # spent by the model judge
 
     @property
     def ok(self) -> bool:
@@ -154,16 +155,17 @@ class Eliminator:
         mode = self.judge_mode
         if mode == "off":
             return Verdict(None, "off")
+        tokens = 0
         if mode == "model":
-            gain = await self._model_judge(parent, child, seed)
+            gain, tokens = await self._model_judge(parent, child, seed)
             if gain is not None:
-                return Verdict(None if gain else NO_INFO_GAIN, "model")
+                return Verdict(None if gain else NO_INFO_GAIN, "model", tokens=tokens)
         sim = self.similarity(parent, child)
         if sim is None:
-            return Verdict(None, "no-judge")
-        return Verdict(NO_INFO_GAIN if sim >= self.cfg.similarity_threshold else None, "embedding", sim)
+            return Verdict(None, "no-judge", tokens=tokens)
+        return Verdict(NO_INFO_GAIN if sim >= self.cfg.similarity_threshold else None, "embedding", sim, tokens)
 
-    async def _model_judge(self, parent: str, child: str, seed: int | None) -> bool | None:
+    async def _model_judge(self, parent: str, child: str, seed: int | None) -> tuple[bool | None, int]:
         from ..llm import GenParams, LLMError
         from ..prompts import render
 
@@ -174,8 +176,8 @@ class Eliminator:
         try:
             completion = await self.llm.generate(prompt, params)
         except LLMError:
-            return None
-        return parse_verdict(completion.text)
+            return None, 0
+        return parse_verdict(completion.text), completion.usage.total_tokens
 
     def similarity(self, a: str, b: str) -> float | None:
         if self._embedder is None:

@@ -1,0 +1,176 @@
+"""End to end on the real loopback OpenAI-protocol server with a scripted responder
+(tests/evolve_script.py): lineage, elimination counts by reason, failed evolutions retried with
+another operation, few-shot templates, operation choice and steering."""
+
+from __future__ import annotations
+
+import json
+import random
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+from evolve_script import SEEDS, responder  # noqa: E402
+
+from dataforge.errors import DataforgeError
+from dataforge.generate.elimination import COPIED_PROMPT, NO_INFO_GAIN, SORRY_SHORT, STOPWORDS_ONLY
+from dataforge.generate.evolve import (OPERATIONS, Context, EvolveConfig, Slot, choose_operation,
+                                       extract_instruction, journal_path_for, run_evolve)
+from dataforge.io import read_records
+from dataforge.llm import BackendConfig
+from dataforge.records import Record
+from dataforge.testing.loopback import LoopbackServer
+
+# which operation the scripted model makes fail, and by which rule
+FAILS_BY = {"concretize": COPIED_PROMPT, "increase_reasoning": NO_INFO_GAIN, "complicate_input": SORRY_SHORT,
+            "breadth": STOPWORDS_ONLY}
+
+
+@pytest.fixture
+def seeds(tmp_path):
+    p = tmp_path / "seeds.jsonl"
+    p.write_text("".join(json.dumps(s) + "\n" for s in SEEDS))
+    return p
+
+
+def _cfg(srv, **kw):
+    backend = BackendConfig(backend="openai", base_url=srv.base_url, model="test", no_cache=True)
+    return EvolveConfig(backend=backend, **kw)
+
+
+def test_end_to_end_lineage_elimination_and_retries(seeds, tmp_path):
+    out = tmp_path / "evolved.jsonl"
+    with LoopbackServer(responder, latency=0.005) as srv:
+        summary = run_evolve(seeds, out, _cfg(srv, rounds=4, keep_failed=True), progress=False)
+        n_requests = len(srv.requests)
+    recs = list(read_records(out))
+    seed_ids = {r.id for r in read_records(seeds)}
+    by_id = {r.id: r for r in recs}
+
+    # every record carries full lineage
+    for r in recs:
+        L = r.lineage
+        assert L.generator == "evolve" and L.operation in OPERATIONS and 1 <= L.round <= 4
+        assert len(L.parents) == 1 and L.root in seed_ids and L.model == "openai:test" and L.timestamp
+        if L.template == "constraint_library":
+            spec = r.meta["constraints"][-1]
+            assert spec["phrase"] in r.instruction and r.meta["evol"]["verifiable"] == spec["type"]
+        else:
+            assert L.template == f"evol_{L.operation}.chat" and len(L.template_hash) == 12
+        parent = L.parents[0]
+        assert parent in seed_ids or (parent in by_id and by_id[parent].status == "pending")
+        if r.status == "pending":
+            assert r.output and not r.reasons and r.meta["evol"]["answer_template"] == "answer.chat"
+        else:
+            assert r.status == "rejected" and r.reasons == [FAILS_BY[L.operation]]
+
+    # elimination counted by reason, all four rules fired, counts match the records
+    elim = summary["eliminated"]
+    assert set(elim) == set(FAILS_BY.values())
+    rejected = [r for r in recs if r.status == "rejected"]
+    assert sum(elim.values()) == len(rejected) + summary["duplicates_dropped"]
+    assert summary["rounds"]["1"]["evolved"] == len(SEEDS) and len(summary["rounds"]) == 4
+    assert summary["operations"]["deepen"]["survival_rate"] == 1.0
+    assert summary["tokens"]["this_run"] > 0 and summary["tokens"]["requests"] == n_requests
+
+    # a failed evolution returns its parent to the pool, evolved next round with another operation
+    retried = 0
+    for f in rejected:
+        again = [r for r in recs if r.lineage.parents == f.lineage.parents and r.lineage.round == f.lineage.round + 1]
+        for r in again:
+            assert r.lineage.operation != f.lineage.operation
+            retried += 1
+    assert retried >= 3
+
+
+def test_survivors_only_by_default_and_deterministic(seeds, tmp_path):
+    with LoopbackServer(responder) as srv:
+        s1 = run_evolve(seeds, tmp_path / "a.jsonl", _cfg(srv, rounds=2, seed=5), progress=False)
+        s2 = run_evolve(seeds, tmp_path / "b.jsonl", _cfg(srv, rounds=2, seed=5), progress=False)
+        s3 = run_evolve(seeds, tmp_path / "c.jsonl", _cfg(srv, rounds=2, seed=6, include_seeds=True), progress=False)
+    a = [r.id for r in read_records(tmp_path / "a.jsonl")]
+    assert a == [r.id for r in read_records(tmp_path / "b.jsonl")]
+    assert all(r.status == "pending" for r in read_records(tmp_path / "a.jsonl"))
+    assert s1["output"]["records"] == len(a) == sum(v["survived"] for v in s1["rounds"].values())
+    assert s3["output"]["seed"] == len(SEEDS)
+    assert not journal_path_for(tmp_path / "a.jsonl").exists()
+
+
+def test_fewshot_profile_uses_completion_templates(seeds, tmp_path):
+    def small_model(body):
+        prompt = body.get("prompt")
+        if prompt is None:  # answers go through the chat template of the instruct model
+            return "A short but real answer about the task at hand."
+        last = prompt.rstrip().splitlines()[-1]
+        given = prompt.rstrip().splitlines()[-2].removeprefix("Task: ")
+        if last.startswith("Rare topic:"):
+            return " cave diving\nNew task in the same field: How do cave divers plan their air supply?"
+        return f" {given} Give two examples."
+
+    backend = BackendConfig(backend="openai", base_url="", model="test", no_cache=True, profile="fewshot")
+    with LoopbackServer(small_model) as srv:
+        backend = backend.model_copy(update={"base_url": srv.base_url})
+        summary = run_evolve(seeds, tmp_path / "o.jsonl", EvolveConfig(rounds=2, backend=backend,
+                                                                       elimination={"judge": "off"}),
+                             progress=False)
+        completions = [b for b in srv.requests if "prompt" in b]
+    assert summary["profile"] == "fewshot" and completions
+    assert all(b["stop"] for b in completions)  # the templates' stop sequences are sent
+    recs = list(read_records(tmp_path / "o.jsonl"))
+    assert recs and all(r.lineage.template in (f"evol_{r.lineage.operation}.fewshot", "constraint_library")
+                        for r in recs)
+    breadth = [r for r in recs if r.lineage.operation == "breadth"]
+    assert all(r.instruction == "How do cave divers plan their air supply?" for r in breadth)
+
+
+def test_journal_from_other_settings_is_refused(seeds, tmp_path):
+    out = tmp_path / "o.jsonl"
+    journal_path_for(out).write_text(json.dumps({"header": "something-else"}) + "\n")
+    with LoopbackServer(responder) as srv:
+        with pytest.raises(DataforgeError, match="different settings"):
+            run_evolve(seeds, out, _cfg(srv, rounds=1), progress=False)
+
+
+def test_bad_config_is_a_clear_error():
+    with pytest.raises(ValueError, match="unknown operation"):
+        EvolveConfig(ops=["deepen", "teleport"])
+    with pytest.raises(ValueError, match="weights"):
+        EvolveConfig(ops=["deepen", "breadth"], weights=[1.0])
+
+
+def _ctx(cfg, steering=None, levels=()):
+    return Context(cfg=cfg, llm=None, eliminator=None, profile="chat", topics=[], steering=steering,
+                   level_names=list(levels), evolve_tokens=10, answer_tokens=10)
+
+
+def test_operation_choice_skips_failed_ops_and_follows_weights():
+    cfg = EvolveConfig(ops=["deepen", "breadth", "concretize"], weights=[1, 0, 3])
+    slot = Slot(0, Record(instruction="Name a fruit."), failed_ops=["concretize"])
+    picks = {choose_operation(_ctx(cfg), slot, random.Random(i)) for i in range(50)}
+    assert picks == {"deepen"}  # breadth has weight 0, concretize failed on this parent
+    slot.failed_ops = ["deepen", "concretize"]  # everything failed: choose again among all
+    assert {choose_operation(_ctx(cfg), slot, random.Random(i)) for i in range(50)} == {"deepen", "concretize"}
+
+
+def test_steering_leans_in_depth_toward_thin_higher_levels():
+    class Steer:
+        thin_levels = ["high"]
+
+    cfg = EvolveConfig(ops=["deepen", "breadth"], steer_boost=9.0)
+    seed = Record(instruction="Name a fruit.", lineage={"round": 0})
+    picks = [choose_operation(_ctx(cfg, Steer(), ("low", "mid", "high")), Slot(0, seed), random.Random(i))
+             for i in range(400)]
+    assert picks.count("deepen") > 300
+    Steer.thin_levels = ["low"]  # a thin level below: breadth is favoured instead
+    picks = [choose_operation(_ctx(cfg, Steer(), ("low", "mid", "high")), Slot(0, seed), random.Random(i))
+             for i in range(400)]
+    assert picks.count("breadth") > 300
+
+
+def test_extract_instruction():
+    assert extract_instruction('  "Name three fruits."  ') == "Name three fruits."
+    assert extract_instruction("Name one.\nTask: more", label="Harder task:") == "Name one."
+    assert extract_instruction(" x\nNew task in the same field: Do Y.", "New task in the same field:", True) == "Do Y."
+    assert extract_instruction(" cave diving", "New task in the same field:", True) == ""

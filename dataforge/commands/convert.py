@@ -18,6 +18,7 @@ from ..errors import DataforgeError
 from ..io import IN_FORMATS, OUT_FORMATS, ReadStats, RecordWriter, RejectSink, count_items, read_records, \
     rejects_path_for
 from ..progress import progress_bar
+from ._common import FormatOpt, ShardOpt, StrictOpt, ToOpt
 from ..shard import parse_shard, select
 
 
@@ -78,27 +79,13 @@ def run_convert(input_path: str | Path, output_path: str | Path, cfg: ConvertCon
 
 
 def print_summary(title: str, summary: dict[str, Any], as_json: bool = False) -> None:
-    """A closing summary: a two-column rich table on stdout, or one JSON object with ``--json``."""
+    """The closing summary: the shared two-column table on stdout, or one JSON object with ``--json``."""
     if as_json:
         typer.echo(json.dumps(summary, ensure_ascii=False, indent=2))
         return
-    from rich.console import Console
-    from rich.table import Table
+    from ._common import print_summary as print_table
 
-    table = Table(title=title, show_header=False, title_justify="left")
-    table.add_column("what", style="bold")
-    table.add_column("value", overflow="fold")
-    for key, value in summary.items():
-        if isinstance(value, dict):
-            value = ", ".join(f"{k}: {v}" for k, v in value.items()) or "-"
-        elif value is None:
-            value = "-"
-        elif isinstance(value, float):
-            value = f"{value:,.3f}" if value < 100 else f"{value:,.0f}"
-        elif isinstance(value, int) and not isinstance(value, bool):
-            value = f"{value:,}"
-        table.add_row(key.replace("_", " "), str(value))
-    Console().print(table)
+    print_table({k: ("none" if v is None or v == {} else v) for k, v in summary.items()}, title=title)
 
 
 def register(app: typer.Typer) -> None:
@@ -106,16 +93,15 @@ def register(app: typer.Typer) -> None:
     def convert(
         input_path: Path = typer.Argument(..., metavar="IN", help="Input file or saved HF dataset folder."),
         output: Path = typer.Option(..., "-o", "--output", help="Output file (written atomically)."),
-        fmt: str = typer.Option("auto", "--format", "-f", help=f"Input format: {'|'.join(IN_FORMATS)}."),
-        to: Optional[str] = typer.Option(None, "--to", "-t", help=f"Output format: {'|'.join(OUT_FORMATS)} "
-                                         "[default: parquet for *.parquet, else record]."),
-        strict: bool = typer.Option(False, "--strict", help="Stop at the first bad item (error names file:line)."),
-        shard: Optional[str] = typer.Option(None, "--shard", help="Keep only shard i/n (1-based, by record id)."),
+        fmt: FormatOpt = "auto",
+        to: ToOpt = None,
+        strict: StrictOpt = False,
+        shard: ShardOpt = None,
         as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
     ) -> None:
         """Convert between formats: Record/Self-Instruct/Alpaca/chat JSONL, JSON arrays, Parquet, HF dirs.
 
-        Bad items go to OUT.rejects.jsonl (file, line, raw text, reason) and are counted in the summary.
+        The output format defaults to parquet for a *.parquet OUT, else Record JSONL. Bad items go to OUT.rejects.jsonl (file, line, raw text, reason) and are counted in the closing summary.
         """
         cfg = ConvertConfig(format=fmt, to=to, strict=strict, shard=shard)
         summary = run_convert(input_path, output, cfg)

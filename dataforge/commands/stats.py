@@ -18,6 +18,7 @@ from pydantic import BaseModel, Field
 
 from ..io import IN_FORMATS, ReadStats, RejectSink, count_items, read_records
 from ..progress import progress_bar
+from ._common import FormatOpt, StrictOpt
 
 TEXT_FIELDS = ("instruction", "input", "output")
 PERCENTILES = (10, 25, 50, 75, 90, 99)
@@ -125,8 +126,8 @@ def register(app: typer.Typer) -> None:
     @app.command("stats")
     def stats(
         input_path: Path = typer.Argument(..., metavar="IN", help="Input file or saved HF dataset folder."),
-        fmt: str = typer.Option("auto", "--format", "-f", help=f"Input format: {'|'.join(IN_FORMATS)}."),
-        strict: bool = typer.Option(False, "--strict", help="Stop at the first bad item (error names file:line)."),
+        fmt: FormatOpt = "auto",
+        strict: StrictOpt = False,
         as_json: bool = typer.Option(False, "--json", help="Print machine-readable JSON instead of tables."),
         top: int = typer.Option(15, "--top", min=1, help="Rows per count table (the rest are summed)."),
     ) -> None:

@@ -14,6 +14,7 @@ import typer
 
 from ..io import IN_FORMATS, ReadStats, RejectSink, count_items, read_records
 from ..progress import progress_bar
+from ._common import FormatOpt, StrictOpt
 from .convert import print_summary
 
 
@@ -63,8 +64,8 @@ def register(app: typer.Typer) -> None:
     @app.command("validate")
     def validate(
         input_path: Path = typer.Argument(..., metavar="IN", help="Input file or saved HF dataset folder."),
-        fmt: str = typer.Option("auto", "--format", "-f", help=f"Input format: {'|'.join(IN_FORMATS)}."),
-        strict: bool = typer.Option(False, "--strict", help="Stop at the first bad item (error names file:line)."),
+        fmt: FormatOpt = "auto",
+        strict: StrictOpt = False,
         rejects: Optional[Path] = typer.Option(None, "--rejects", help="Also write the bad items to this JSONL."),
         show: int = typer.Option(20, "--show", min=0, help="How many bad items to list."),
         as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),

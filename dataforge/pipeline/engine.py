@@ -244,16 +244,24 @@ class Engine:
         entry: dict[str, Any] = {"stage": st.item.kind, "status": "running", "reason_to_run": why,
                                  "started": utc_now(), "key": key, "input": str(st.input),
                                  "output": str(st.output), "config": st.item.config.model_dump(mode="json")}
+        earlier = self._earlier_attempt_tokens(st.item.name, key)
+        if earlier:
+            entry["tokens_earlier_attempts"] = earlier
         m.set_stage(st.item.name, entry)
         m.save()
         if self.opts.progress:
             console.print(f"[bold]{st.item.name}[/bold]: running ({why})")
         t0 = time.perf_counter()
         llm = None
+        beat = None
         try:
             stage_input, ids, keys = self._stage_input(st)
             ray = self.ray_settings()
-            if ray is not None and st.adapter.fan_out:
+            if st.adapter.record_parallel and not ids:
+                # nothing to do (an empty shard): an empty output, so merge and later stages see one
+                RecordWriter(st.output).close()
+                summary, usage = {"stage": st.item.kind, "in": 0, "out": 0, "note": "no input records"}, None
+            elif ray is not None and st.adapter.fan_out:
                 from ..distributed import run_stage_on_ray
 
                 summary, usage = run_stage_on_ray(st.adapter, st.item.config, stage_input, st.output,
@@ -261,6 +269,7 @@ class Engine:
             else:
                 if st.adapter.needs_llm(st.item.config):
                     llm = self._make_llm()
+                    beat = _Heartbeat(m, entry, llm)
                 summary = st.adapter.run(stage_input, st.output, self._stage_config(st), llm=llm,
                                          progress=self.opts.progress)
                 usage = _usage_dict(llm.usage) if llm is not None else None
@@ -274,6 +283,8 @@ class Engine:
             m.save()
             raise
         finally:
+            if beat is not None:
+                beat.stop()
             if llm is not None:
                 _close(llm)
         entry.update(self._accounting(st, stage_input, summary, usage))
@@ -284,6 +295,16 @@ class Engine:
             c = entry.get("counts", {})
             console.print(f"[green]{st.item.name}[/green]: {c.get('in', '?')} in -> {c.get('out', '?')} out "
                           f"in {entry['seconds']:.1f}s")
+
+    def _earlier_attempt_tokens(self, name: str, key: dict[str, Any]) -> dict[str, int]:
+        """Tokens an interrupted attempt of this same stage spent (kept so accounting survives a crash)."""
+        old = (self.manifest.data.get("stages") or {}).get(name) or {}
+        if old.get("status") not in ("running", "failed") or old.get("key") != key:
+            return {}
+        total: dict[str, int] = dict(old.get("tokens_earlier_attempts") or {})
+        for k, v in (old.get("tokens_so_far") or {}).items():
+            total[k] = total.get(k, 0) + v
+        return total
 
     def _stage_config(self, st: PlannedStage):
         """The stage's config; a sharded export writes its copy to `<path>.shard-i-of-n<ext>`, not over the others'."""
@@ -326,7 +347,37 @@ class Engine:
             if side:
                 counts["side_files"] = side
         tokens = usage or _tokens_from_summary(summary)
-        return {"counts": counts, "summary": scrub(summary), "tokens": tokens}
+        out = {"counts": counts, "summary": scrub(summary), "tokens": tokens}
+        earlier = self.manifest.stage(st.item.name).get("tokens_earlier_attempts")
+        if earlier:
+            out["tokens_all_attempts"] = {k: tokens.get(k, 0) + earlier.get(k, 0) for k in {*tokens, *earlier}}
+        return out
+
+
+class _Heartbeat:
+    """Saves the running stage's token usage into the manifest every few seconds, so a crash
+    loses at most that much accounting."""
+
+    def __init__(self, manifest: Manifest, entry: dict[str, Any], llm: Any, every: float = 2.0):
+        import threading
+
+        self.manifest, self.entry, self.llm, self.every = manifest, entry, llm, every
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="dataforge-manifest-heartbeat", daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.every):
+            self.entry["tokens_so_far"] = _usage_dict(self.llm.usage)
+            try:
+                self.manifest.save()
+            except Exception:  # a racing edit of the entry: the next beat writes it
+                pass
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.entry.pop("tokens_so_far", None)
 
 
 def _usage_dict(usage: Any) -> dict[str, int]:

@@ -184,3 +184,27 @@ def test_bad_target_is_a_clear_error(tmp_path):
     bad.write_text("{not json")
     with pytest.raises(DataforgeError, match="stats.json"):
         load_steering(bad)
+
+
+def test_gate_side_files_count_in_stats_only(corpus, tmp_path):
+    """The gate writes rejected/review records beside its output: balance counts them (stage by stage) in the
+    stats, keeps them out of selection and out of its own files."""
+    path, records = corpus
+    accepted = [r for r in records if r.status != "rejected"]
+    gate_rejected = [r for r in records if r.status == "rejected"]
+    review = [Record(instruction=f"poetry review {i}", topic="poetry", complexity=8.0, status="review",
+                     reasons=["gate:judge_uncertain"]) for i in range(7)]
+    clean = tmp_path / "clean.jsonl"
+    write_records(clean, accepted)
+    write_records(Path(f"{clean}.rejected.jsonl"), gate_rejected)
+    write_records(Path(f"{clean}.review.jsonl"), review)
+    out = tmp_path / "final.jsonl"
+    summary = run_balance(clean, out, BalanceConfig(reuse_topics=True), progress=False)
+    assert summary["upstream_counted"] == len(gate_rejected) + len(review)
+    kept, dropped = read_jsonl(out), read_jsonl(Path(f"{out}.rejected.jsonl"))
+    check_accounting(accepted, kept, dropped)                     # outputs hold exactly the input's records
+    stats = json.loads(Path(f"{out}.stats.json").read_text())
+    assert stats["total"] == len(records) + len(review)
+    assert stats["rejected_by_stage"] == {"balance": summary["dropped_by_balance"], "gate": len(gate_rejected),
+                                          "review": len(review)}
+    assert stats["topics"]["poetry"]["rejected_by_stage"]["review"] == 7

@@ -52,6 +52,12 @@ def register(app: typer.Typer) -> None:
                                           "in the output instead of <out>.rejected.jsonl.", rich_help_panel=_C),
         stats: Optional[str] = typer.Option(None, "--stats", help="Stats file [default: <out>.stats.json].",
                                             rich_help_panel=_C, show_default=False),
+        upstream: Optional[list[str]] = typer.Option(
+            None, "--upstream", help="More files whose records count in the stats only, e.g. evolve's "
+            "eliminated records (repeatable).", rich_help_panel=_C, show_default=False),
+        no_upstream: bool = typer.Option(False, "--no-upstream", help="Do not count <in>.rejected.jsonl and "
+                                         "<in>.review.jsonl (what the gate set aside) in the stats.",
+                                         rich_help_panel=_C),
         format: FormatOpt = "auto",
         to: ToOpt = "record",
         strict: StrictOpt = False,
@@ -75,7 +81,8 @@ def register(app: typer.Typer) -> None:
             levels_target=levels_target, level_names=level_names, level_edges=level_edges, depth_edges=depth_edges,
             topic_cap=topic_cap, topic_cap_ratio=topic_cap_ratio or None, size=size, method=method, k=k,
             k_max=k_max, min_cluster_size=min_cluster_size, reuse_topics=reuse_topics, name_topics=name_topics,
-            embedder=embedder, keep_dropped=keep_dropped, stats_path=stats, in_format=format, out_format=to,
+            embedder=embedder, keep_dropped=keep_dropped, stats_path=stats, upstream=upstream or [],
+            auto_upstream=not no_upstream, in_format=format, out_format=to,
             strict=strict, seed=seed)
         llm = None
         if name_topics:

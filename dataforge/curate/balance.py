@@ -7,7 +7,8 @@
 4. kept records go to `-o`; every candidate not kept becomes ``status=rejected`` with reason
    ``balance:<topic>/<level>`` and goes, with the records that arrived rejected, to
    ``<out>.rejected.jsonl`` (or stays in `-o` with ``keep_dropped``); a stats file records acceptance
-   rates per topic and level for the generators (`dataforge evolve --steer`).
+   rates per topic and level for the generators (`dataforge evolve --steer`), counting also what earlier
+   stages set aside (``<in>.rejected.jsonl`` / ``<in>.review.jsonl`` of the gate, ``--upstream`` files).
 
 >>> run_balance("clean.jsonl", "final.jsonl", BalanceConfig(levels_target="low=0.2,mid=0.5,high=0.3"))  # doctest: +SKIP
 """
@@ -56,6 +57,10 @@ class BalanceConfig(BaseModel):
     embedder: str | None = Field(None, description="local sentence-transformers folder (default: MiniLM-L6)")
     keep_dropped: bool = Field(False, description="write dropped records into the output too (status=rejected)")
     stats_path: str | None = Field(None, description="stats file (default: <out>.stats.json)")
+    upstream: list[str] = Field(default_factory=list, description="more files whose records count in the stats only "
+                                                                  "(e.g. evolve's eliminated records)")
+    auto_upstream: bool = Field(True, description="also count <in>.rejected.jsonl and <in>.review.jsonl "
+                                                  "(what the gate set aside) in the stats")
     rejected_path: str | None = Field(None, description="dropped records (default: <out>.rejected.jsonl)")
     in_format: str = Field("auto", description="input format")
     out_format: str = Field("record", description="output format")
@@ -191,7 +196,7 @@ def assign_topics(records: list[Record], cfg: BalanceConfig, *, llm=None, progre
     t0 = time.perf_counter()
     vectors = []
     step = 2048
-    with progress_bar("embed", total=len(texts), unit="rec") as bar:
+    with _bar(progress, "embed", len(texts)) as bar:
         for i in range(0, len(texts), step):
             vectors.append(embedder.encode(texts[i:i + step]))
             bar.advance(len(texts[i:i + step]))
@@ -223,6 +228,32 @@ def assign_topics(records: list[Record], cfg: BalanceConfig, *, llm=None, progre
 # --------------------------------------------------------------------------- the stage
 
 
+def _bar(progress: bool, name: str, total: int):
+    from contextlib import nullcontext
+
+    from ..progress import Bar
+
+    return progress_bar(name, total=total, unit="rec") if progress else nullcontext(Bar(None, None))
+
+
+def _read_upstream(input_path: Path, cfg: BalanceConfig) -> list[Record]:
+    """Records earlier stages set aside (not candidates): they count in the acceptance-rate stats only.
+
+    The gate writes accepted records to its output and the rest beside it; without these files the stats
+    would only ever see balance's own drops. Records held for review count as not kept (stage `review`).
+    """
+    paths = [Path(p) for p in cfg.upstream]
+    for p in paths:
+        if not p.exists():
+            raise DataforgeError(f"{p}: no such file (--upstream)")
+    if cfg.auto_upstream:
+        paths += [p for p in (Path(f"{input_path}.rejected.jsonl"), Path(f"{input_path}.review.jsonl")) if p.is_file()]
+    out: list[Record] = []
+    for p in paths:
+        out.extend(read_records(p, "auto", rejects=RejectSink(None)))
+    return out
+
+
 def run_balance(input_path, output_path, cfg: BalanceConfig | None = None, *, llm=None, progress: bool = True) -> dict:
     """Cluster, level, balance; write kept records, dropped records and the stats file. Returns a summary."""
     cfg = cfg or BalanceConfig()
@@ -240,9 +271,12 @@ def run_balance(input_path, output_path, cfg: BalanceConfig | None = None, *, ll
     if not records:
         raise DataforgeError(f"{input_path}: no readable records to balance")
     ids = Counter(r.id for r in records)
+    upstream = _read_upstream(Path(input_path), cfg)
 
-    topics, topic_info = assign_topics(records, cfg, llm=llm, progress=progress)
-    levels = [level_of(r, scheme) for r in records]
+    everything = records + upstream
+    all_topics, topic_info = assign_topics(everything, cfg, llm=llm, progress=progress)
+    all_levels = [level_of(r, scheme) for r in everything]
+    topics, levels = all_topics[: len(records)], all_levels[: len(records)]
 
     cells: dict[tuple[str, str], list[int]] = defaultdict(list)
     for i, r in enumerate(records):
@@ -268,7 +302,7 @@ def run_balance(input_path, output_path, cfg: BalanceConfig | None = None, *, ll
 
     rejected_path = Path(cfg.rejected_path) if cfg.rejected_path else rejected_path_for(out)
     n_kept = n_dropped = 0
-    with progress_bar("write", total=len(final), unit="rec") as bar:
+    with _bar(progress, "write", len(final)) as bar:
         with RecordWriter(out, cfg.out_format) as w:
             rw = None if cfg.keep_dropped else RecordWriter(rejected_path, "record")
             try:
@@ -289,7 +323,9 @@ def run_balance(input_path, output_path, cfg: BalanceConfig | None = None, *, ll
 
     labels = {k: v["label"] for k, v in topic_info["topics"].items()}
     names = {k: v.get("name") for k, v in topic_info["topics"].items()}
-    stats = compute_stats(zip(final, topics, levels), topic_labels=labels, topic_names=names, level_target=target)
+    held = [r if r.status != "review" else r.with_status("rejected", "review:held by the gate") for r in upstream]
+    stats = compute_stats(zip(final + held, all_topics, all_levels), topic_labels=labels, topic_names=names,
+                          level_target=target)
     stats["balance"] = {
         "topic_cap": cap, "size": cfg.size, "levels": list(scheme.names),
         "plan": [{"topic": t, "level": lv, "available": avail[(t, lv)], "kept": plan.get((t, lv), 0)}
@@ -310,6 +346,7 @@ def run_balance(input_path, output_path, cfg: BalanceConfig | None = None, *, ll
         "candidates": n_candidates, "kept": len(keep),
         "dropped_by_balance": n_candidates - len(keep),
         "arrived_rejected": len(records) - n_candidates,
+        "upstream_counted": len(upstream),
         "written_output": (n_kept + n_dropped) if cfg.keep_dropped else n_kept,
         "written_rejected": 0 if cfg.keep_dropped else n_dropped,
         "by_status": dict(Counter(r.status for r in final)),

@@ -145,6 +145,7 @@ def test_stats_file_and_steering(corpus, tmp_path):
     assert cooking["kept"] + sum(cooking["rejected_by_stage"].values()) == cooking["total"]
     steering = load_steering(Path(f"{out}.stats.json"))
     assert steering.thin_levels == ["high", "mid"] and "poetry" in steering.thin_topics
+    assert steering.level_names == ["low", "mid", "high"]         # low to high: evolve reads the order
     examples = steering.examples_for("poetry")
     assert examples and all(e.startswith("poetry task") for e in examples)
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import DataforgeError
+from .levels import UNRATED
 from .stats import FORMAT
 
 
@@ -26,7 +27,7 @@ class Steering:
     thin_levels: list[str] = field(default_factory=list)
     topic_examples: dict[str, list[str]] = field(default_factory=dict)
     topic_labels: dict[str, str] = field(default_factory=dict)   # topic -> readable label ("recipe, bake, flour")
-    level_names: list[str] = field(default_factory=list)         # every level in the stats, low to high
+    level_names: list[str] = field(default_factory=list)         # every rated level in the stats, low to high
 
     @property
     def empty(self) -> bool:
@@ -67,5 +68,5 @@ def load_steering(path: str | os.PathLike) -> Steering:
         thin_levels=str_list("thin_levels"),
         topic_examples={str(k): [str(x) for x in v] for k, v in examples.items() if isinstance(v, list)},
         topic_labels=labels,
-        level_names=list((data.get("levels") or {}).keys()),
+        level_names=[lv for lv in (data.get("levels") or {}) if lv != UNRATED],
     )

@@ -18,15 +18,15 @@ def register(app: typer.Typer) -> None:
         input: str = typer.Argument(..., help="Records to balance (any supported format)."),
         output: str = typer.Option(..., "-o", "--output", help="Balanced records (kept)."),
         levels_target: Optional[str] = typer.Option(
-            None, "--levels-target", help="Target share per complexity level, e.g. low=0.2,mid=0.5,high=0.3 "
-            "[default: uniform].", rich_help_panel=_C, show_default=False),
+            None, "--levels-target", help="Target share per complexity level, e.g. low=0.2,mid=0.5,high=0.3  "
+            "(default: uniform).", rich_help_panel=_C, show_default=False),
         level_names: str = typer.Option("low,mid,high", "--level-names", help="Level names, lowest first.",
                                         rich_help_panel=_C),
         level_edges: Optional[str] = typer.Option(
-            None, "--level-edges", help="Complexity-score edges between levels [default: 4,7 on the 1-10 scale].",
+            None, "--level-edges", help="Complexity-score edges between levels (default: 4,7 on the 1-10 scale).",
             rich_help_panel=_C, show_default=False),
         depth_edges: Optional[str] = typer.Option(
-            None, "--depth-edges", help="Evolution-round edges, used where no score exists [default: 1,2].",
+            None, "--depth-edges", help="Evolution-round edges, used where no score exists (default: 1,2).",
             rich_help_panel=_C, show_default=False),
         topic_cap: Optional[int] = typer.Option(None, "--topic-cap", min=1, help="At most N records per topic.",
                                                 rich_help_panel=_C, show_default=False),
@@ -36,21 +36,21 @@ def register(app: typer.Typer) -> None:
         size: Optional[int] = typer.Option(None, "--size", min=1, help="At most N records in the output.",
                                            rich_help_panel=_C, show_default=False),
         method: str = typer.Option("kmeans", "--method", help="Clustering: kmeans | hdbscan.", rich_help_panel=_C),
-        k: Optional[int] = typer.Option(None, "--k", "--topics", min=1, help="Number of topics (kmeans) "
-                                        "[default: chosen by silhouette].", rich_help_panel=_C, show_default=False),
+        k: Optional[int] = typer.Option(None, "--k", "--topics", min=1, help="Number of topics (kmeans)  "
+                                        "(default: chosen by silhouette).", rich_help_panel=_C, show_default=False),
         k_max: int = typer.Option(30, "--k-max", min=2, help="Largest k tried when choosing k.", rich_help_panel=_C),
         min_cluster_size: Optional[int] = typer.Option(None, "--min-cluster-size", min=2,
-                                                       help="HDBSCAN minimum cluster size [default: n/100].",
+                                                       help="HDBSCAN minimum cluster size (default: n/100).",
                                                        rich_help_panel=_C, show_default=False),
         reuse_topics: bool = typer.Option(False, "--reuse-topics", help="Keep the records' existing topics.",
                                           rich_help_panel=_C),
         name_topics: bool = typer.Option(False, "--name-topics", help="Ask the model for a short name per topic.",
                                          rich_help_panel=_C),
-        embedder: Optional[str] = typer.Option(None, "--embedder", help="Local sentence-transformers folder "
-                                               "[default: all-MiniLM-L6-v2].", rich_help_panel=_C, show_default=False),
+        embedder: Optional[str] = typer.Option(None, "--embedder", help="Local sentence-transformers folder  "
+                                               "(default: all-MiniLM-L6-v2).", rich_help_panel=_C, show_default=False),
         keep_dropped: bool = typer.Option(False, "--keep-dropped", help="Keep dropped records (status=rejected) "
                                           "in the output instead of <out>.rejected.jsonl.", rich_help_panel=_C),
-        stats: Optional[str] = typer.Option(None, "--stats", help="Stats file [default: <out>.stats.json].",
+        stats: Optional[str] = typer.Option(None, "--stats", help="Stats file (default: <out>.stats.json).",
                                             rich_help_panel=_C, show_default=False),
         upstream: Optional[list[str]] = typer.Option(
             None, "--upstream", help="More files whose records count in the stats only, e.g. evolve's "

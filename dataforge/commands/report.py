@@ -16,14 +16,14 @@ def register(app: typer.Typer) -> None:
         output: str = typer.Option(..., "-o", "--output", help="HTML file to write."),
         before: Optional[str] = typer.Option(None, "--before", help="The file before balancing, for the "
                                              "before/after complexity plot.", show_default=False),
-        rejected: Optional[str] = typer.Option(None, "--rejected", help="Dropped records [default: "
-                                               "<in>.rejected.jsonl if present].", show_default=False),
-        stats: Optional[str] = typer.Option(None, "--stats", help="Stats file for topic labels [default: "
-                                            "<in>.stats.json if present].", show_default=False),
+        rejected: Optional[str] = typer.Option(None, "--rejected", help="Dropped records (default: "
+                                               "<in>.rejected.jsonl if present).", show_default=False),
+        stats: Optional[str] = typer.Option(None, "--stats", help="Stats file for topic labels (default: "
+                                            "<in>.stats.json if present).", show_default=False),
         title: Optional[str] = typer.Option(None, "--title", help="Page title.", show_default=False),
         examples: int = typer.Option(3, "--examples", min=0, help="Example records per topic."),
         max_points: int = typer.Option(5000, "--max-points", min=100, help="Points on the embedding map."),
-        no_map: bool = typer.Option(False, "--no-map", help="Skip the embedding map (no embedding needed)."),
+        no_map: bool = typer.Option(False, "--no-map", help="Skip the embedding map (faster; records without topics are still clustered)."),
         embedder: Optional[str] = typer.Option(None, "--embedder", help="Local sentence-transformers folder.",
                                                show_default=False),
         format: FormatOpt = "auto",

@@ -1,0 +1,273 @@
+"""`InstructModel`: a Hugging Face causal LM plus the optional instruction-aware modules; save and load.
+
+The base model stays an ordinary HF model (its config and weights are never patched), so a run without
+modifications saves a checkpoint that `AutoModelForCausalLM.from_pretrained` (or vLLM) loads as is. The
+modules reach inside it in two architecture-neutral ways:
+- a forward pre-hook on each layer's attention module swaps in a 4-D float attention mask with that layer's
+  per-head bias added (HF passes a ready 4-D mask straight through to the attention function, eager or sdpa);
+- a forward hook on each decoder layer adds the gated instruction re-injection to its output.
+Both read the per-batch tensors that `forward` leaves in `self._ctx` (kept after the call, because gradient
+checkpointing re-runs the layers during backward).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import DataforgeError
+from .data import IGNORE, INST_CLOSE, INST_OPEN, SEG_INSTRUCTION, SEG_RESPONSE, PromptFormatter
+from .modules import (InstructionAttentionBias, InstructionEncoder, ReasoningHead, SegmentEmbedding,
+                      TemperatureHead, TwoStreamFusion, sample_mean)
+
+META_FILE = "dataforge.json"
+MODS_FILE = "dataforge_mods.safetensors"
+_ATTN_NAMES = ("self_attn", "attn", "attention", "self_attention")
+
+
+def decoder_layers(base: nn.Module) -> nn.ModuleList:
+    """The ModuleList of decoder blocks (`model.layers` for Llama, `transformer.h` for GPT-2, ...)."""
+    n = base.config.num_hidden_layers
+    for module in base.base_model.modules():
+        if isinstance(module, nn.ModuleList) and len(module) == n:
+            return module
+    raise DataforgeError(f"cannot find the {n} decoder layers of {type(base).__name__}")
+
+
+def attention_module(layer: nn.Module) -> nn.Module:
+    for name in _ATTN_NAMES:
+        if isinstance(getattr(layer, name, None), nn.Module):
+            return getattr(layer, name)
+    for child in layer.children():
+        if "Attention" in type(child).__name__:
+            return child
+    raise DataforgeError(f"cannot find the attention module of {type(layer).__name__}")
+
+
+def add_inst_tokens(tokenizer) -> list[int]:
+    """Add [INST]/[/INST] as special (never split) tokens, no-op if present; return their ids."""
+    from tokenizers import AddedToken
+
+    tokenizer.add_tokens([AddedToken(t, special=True, normalized=False) for t in (INST_OPEN, INST_CLOSE)],
+                         special_tokens=True)
+    return tokenizer.convert_tokens_to_ids([INST_OPEN, INST_CLOSE])
+
+
+class InstructModel(nn.Module):
+    """Base causal LM + instruction modules. `forward(batch)` takes the tensors made by `data.collate`."""
+
+    def __init__(self, base: nn.Module, mods: dict[str, Any], n_tasks: int = 0,
+                 prompt_only_ids: list[int] | None = None):
+        super().__init__()
+        self.base = base
+        self.mods = dict(mods)
+        self.n_tasks = n_tasks
+        self.prompt_only_ids = list(prompt_only_ids or [])
+        cfg = base.config
+        d, n_layers, n_heads = cfg.hidden_size, cfg.num_hidden_layers, cfg.num_attention_heads
+        m = self.mods
+        self.segment_emb = SegmentEmbedding(d) if m.get("segment_embedding") else None
+        self.attn_bias = (InstructionAttentionBias(n_layers, n_heads, bool(m.get("attention_bias_complexity")))
+                          if m.get("attention_bias") else None)
+        self.encoder = self.fusion = self.repr_proj = None
+        if m.get("fusion"):
+            self.encoder = InstructionEncoder(d, m["fusion_dim"], m["fusion_layers"], m["fusion_heads"])
+            self.fusion = TwoStreamFusion(m["fusion_dim"], d, n_layers)
+            self.repr_proj = nn.Linear(m["fusion_dim"], d)
+        self.temp_head = TemperatureHead(d) if m.get("temperature_head") else None
+        self.task_head = nn.Linear(d, n_tasks) if (m.get("task_head") and n_tasks > 0) else None
+        self.reasoning = ReasoningHead(d, m["reasoning_paths"]) if m.get("reasoning_head") else None
+        self._ctx: dict[str, Any] = {}
+        self._hooks = []
+        layers = decoder_layers(base)
+        for i, layer in enumerate(layers):
+            if self.attn_bias is not None:
+                self._hooks.append(attention_module(layer).register_forward_pre_hook(
+                    self._attention_hook(i), with_kwargs=True))
+            if self.fusion is not None:
+                self._hooks.append(layer.register_forward_hook(self._inject_hook(i)))
+
+    # ------------------------------------------------------------------ hooks
+    def _attention_hook(self, layer: int):
+        def hook(module, args, kwargs):
+            ctx = self._ctx
+            if "float_mask" not in ctx:
+                return None
+            bias = self.attn_bias.layer_bias(layer, ctx["inst_key"], ctx["key_cx"])
+            kwargs["attention_mask"] = ctx["float_mask"] + bias.to(ctx["float_mask"].dtype)
+            return args, kwargs
+        return hook
+
+    def _inject_hook(self, layer: int):
+        def hook(module, args, output):
+            ctx = self._ctx
+            if "inject" not in ctx:
+                return None
+            add = ctx["inject"][:, layer][ctx["gather"]] * ctx["after"]
+            if isinstance(output, tuple):
+                return (output[0] + add.to(output[0].dtype),) + tuple(output[1:])
+            return output + add.to(output.dtype)
+        return hook
+
+    # ------------------------------------------------------------------ forward
+    @property
+    def has_mods(self) -> bool:
+        return any(x is not None for x in (self.segment_emb, self.attn_bias, self.encoder, self.temp_head,
+                                           self.task_head, self.reasoning)) or bool(self.prompt_only_ids)
+
+    def lm_labels(self, labels: torch.Tensor) -> torch.Tensor:
+        """LM targets without the prompt-only tokens (their logits are masked, so they are never targets)."""
+        if not self.prompt_only_ids:
+            return labels
+        no = torch.tensor(self.prompt_only_ids, device=labels.device)
+        return labels.masked_fill(torch.isin(labels, no), IGNORE)
+
+    def _mask(self, sample_idx: torch.Tensor, dtype: torch.dtype, as_float: bool) -> torch.Tensor:
+        """Block-diagonal causal mask (B,1,T,T): a token sees earlier tokens of its own sample only."""
+        T = sample_idx.shape[1]
+        causal = torch.ones(T, T, dtype=torch.bool, device=sample_idx.device).tril()
+        same = (sample_idx[:, :, None] == sample_idx[:, None, :]) & (sample_idx[:, None, :] >= 0)
+        allowed = (same & causal) | torch.eye(T, dtype=torch.bool, device=sample_idx.device)
+        allowed = allowed[:, None]
+        if not as_float:
+            return allowed
+        zero = torch.zeros((), dtype=dtype, device=sample_idx.device)
+        return torch.where(allowed, zero, torch.finfo(dtype).min)
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        ids, seg, sidx = batch["input_ids"], batch["segment_ids"], batch["sample_idx"]
+        pos = batch["position_ids"]
+        n = batch["task_ids"].numel()
+        inst = seg == SEG_INSTRUCTION
+        x = self.base.get_input_embeddings()(ids)
+        ctx: dict[str, Any] = {}
+        out: dict[str, torch.Tensor] = {}
+        tok_emb = x
+        if self.segment_emb is not None:
+            x = x + self.segment_emb(seg).to(x.dtype)
+        if self.encoder is not None:
+            enc = self.encoder(tok_emb, pos, inst, sidx, n)
+            fuse, inject = self.fusion(enc)
+            gather = sidx.clamp(min=0)
+            after = batch["after_inst"].unsqueeze(-1).to(x.dtype)
+            x = x + fuse[gather].to(x.dtype) * after
+            ctx.update(inject=inject, gather=gather, after=after)
+            out["inst_enc"] = self.repr_proj(enc)
+        eager = getattr(self.base.config, "_attn_implementation", "sdpa") == "eager"
+        mask = self._mask(sidx, x.dtype, as_float=eager or self.attn_bias is not None)
+        if self.attn_bias is not None:
+            ctx.update(float_mask=mask, inst_key=inst.to(x.dtype),
+                       key_cx=batch["complexity"].to(x.dtype)[sidx.clamp(min=0)])
+        self._ctx = ctx
+        hidden = self.base.base_model(inputs_embeds=x, attention_mask=mask, position_ids=pos,
+                                      use_cache=False).last_hidden_state
+        pooled = sample_mean(hidden, sidx, inst, n)
+        out["pooled"] = pooled
+        if self.reasoning is not None:
+            hidden = self.reasoning(hidden)
+        logits = self.base.get_output_embeddings()(hidden)
+        if self.prompt_only_ids:        # [INST]/[/INST] are never to be generated
+            logits = logits.index_fill(-1, torch.tensor(self.prompt_only_ids, device=logits.device),
+                                       torch.finfo(logits.dtype).min)
+        out["logits"] = logits
+        if self.temp_head is not None:
+            out["temperature"] = self.temp_head(pooled)
+        if self.task_head is not None:
+            out["task_logits"] = self.task_head(pooled)
+        return out
+
+    # ------------------------------------------------------------------ generation
+    @torch.no_grad()
+    def generate(self, formatter: PromptFormatter, instruction: str, input: str = "", *,
+                 max_new_tokens: int = 128, temperature: float | None = None, top_p: float = 0.95,
+                 complexity: float | None = None, seed: int = 0) -> tuple[str, float]:
+        """Sample a response; temperature None -> the head's prediction (or 0.7 without a head)."""
+        self.eval()
+        ids, segs = formatter.encode_prompt(instruction, input)
+        dev = next(self.parameters()).device
+        eos = {formatter.tok.eos_token_id} - {None}
+        gen = torch.Generator().manual_seed(seed)
+        prompt_len = len(ids)
+        used_temp = temperature
+        for _ in range(max_new_tokens):
+            batch = _single(ids, segs, (complexity or 0.0) / 10.0, dev)
+            out = self(batch)
+            if used_temp is None:
+                used_temp = float(out["temperature"][0]) if "temperature" in out else 0.7
+            logits = out["logits"][0, -1].float()
+            nxt = _sample(logits, used_temp, top_p, gen)
+            if nxt in eos:
+                break
+            ids.append(nxt)
+            segs.append(SEG_RESPONSE)
+        text = formatter.tok.decode(ids[prompt_len:], skip_special_tokens=True)
+        return text.strip(), float(used_temp)
+
+    # ------------------------------------------------------------------ save / load
+    def save(self, out_dir: str | Path, tokenizer, extra_meta: dict[str, Any] | None = None) -> None:
+        """HF model + tokenizer; plus dataforge.json and (with modules) dataforge_mods.safetensors."""
+        from safetensors.torch import save_file
+
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        self.base.save_pretrained(out)
+        tokenizer.save_pretrained(out)
+        own = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items() if not k.startswith("base.")}
+        if own:
+            save_file(own, str(out / MODS_FILE))
+        else:
+            (out / MODS_FILE).unlink(missing_ok=True)
+        meta = {"format": 1, "mods": self.mods, "n_tasks": self.n_tasks, "prompt_only_ids": self.prompt_only_ids,
+                "plain_hf": not self.has_mods} | (extra_meta or {})
+        (out / META_FILE).write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def _single(ids: list[int], segs: list[int], complexity: float, dev) -> dict[str, torch.Tensor]:
+    T = len(ids)
+    seg = torch.tensor([segs], device=dev)
+    inst_pos = [i for i, s in enumerate(segs) if s == SEG_INSTRUCTION]
+    last = inst_pos[-1] if inst_pos else -1
+    return {"input_ids": torch.tensor([ids], device=dev), "position_ids": torch.arange(T, device=dev)[None],
+            "segment_ids": seg, "sample_idx": torch.zeros((1, T), dtype=torch.long, device=dev),
+            "after_inst": (torch.arange(T, device=dev) > last)[None],
+            "task_ids": torch.tensor([-100], device=dev), "complexity": torch.tensor([complexity], device=dev),
+            "temp_target": torch.tensor([float("nan")], device=dev)}
+
+
+def _sample(logits: torch.Tensor, temperature: float, top_p: float, gen: torch.Generator) -> int:
+    if temperature <= 1e-4:
+        return int(logits.argmax())
+    probs = torch.softmax(logits / temperature, dim=-1).cpu()
+    sorted_p, order = probs.sort(descending=True)
+    keep = sorted_p.cumsum(0) - sorted_p < top_p
+    sorted_p = sorted_p * keep
+    choice = torch.multinomial(sorted_p / sorted_p.sum(), 1, generator=gen)
+    return int(order[choice])
+
+
+def load_instruct(run_dir: str | Path, device: str = "cpu") -> tuple[InstructModel, Any, dict[str, Any]]:
+    """Load a saved model directory (a run's `model/`, or the run dir containing it)."""
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    d = Path(run_dir)
+    if not (d / META_FILE).exists() and (d / "model" / META_FILE).exists():
+        d = d / "model"
+    if not (d / META_FILE).exists():
+        raise DataforgeError(f"{run_dir}: not a dataforge model directory (no {META_FILE})")
+    meta = json.loads((d / META_FILE).read_text(encoding="utf-8"))
+    base = AutoModelForCausalLM.from_pretrained(d, dtype=torch.float32)
+    tok = AutoTokenizer.from_pretrained(d)
+    model = InstructModel(base, meta["mods"], meta.get("n_tasks", 0), meta.get("prompt_only_ids"))
+    if (d / MODS_FILE).exists():
+        state = load_file(str(d / MODS_FILE))
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        missing = [k for k in missing if not k.startswith("base.")]
+        if missing or unexpected:
+            raise DataforgeError(f"{d / MODS_FILE}: weights do not match the saved config "
+                                 f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+    return model.to(device).eval(), tok, meta

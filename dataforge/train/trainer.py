@@ -1,0 +1,450 @@
+"""The training loop: `run_train(input, output_dir, cfg)`.
+
+Plain PyTorch, readable top to bottom: read records -> tokenise -> plan batches -> AdamW with warmup and
+cosine decay, gradient accumulation and clipping -> eval loss -> checkpoints (safetensors) -> final model.
+Multi-process: launch with `torchrun --nproc_per_node N -m dataforge train ...`; each process takes every
+N-th micro-batch of the same deterministic plan and DDP averages the gradients (gloo on CPU, nccl on GPU).
+
+Resuming: the data plan and the masking randomness are functions of (seed, epoch, micro-batch index), and a
+checkpoint holds weights, optimizer moments and the step, so a killed run continues exactly where it was.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import shutil
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..errors import DataforgeError
+from ..io import RejectSink, ReadStats, read_records, write_json_atomic
+from .config import TrainConfig
+from .data import (Example, PromptFormatter, TaskInfo, collate, encode_records, mask_instruction, plan_rows,
+                   split_eval, SEG_TEMPLATE)
+from .losses import Anchor, Objective, estimate_fisher, mean_token_ce, shifted_token_ce
+from .model import InstructModel, add_inst_tokens
+
+CKPT_DIR = "checkpoints"
+STATE_KEYS = ("seed", "batch_size", "grad_accum", "pack", "max_length", "group_by_length", "model")
+
+
+# ------------------------------------------------------------------------------------------ setup
+
+
+@dataclass
+class Dist:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    @classmethod
+    def from_env(cls) -> "Dist":
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        rank, local = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
+        cuda = torch.cuda.is_available()
+        device = torch.device(f"cuda:{local}") if cuda else torch.device("cpu")
+        if world > 1:
+            import torch.distributed as dist
+
+            if not dist.is_initialized():
+                dist.init_process_group("nccl" if cuda else "gloo")
+            if cuda:
+                torch.cuda.set_device(device)
+        return cls(rank, world, local, device)
+
+
+def load_base(cfg: TrainConfig):
+    """(model, tokenizer) for cfg.model: 'smollm2' or a local HF directory (never the hub)."""
+    if cfg.model == "smollm2":
+        from .smollm2 import load_smollm2
+
+        return load_smollm2()
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = Path(cfg.model)
+    if not path.is_dir():
+        raise DataforgeError(f"{cfg.model}: not a model directory (use a local HF model dir or 'smollm2'; "
+                             "dataforge never downloads models)")
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    tok = AutoTokenizer.from_pretrained(cfg.tokenizer or path)
+    return model, tok
+
+
+def lr_factor(step: int, total: int, warmup: int) -> float:
+    """Linear warmup to 1, then cosine decay to 0.1."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def param_groups(objective: Objective, cfg: TrainConfig) -> list[dict[str, Any]]:
+    """Base weights at cfg.lr (no decay on biases/norms), new modules and task weights at cfg.mods_lr."""
+    decay, no_decay, mods = [], [], []
+    for name, p in objective.named_parameters():
+        if not p.requires_grad:
+            continue
+        if not name.startswith("model.base."):
+            mods.append(p)
+        elif p.ndim < 2:
+            no_decay.append(p)
+        else:
+            decay.append(p)
+    groups = [{"params": decay, "lr": cfg.lr, "weight_decay": cfg.weight_decay, "peak_lr": cfg.lr},
+              {"params": no_decay, "lr": cfg.lr, "weight_decay": 0.0, "peak_lr": cfg.lr}]
+    if mods:
+        groups.append({"params": mods, "lr": cfg.mods_lr, "weight_decay": 0.0, "peak_lr": cfg.mods_lr})
+    return groups
+
+
+# ------------------------------------------------------------------------------------------ checkpoints
+
+
+def _ckpt_dirs(out: Path) -> list[Path]:
+    root = out / CKPT_DIR
+    if not root.is_dir():
+        return []
+    return sorted((p for p in root.glob("step-*") if p.is_dir() and (p / "state.json").exists()),
+                  key=lambda p: int(p.name.split("-")[1]))
+
+
+def save_checkpoint(out: Path, step: int, objective: Objective, opt: torch.optim.Optimizer,
+                    cfg: TrainConfig, extra: dict[str, Any]) -> Path:
+    """Weights + optimizer moments in safetensors, step and config in JSON; written to a temp dir, renamed."""
+    from safetensors.torch import save_file, save_model
+
+    root = out / CKPT_DIR
+    final = root / f"step-{step:07d}"
+    tmp = root / f".tmp-step-{step:07d}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_model(objective, str(tmp / "weights.safetensors"))
+    sd = opt.state_dict()
+    tensors = {f"{i}.{k}": v.detach().contiguous().cpu() for i, st in sd["state"].items() for k, v in st.items()}
+    tensors["rng.torch"] = torch.get_rng_state()
+    save_file(tensors, str(tmp / "optimizer.safetensors"))
+    groups = [{k: v for k, v in g.items()} for g in sd["param_groups"]]
+    state = {"step": step, "param_groups": groups, "config": cfg.model_dump(mode="json")} | extra
+    (tmp / "state.json").write_text(json.dumps(state, indent=1, default=list), encoding="utf-8")
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+    for old in _ckpt_dirs(out)[: -cfg.keep_checkpoints]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def load_checkpoint(path: Path, objective: Objective, opt: torch.optim.Optimizer, cfg: TrainConfig) -> dict:
+    from safetensors.torch import load_file, load_model
+
+    state = json.loads((path / "state.json").read_text(encoding="utf-8"))
+    old = state.get("config", {})
+    changed = [k for k in STATE_KEYS if k in old and old[k] != getattr(cfg, k)]
+    if changed:
+        raise DataforgeError(f"{path}: checkpoint was made with different {', '.join(changed)}; "
+                             "use a new output dir or --no-resume")
+    load_model(objective, str(path / "weights.safetensors"), strict=False)
+    tensors = load_file(str(path / "optimizer.safetensors"))
+    torch.set_rng_state(tensors.pop("rng.torch"))
+    per_param: dict[int, dict[str, torch.Tensor]] = {}
+    for key, v in tensors.items():
+        i, name = key.split(".", 1)
+        per_param.setdefault(int(i), {})[name] = v
+    opt.load_state_dict({"state": per_param, "param_groups": state["param_groups"]})
+    return state
+
+
+# ------------------------------------------------------------------------------------------ data
+
+
+def _read(input_path: Path, cfg: TrainConfig, out: Path, drops: dict[str, int]):
+    stats = ReadStats()
+    with RejectSink(out / "input.rejects.jsonl") as sink:
+        records = list(read_records(input_path, rejects=sink, stats=stats))
+    if sink.total:
+        drops["bad_input_line"] = sink.total
+    kept = []
+    for r in records:
+        if r.status not in cfg.include_status:
+            drops[f"status_{r.status}"] = drops.get(f"status_{r.status}", 0) + 1
+        else:
+            kept.append(r)
+    return records, kept
+
+
+def _reference_examples(cfg: TrainConfig, fmt: PromptFormatter, tasks: TaskInfo,
+                        train_ex: list[Example]) -> list[Example]:
+    """Texts for the Fisher: cfg.ewc_reference (records, or plain text lines), else the first train samples."""
+    if not cfg.ewc_reference:
+        return train_ex[: cfg.ewc_samples]
+    path = Path(cfg.ewc_reference)
+    if not path.exists():
+        raise DataforgeError(f"{path}: EWC reference file not found")
+    if path.suffix in (".jsonl", ".json", ".parquet"):
+        recs = [r for _, r in zip(range(cfg.ewc_samples), read_records(path))]
+        return encode_records(recs, fmt, tasks, {})
+    out = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        ids = fmt.tok(line, add_special_tokens=False)["input_ids"][: cfg.max_length]
+        if len(ids) >= 2:
+            out.append(Example(ids, [SEG_TEMPLATE] * len(ids), [False] * len(ids)))
+        if len(out) >= cfg.ewc_samples:
+            break
+    return out
+
+
+class BatchPlan:
+    """Maps a global micro-batch number to its rows; plans are cached per epoch."""
+
+    def __init__(self, examples: list[Example], cfg: TrainConfig, shuffle: bool = True):
+        self.examples, self.cfg, self.shuffle = examples, cfg, shuffle
+        self._cache: dict[int, list] = {}
+
+    def epoch(self, e: int) -> list[list[list[int]]]:
+        if e not in self._cache:
+            self._cache = {e: plan_rows(self.examples, packing=self.cfg.pack, group_by_length=self.cfg.group_by_length,
+                                        capacity=self.cfg.max_length, batch_size=self.cfg.batch_size,
+                                        seed=self.cfg.seed, epoch=e, shuffle=self.shuffle)}
+        return self._cache[e]
+
+    def __len__(self) -> int:
+        return len(self.epoch(0))
+
+    def rows(self, g: int) -> list[list[Example]]:
+        n = len(self)
+        return [[self.examples[i] for i in row] for row in self.epoch(g // n)[g % n]]
+
+
+def _to(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+
+
+# ------------------------------------------------------------------------------------------ eval
+
+
+@torch.no_grad()
+def evaluate(objective: Objective, batches: list[dict[str, torch.Tensor]], device, autocast) -> dict[str, float]:
+    """Token-weighted response loss and LM loss over the eval batches."""
+    if not batches:
+        return {}
+    objective.eval()
+    sums = {"resp": 0.0, "resp_n": 0, "lm": 0.0, "lm_n": 0}
+    for b in batches:
+        b = _to(b, device)
+        with autocast():
+            logits = objective.model(b)["logits"]
+        for key, labels in (("resp", b["resp_labels"]), ("lm", objective.model.lm_labels(b["lm_labels"]))):
+            loss, valid = shifted_token_ce(logits, labels)
+            sums[key] += float((loss * valid).sum())
+            sums[key + "_n"] += int(valid.sum())
+    objective.train()
+    return {"eval_loss": sums["resp"] / max(1, sums["resp_n"]), "eval_lm_loss": sums["lm"] / max(1, sums["lm_n"])}
+
+
+# ------------------------------------------------------------------------------------------ main entry
+
+
+def run_train(input_path, output_dir, cfg: TrainConfig, *, progress: bool = True,
+              model=None, tokenizer=None) -> dict[str, Any]:
+    """Fine-tune on the records in `input_path`; write checkpoints, logs and the final model under
+    `output_dir`. `model`/`tokenizer` (an HF causal LM and its tokenizer) override `cfg.model`.
+    Returns a JSON-able summary (also written to `output_dir/summary.json`)."""
+    from ..progress import progress_bar
+
+    t_start = time.time()
+    dist = Dist.from_env()
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(cfg.seed)
+    random.seed(cfg.seed)
+
+    # -- data -------------------------------------------------------------------------------------
+    drops: dict[str, int] = {}
+    all_records, records = _read(Path(input_path), cfg, out, drops)
+    train_recs, eval_recs = split_eval(records, cfg.eval_fraction, cfg.eval_max)
+    if model is None:
+        model, tokenizer = load_base(cfg)
+    elif tokenizer is None:
+        raise DataforgeError("run_train(model=...) needs the tokenizer too")
+    prompt_only: list[int] = []
+    if cfg.inst_tokens:
+        prompt_only = add_inst_tokens(tokenizer)
+        if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
+            model.resize_token_embeddings(len(tokenizer))
+    task_names = sorted({r.task for r in train_recs if r.task})
+    tasks = TaskInfo(task_names, cfg.task_kinds, cfg.temperature_by_kind)
+    fmt = PromptFormatter(tokenizer, cfg.prompt_format, cfg.inst_tokens, cfg.max_length)
+    train_ex = encode_records(train_recs, fmt, tasks, drops)
+    eval_ex = encode_records(eval_recs, fmt, tasks, {})
+    if not train_ex:
+        raise DataforgeError(f"{input_path}: no usable training records (dropped: {drops or 'none'})")
+    pad_id = next(t for t in (tokenizer.pad_token_id, tokenizer.eos_token_id, 0) if t is not None)
+    mask_id = next(t for t in (tokenizer.mask_token_id, tokenizer.unk_token_id, tokenizer.eos_token_id, 0)
+                   if t is not None)
+
+    # -- model, objective, optimizer ------------------------------------------------------------------
+    imodel = InstructModel(model, cfg.mods_dict(), len(task_names), prompt_only)
+    imodel.to(dist.device)
+    if cfg.grad_checkpointing:
+        model.config.use_cache = False
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    anchor = None
+    if cfg.ewc_weight > 0 or cfg.l2sp_weight > 0:
+        fisher = None
+        if cfg.ewc_weight > 0:
+            ref = _reference_examples(cfg, fmt, tasks, train_ex)
+            fisher = estimate_fisher(imodel, (_to(collate([[e]], pad_id), dist.device) for e in ref))
+        anchor = Anchor(imodel, fisher, cfg.ewc_weight, cfg.l2sp_weight).to(dist.device)
+    counts = [sum(1 for e in train_ex if e.task_id == k) for k in range(len(task_names))]
+    counts.append(sum(1 for e in train_ex if e.task_id < 0))
+    objective = Objective(imodel, cfg, len(task_names), counts, anchor).to(dist.device)
+    objective.train()
+    opt = torch.optim.AdamW(param_groups(objective, cfg), betas=(0.9, 0.95), eps=1e-8)
+
+    plan = BatchPlan(train_ex, cfg)
+    per_step = cfg.grad_accum * dist.world
+    steps_per_epoch = max(1, len(plan) // per_step)
+    total_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * steps_per_epoch))
+    warmup = max(1, round(cfg.warmup_ratio * total_steps))
+    eval_batches = [collate(rows, pad_id) for rows in
+                    (lambda p: [p.rows(i) for i in range(len(p))])(BatchPlan(eval_ex, cfg, shuffle=False))] \
+        if eval_ex else []
+
+    step, tokens_seen, resumed_from = 0, 0, None
+    ckpts = _ckpt_dirs(out) if cfg.resume else []
+    if ckpts:
+        state = load_checkpoint(ckpts[-1], objective, opt, cfg)
+        step, tokens_seen, resumed_from = state["step"], state.get("tokens", 0), str(ckpts[-1])
+
+    train_obj: torch.nn.Module = objective
+    if dist.world > 1:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        train_obj = DDP(objective, device_ids=[dist.local_rank] if dist.device.type == "cuda" else None,
+                        find_unused_parameters=imodel.has_mods, broadcast_buffers=False)
+    use_bf16 = cfg.bf16 == "on" or (cfg.bf16 == "auto" and dist.device.type == "cuda")
+
+    def autocast():
+        return torch.autocast(dist.device.type, dtype=torch.bfloat16) if use_bf16 else nullcontext()
+
+    # -- loop ---------------------------------------------------------------------------------------
+    log_path = out / "log.jsonl"
+    log = open(log_path, "a", encoding="utf-8") if dist.main else None
+    last: dict[str, float] = {}
+    evals: dict[str, float] = {}
+    t_loop, tok_window, t_window = time.time(), 0, time.time()
+    show = progress and dist.main
+    with (progress_bar("train", total=total_steps, unit="step") if show else nullcontext()) as bar:
+        if bar is not None and step:
+            bar.advance(step)
+        while step < total_steps:
+            for group in opt.param_groups:
+                group["lr"] = group["peak_lr"] * lr_factor(step, total_steps, warmup)
+            sums: dict[str, float] = {}
+            step_tokens = 0
+            for k in range(cfg.grad_accum):
+                g = step * per_step + k * dist.world + dist.rank
+                rows = plan.rows(g)
+                if cfg.instruction_mask_prob > 0:
+                    rng = random.Random(f"{cfg.seed}:mask:{g}")
+                    rows = [[mask_instruction(e, cfg.instruction_mask_prob, cfg.instruction_mask_mode, mask_id, rng)
+                             for e in row] for row in rows]
+                batch = _to(collate(rows, pad_id), dist.device)
+                step_tokens += int((batch["sample_idx"] >= 0).sum())
+                sync = k == cfg.grad_accum - 1 or dist.world == 1
+                with (nullcontext() if sync else train_obj.no_sync()), autocast():
+                    parts = train_obj(batch)
+                (parts["loss"] / cfg.grad_accum).backward()
+                for name, v in parts.items():
+                    sums[name] = sums.get(name, 0.0) + float(v.detach()) / cfg.grad_accum
+            if cfg.max_grad_norm > 0:
+                torch.nn.utils.clip_grad_norm_(objective.parameters(), cfg.max_grad_norm)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            step += 1
+            if dist.world > 1:
+                sums, step_tokens = _all_reduce_mean(sums, step_tokens, dist)
+            tokens_seen += step_tokens
+            tok_window += step_tokens
+            last = sums
+            if cfg.eval_every and step % cfg.eval_every == 0 and step < total_steps and dist.main:
+                evals = evaluate(objective, eval_batches, dist.device, autocast)
+            if dist.main and (step % cfg.log_every == 0 or step == total_steps):
+                now = time.time()
+                tps = tok_window / max(1e-9, now - t_window)
+                entry = {"step": step, "epoch": round(step / steps_per_epoch, 4), "lr": opt.param_groups[0]["lr"],
+                         **{k: round(v, 6) for k, v in sums.items()}, "tokens": tokens_seen,
+                         "tokens_per_s": round(tps, 1)} | evals
+                log.write(json.dumps(entry) + "\n")
+                log.flush()
+                evals = {}
+                tok_window, t_window = 0, now
+                if bar is not None:
+                    bar.status(f"loss {sums['loss']:.4f} | {tps:,.0f} tok/s")
+            if bar is not None:
+                bar.advance(1)
+            if cfg.save_every and step % cfg.save_every == 0 and step < total_steps and dist.main:
+                save_checkpoint(out, step, objective, opt, cfg, {"tokens": tokens_seen})
+    loop_s = time.time() - t_loop
+
+    # -- finish -------------------------------------------------------------------------------------
+    final_eval = evaluate(objective, eval_batches, dist.device, autocast) if dist.main else {}
+    in_sync = _ranks_in_sync(objective, dist)
+    summary: dict[str, Any] = {
+        "input": str(input_path), "output_dir": str(out), "records_in": len(all_records),
+        "records_used": len(train_ex) + len(eval_ex), "train_samples": len(train_ex), "eval_samples": len(eval_ex),
+        "dropped": drops, "tasks": task_names, "steps": step, "total_steps": total_steps,
+        "tokens": tokens_seen, "tokens_per_s": round(tokens_seen / max(1e-9, loop_s), 1) if not resumed_from else None,
+        "final_loss": {k: round(v, 6) for k, v in last.items()}, **final_eval,
+        "world_size": dist.world, "ranks_in_sync": in_sync, "resumed_from": resumed_from,
+        "prompt_format": fmt.fmt, "model_dir": str(out / "model"), "plain_hf": not imodel.has_mods,
+    }
+    if dist.main:
+        if resumed_from is None or step > int(Path(resumed_from).name.split("-")[1]):
+            save_checkpoint(out, step, objective, opt, cfg, {"tokens": tokens_seen})
+        imodel.save(out / "model", tokenizer, {"prompt_format": fmt.fmt, "tasks": task_names,
+                                               "base_model": cfg.model, "max_length": cfg.max_length})
+        summary["wall_s"] = round(time.time() - t_start, 2)
+        write_json_atomic(out / "summary.json", summary)
+        log.close()
+    if dist.world > 1:
+        import torch.distributed as tdist
+
+        tdist.barrier()
+    return summary
+
+
+def _all_reduce_mean(sums: dict[str, float], tokens: int, dist: Dist) -> tuple[dict[str, float], int]:
+    import torch.distributed as tdist
+
+    keys = sorted(sums)
+    t = torch.tensor([sums[k] for k in keys] + [float(tokens)], dtype=torch.float64, device=dist.device)
+    tdist.all_reduce(t)
+    vals = t.tolist()
+    return {k: vals[i] / dist.world for i, k in enumerate(keys)}, int(vals[-1])
+
+
+def _ranks_in_sync(objective: Objective, dist: Dist) -> bool:
+    """DDP sanity check: every process ends with the same weights (compares a checksum)."""
+    if dist.world == 1:
+        return True
+    import torch.distributed as tdist
+
+    s = torch.tensor([sum(float(p.detach().double().sum()) for p in objective.parameters())],
+                     dtype=torch.float64, device=dist.device)
+    lo, hi = s.clone(), s.clone()
+    tdist.all_reduce(lo, op=tdist.ReduceOp.MIN)
+    tdist.all_reduce(hi, op=tdist.ReduceOp.MAX)
+    return bool(abs(float(hi - lo)) <= 1e-9 * max(1.0, abs(float(hi))))

@@ -1,0 +1,130 @@
+"""Trainer data path: prompt formats, segment ids, label placement, packing, batching, instruction masking."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from dataforge.records import Record  # noqa: E402
+from dataforge.train.config import TrainConfig  # noqa: E402
+from dataforge.train.data import (IGNORE, SEG_INPUT, SEG_INSTRUCTION, SEG_RESPONSE, PromptFormatter,  # noqa: E402
+                                  TaskInfo, collate, encode_records, mask_instruction, pack, padding_fraction,
+                                  plan_rows, split_eval)
+from dataforge.train.model import add_inst_tokens  # noqa: E402
+from dataforge.train.tiny import tiny_tokenizer, toy_records  # noqa: E402
+
+CFG = TrainConfig()
+TASKS = TaskInfo(["classification", "generation", "math"], CFG.task_kinds, CFG.temperature_by_kind)
+
+
+@pytest.fixture(scope="module", params=["chat", "inst", "inst+tokens"])
+def formatter(request):
+    tok = tiny_tokenizer(chat_template=request.param == "chat")
+    if request.param == "inst+tokens":
+        add_inst_tokens(tok)
+    return PromptFormatter(tok, "auto", inst_tokens=request.param == "inst+tokens", max_length=256)
+
+
+def test_labels_sit_exactly_on_the_response(formatter):
+    recs = toy_records(9)
+    exs = encode_records(recs, formatter, TASKS, {})
+    assert len(exs) == len(recs)
+    tok = formatter.tok
+    for r, e in zip(recs, exs):
+        learned = [i for i, flag in zip(e.input_ids, e.learn) if flag]
+        text = tok.decode(learned, skip_special_tokens=True)
+        assert text.strip().startswith(r.output), (text, r.output)
+        # every labelled token is a response token and every prompt token is unlabelled
+        assert all((s == SEG_RESPONSE) == flag for s, flag in zip(e.segments, e.learn))
+        inst = tok.decode([i for i, s in zip(e.input_ids, e.segments) if s == SEG_INSTRUCTION])
+        assert inst.strip() == r.instruction
+        if r.input:
+            assert tok.decode([i for i, s in zip(e.input_ids, e.segments) if s == SEG_INPUT]).strip() == r.input
+        assert e.input_ids[len(e) - 1] == tok.eos_token_id or tok.decode(e.input_ids[-2:]).strip().startswith("</s>")
+
+
+def test_no_label_on_padding_or_prompt(formatter):
+    exs = encode_records(toy_records(6), formatter, TASKS, {})
+    b = collate([[e] for e in exs], pad_id=0)
+    pad = b["sample_idx"] < 0
+    assert pad.any()                                        # the batch really has padding
+    assert (b["resp_labels"][pad] == IGNORE).all() and (b["lm_labels"][pad] == IGNORE).all()
+    prompt = (b["segment_ids"] != SEG_RESPONSE) & ~pad
+    assert (b["resp_labels"][prompt] == IGNORE).all()
+    resp = (b["segment_ids"] == SEG_RESPONSE)
+    assert (b["resp_labels"][resp] != IGNORE).all()
+
+
+def test_inst_tokens_are_single_special_tokens():
+    tok = tiny_tokenizer()
+    ids = add_inst_tokens(tok)
+    fmt = PromptFormatter(tok, "inst", inst_tokens=True)
+    e = fmt.encode(Record(instruction="Add the numbers", input="1 2", output="3"))
+    assert e.input_ids.count(ids[0]) == 1 and e.input_ids.count(ids[1]) == 1
+
+
+def test_packing_keeps_samples_apart():
+    tok = tiny_tokenizer()
+    exs = encode_records(toy_records(30), PromptFormatter(tok, "inst"), TASKS, {})
+    rows = pack([len(e) for e in exs], 128)
+    assert sorted(i for r in rows for i in r) == list(range(len(exs)))
+    assert all(sum(len(exs[i]) for i in r) <= 128 for r in rows)
+    b = collate([[exs[i] for i in r] for r in rows], pad_id=0)
+    starts = (b["position_ids"] == 0) & (b["sample_idx"] >= 0)
+    assert int(starts.sum()) == len(exs)                   # positions restart at every sample
+    assert (b["lm_labels"][starts] == IGNORE).all()          # nobody predicts the next sample's first token
+    assert b["sample_idx"].max() == len(exs) - 1
+
+
+def test_packing_cuts_padding_below_5_percent():
+    tok = tiny_tokenizer()
+    exs = encode_records(toy_records(300), PromptFormatter(tok, "inst"), TASKS, {})
+    cfg = dict(group_by_length=False, capacity=512, batch_size=8, seed=0, epoch=0)
+    packed = [collate([[exs[i] for i in r] for r in batch], 0) for batch in plan_rows(exs, packing=True, **cfg)]
+    plain = [collate([[exs[i] for i in r] for r in batch], 0) for batch in plan_rows(exs, packing=False, **cfg)]
+    assert padding_fraction(packed) < 0.05 < padding_fraction(plain)
+
+
+def test_length_grouping_reduces_padding():
+    tok = tiny_tokenizer()
+    exs = encode_records(toy_records(200), PromptFormatter(tok, "inst"), TASKS, {})
+    cfg = dict(packing=False, capacity=256, batch_size=8, seed=1, epoch=0)
+    grouped = [collate([[exs[i] for i in r] for r in b], 0) for b in plan_rows(exs, group_by_length=True, **cfg)]
+    mixed = [collate([[exs[i] for i in r] for r in b], 0) for b in plan_rows(exs, group_by_length=False, **cfg)]
+    assert padding_fraction(grouped) < padding_fraction(mixed)
+    assert sorted(i for b in plan_rows(exs, group_by_length=True, **cfg) for r in b for i in r) == list(range(200))
+
+
+def test_instruction_masking_touches_only_instruction_tokens():
+    tok = tiny_tokenizer()
+    e = PromptFormatter(tok, "inst").encode(toy_records(3)[0])
+    n_inst = e.segments.count(SEG_INSTRUCTION)
+    masked = mask_instruction(e, 0.5, "mask", 3, random.Random(0))
+    changed = [i for i in range(len(e)) if masked.input_ids[i] != e.input_ids[i]]
+    assert changed and all(e.segments[i] == SEG_INSTRUCTION and masked.input_ids[i] == 3 for i in changed)
+    dropped = mask_instruction(e, 0.99, "drop", 3, random.Random(0))
+    assert dropped.segments.count(SEG_INSTRUCTION) == 1 and len(dropped) == len(e) - (n_inst - 1)
+    assert [s for s in dropped.segments if s != SEG_INSTRUCTION] == [s for s in e.segments if s != SEG_INSTRUCTION]
+    assert mask_instruction(e, 0.0, "mask", 3, random.Random(0)) is e
+
+
+def test_long_prompts_are_dropped_with_a_reason():
+    tok = tiny_tokenizer()
+    fmt = PromptFormatter(tok, "inst", max_length=32)
+    drops: dict[str, int] = {}
+    long = Record(instruction="word " * 200, output="ok")
+    short = Record(instruction="Add", output="the result is " * 50)
+    exs = encode_records([long, short, Record(instruction="x", output="")], fmt, TASKS, drops)
+    assert drops == {"prompt_too_long": 1, "empty_output": 1}
+    assert len(exs) == 1 and len(exs[0]) == 32 and any(exs[0].learn)
+
+
+def test_eval_split_is_stable_under_reordering():
+    recs = toy_records(100)
+    tr1, ev1 = split_eval(recs, 0.1, 50)
+    tr2, ev2 = split_eval(list(reversed(recs)), 0.1, 50)
+    assert {r.id for r in ev1} == {r.id for r in ev2} and len(ev1) == 10
+    assert not {r.id for r in ev1} & {r.id for r in tr1}

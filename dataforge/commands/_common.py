@@ -48,7 +48,7 @@ ProfileOpt = Annotated[Optional[str], typer.Option(
     "--profile", help="Prompt profile: chat | fewshot [default: by model; small models get fewshot].",
     rich_help_panel=_B, show_default=False)]
 ThreadsOpt = Annotated[Optional[int], typer.Option(
-    "--threads", min=1, help="CPU threads for the local backend [default: 2].", rich_help_panel=_B, show_default=False)]
+    "--threads", min=1, help="CPU threads for the local backend [default: CPUs - 1].", rich_help_panel=_B, show_default=False)]
 
 # -- input/output ---------------------------------------------------------------------------------------
 FormatOpt = Annotated[str, typer.Option(

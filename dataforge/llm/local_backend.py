@@ -55,8 +55,8 @@ class LocalBackend(LLM):
                 raise DataforgeError("the local backend needs llama-cpp-python: `pip install llama-cpp-python`") from exc
             try:
                 with _no_weight_repacking():
-                    llama = Llama(model_path=str(self.path), n_ctx=self.cfg.n_ctx, n_threads=self.cfg.n_threads,
-                                  n_threads_batch=self.cfg.n_threads, logits_all=logits_all, verbose=False, seed=0)
+                    llama = Llama(model_path=str(self.path), n_ctx=self.cfg.n_ctx, n_threads=self.cfg.resolved_threads(),
+                                  n_threads_batch=self.cfg.resolved_threads(), logits_all=logits_all, verbose=False, seed=0)
             except Exception as exc:  # noqa: BLE001 - llama.cpp raises ValueError/RuntimeError on bad files
                 raise DataforgeError(f"could not load GGUF {self.path}: {exc}") from exc
             self._models[logits_all] = llama
@@ -154,7 +154,7 @@ class LocalBackend(LLM):
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llama.cpp")
 
     def describe(self) -> dict[str, Any]:
-        return {**super().describe(), "gguf": str(self.path), "n_threads": self.cfg.n_threads, "n_ctx": self.cfg.n_ctx}
+        return {**super().describe(), "gguf": str(self.path), "n_threads": self.cfg.resolved_threads(), "n_ctx": self.cfg.n_ctx}
 
 
 _PATCH_LOCK = threading.Lock()

@@ -28,7 +28,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable, Union
 
 FAULT_KINDS = ("429", "500", "slow", "malformed", "truncated")
-ALL_FAULT_KINDS = (*FAULT_KINDS, "disconnect")
+ALL_FAULT_KINDS = (*FAULT_KINDS, "disconnect", "400", "401")
 
 _WORDS = (
     "data model prompt answer example task question result method system value process step detail "
@@ -43,7 +43,8 @@ _VERBS = "explains describes lists compares shows gives checks builds measures i
 class Fault:
     """One injected failure. Kinds: 429 (with Retry-After), 500, slow (reply after `slow_seconds`),
     malformed (HTTP 200 with a broken JSON body), truncated (text cut, finish_reason "length"),
-    disconnect (connection closed without a reply)."""
+    disconnect (connection closed without a reply), 400 (a request the server refuses: not retryable),
+    401 (rejects the key and, like some real servers, quotes part of it in the error message)."""
 
     kind: str
     retry_after: float = 0.05
@@ -177,6 +178,14 @@ class _Server(ThreadingHTTPServer):
     allow_reuse_address = True
     owner: "LoopbackServer"
 
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        import sys
+
+        exc = sys.exc_info()[1]
+        if isinstance(exc, (ConnectionError, TimeoutError)):  # clients that timed out or hung up: expected
+            return
+        super().handle_error(request, client_address)
+
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive, as real servers do
@@ -257,6 +266,13 @@ class _Handler(BaseHTTPRequestHandler):
             if fault.kind == "429":
                 self._error(429, "rate limited (injected)", "rate_limit_error",
                             {"Retry-After": f"{fault.retry_after:g}", "retry-after-ms": str(int(fault.retry_after * 1000))})
+                return
+            if fault.kind == "401":
+                key = (self.headers.get("Authorization") or "").removeprefix("Bearer ")
+                self._error(401, f"Incorrect API key provided: {key[:10]}****{key[-4:]}", "invalid_api_key")
+                return
+            if fault.kind == "400":
+                self._error(400, "bad request (injected)", "invalid_request_error")
                 return
             if fault.kind == "500":
                 self._error(500, "internal error (injected)", "server_error")

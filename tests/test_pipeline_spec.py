@@ -91,3 +91,15 @@ def test_shipped_pipelines_are_found_by_bare_name():
     assert find_pipeline("evol_corpus").name == "evol_corpus.yaml"
     with pytest.raises(DataforgeError, match="no such pipeline"):
         find_pipeline("no_such_job")
+
+
+def test_every_shipped_pipeline_validates_and_its_input_exists():
+    for name in shipped_pipelines():
+        spec = load_pipeline(find_pipeline(name))
+        assert spec.stages, name
+        assert spec.resolve(spec.header.input).exists(), name
+
+
+def test_engine_owned_stage_options_are_refused(tmp_path):
+    msg = _error(tmp_path, GOOD + "  - stage: evolve\n    name: e2\n    shard: 1/2\n")
+    assert re.search(r"job\.yaml:8: 'shard' is set by the pipeline", msg), msg

@@ -213,12 +213,12 @@ class Engine:
             why = "forced by --from" if forced and done else why
             if self.opts.dry_run:
                 report.append((st.item.name, f"run ({why})"))
-                break_after = True
-                if break_after:
-                    # later stages depend on this one's output, which does not exist yet
-                    for later in self.stages[st.index + 1:]:
-                        report.append((later.item.name, "run if its input changes"))
-                    break
+                # later stages depend on this one's output, which does not exist yet
+                for later in self.stages[st.index + 1:]:
+                    known = (m.data.get("stages") or {}).get(later.item.name, {}).get("status") == "done"
+                    report.append((later.item.name, "run if its input changes" if known and not forced
+                                   else "run (after the stages before it)"))
+                break
             self._run_stage(st, key, why)
             report.append((st.item.name, f"ran ({why})"))
         if not self.opts.dry_run:
@@ -241,6 +241,8 @@ class Engine:
     def _run_stage(self, st: PlannedStage, key: dict[str, Any], why: str) -> None:
         m = self.manifest
         st.dir.mkdir(parents=True, exist_ok=True)
+        if self.run_dir.resolve() in st.input.resolve().parents:
+            _drop_empty_side_files(st.input)
         entry: dict[str, Any] = {"stage": st.item.kind, "status": "running", "reason_to_run": why,
                                  "started": utc_now(), "key": key, "input": str(st.input),
                                  "output": str(st.output), "config": st.item.config.model_dump(mode="json")}
@@ -256,8 +258,11 @@ class Engine:
         beat = None
         try:
             stage_input, ids, keys = self._stage_input(st)
+            if not st.adapter.record_parallel and stage_input.is_file() and stage_input.stat().st_size == 0:
+                raise DataforgeError(f"stage {st.item.name!r}: its input {stage_input} has no records (the stage "
+                                     "before it kept none; its summary in manifest.json says why)")
             ray = self.ray_settings()
-            if st.adapter.record_parallel and not ids:
+            if st.adapter.record_parallel and not ids and st.item.kind != "export":
                 # nothing to do (an empty shard): an empty output, so merge and later stages see one
                 RecordWriter(st.output).close()
                 summary, usage = {"stage": st.item.kind, "in": 0, "out": 0, "note": "no input records"}, None
@@ -287,6 +292,7 @@ class Engine:
                 beat.stop()
             if llm is not None:
                 _close(llm)
+        _drop_empty_side_files(st.output)
         entry.update(self._accounting(st, stage_input, summary, usage))
         entry.update({"status": "done", "finished": utc_now(), "seconds": round(time.perf_counter() - t0, 3),
                       "output_hash": file_hash(st.output)})
@@ -352,6 +358,16 @@ class Engine:
         if earlier:
             out["tokens_all_attempts"] = {k: tokens.get(k, 0) + earlier.get(k, 0) for k in {*tokens, *earlier}}
         return out
+
+
+def _drop_empty_side_files(output: Path) -> None:
+    """An empty `<out>.rejected.jsonl`/`.review.jsonl` says nothing, and the next stage's reader
+    (rightly) refuses empty input files; remove them so a chain never trips over one."""
+    if output.is_dir():
+        return
+    for side in output.parent.glob(f"{output.name}.*.jsonl"):
+        if side.is_file() and side.stat().st_size == 0:
+            side.unlink()
 
 
 class _Heartbeat:

@@ -38,8 +38,9 @@ def run_export(input_path, output_path, cfg: ExportConfig, *, llm=None, progress
     n_in = 0
     extra = RecordWriter(cfg.path, cfg.format) if cfg.path else None
     try:
+        empty = Path(input_path).is_file() and Path(input_path).stat().st_size == 0  # nothing kept upstream
         with RejectSink(rejects_path_for(output_path)) as sink, RecordWriter(output_path, "record") as w:
-            for r in read_records(input_path, rejects=sink):
+            for r in ([] if empty else read_records(input_path, rejects=sink)):
                 n_in += 1
                 if r.status not in keep:
                     left_out[f"status:{r.status}"] += 1

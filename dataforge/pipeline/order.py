@@ -39,6 +39,8 @@ def write_keys(path: str | os.PathLike, keys: list[int], **info) -> None:
 
 def input_keys(path: str | os.PathLike) -> tuple[list[str], list[int]]:
     """Ids of the records in `path` and their keys (from its sidecar, else their positions)."""
+    if Path(path).is_file() and Path(path).stat().st_size == 0:
+        return [], []
     ids = [r.id for r in read_records(path)]
     keys = read_keys(path)
     if keys is None or len(keys) != len(ids):

@@ -22,6 +22,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from ..errors import DataforgeError
 from ..paths import resource_dir
 
+# stage options the engine decides for every stage (a stage setting them would break chaining)
+_ENGINE_OWNED = {
+    "shard": "use `dataforge run --shard i/n`",
+    "out_format": "stages hand Records to each other; choose the format in an `export` stage",
+}
+
 # keys a stage item may carry besides its config fields
 STAGE_KEYS = ("stage", "name", "input")
 _NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
@@ -265,11 +271,17 @@ def parse_pipeline(text: str, where: str = "<pipeline>", path: Path | None = Non
             cfg_cls = adapter.config_class()
         except DataforgeError as exc:
             raise DataforgeError(f"{where}:{loc.line((*base, 'stage'))}: {exc}") from None
+        for key, why in _ENGINE_OWNED.items():
+            if key in fields and fields[key] not in (None, "record"):
+                raise DataforgeError(f"{where}:{loc.line((*base, key))}: '{key}' is set by the pipeline, "
+                                     f"not per stage: {why}")
         fields = adapter.fill_defaults(fields, header)
         try:
             cfg = cfg_cls.model_validate(fields)
         except ValidationError as exc:
             raise _pydantic_errors(exc, loc, base, where) from None
+        except DataforgeError as exc:  # a config's own cross-field check
+            raise DataforgeError(f"{where}:{line}: stage {name!r}: {exc}") from None
         items.append(StageItem(kind, name, cfg, src, line))
 
     names = [s.name for s in items]

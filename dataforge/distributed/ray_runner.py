@@ -104,6 +104,12 @@ class _Worker:
         }
 
 
+def _digest(obj: Any) -> str:
+    import hashlib
+
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode("utf-8")).hexdigest()[:12]
+
+
 def _batches(path: Path, size: int) -> list[list[str]]:
     out: list[list[str]] = [[]]
     for r in read_records(path):
@@ -139,7 +145,10 @@ def run_stage_on_ray(adapter, cfg, input_path: Path, output_path: Path, backend_
     batches = _batches(Path(input_path), settings.batch_size)
     root = Path(output_path).parent / "ray_batches"
     root.mkdir(parents=True, exist_ok=True)
-    done_file = lambda i: root / f"b{i:05d}.jsonl"  # noqa: E731
+    cfg_dict = cfg.model_dump(mode="json")
+    # a batch's files are named by its content, so a changed input or config never reuses a stale batch
+    names = [f"b{i:05d}-{_digest([adapter.kind, cfg_dict, b])}" for i, b in enumerate(batches)]
+    done_file = lambda i: root / f"{names[i]}.jsonl"  # noqa: E731
     todo = [i for i in range(len(batches)) if not (done_file(i).is_file() and Path(f"{done_file(i)}.json").is_file())]
 
     backend = backend_cfg.model_dump(mode="json")
@@ -156,12 +165,11 @@ def run_stage_on_ray(adapter, cfg, input_path: Path, output_path: Path, backend_
         actor_cls = ray.remote(num_cpus=settings.num_cpus)(_Worker)
         actors = [actor_cls.remote(backend, endpoints[w % len(endpoints)], identity, env) for w in range(n_workers)]
         pool = ActorPool(actors)
-        cfg_dict = cfg.model_dump(mode="json")
         with (progress_bar(f"{adapter.kind} (ray x{n_workers})", total=len(batches), unit="batch")
               if progress else nullcontext(Bar(None, None))) as bar:
             bar.advance(len(batches) - len(todo))
             jobs = pool.map_unordered(
-                lambda a, i: a.run_batch.remote(adapter.kind, cfg_dict, batches[i], str(root / f"b{i:05d}"), i),
+                lambda a, i: a.run_batch.remote(adapter.kind, cfg_dict, batches[i], str(root / names[i]), i),
                 todo)
             for res in jobs:
                 i = int(res["batch"])
@@ -188,10 +196,21 @@ def run_stage_on_ray(adapter, cfg, input_path: Path, output_path: Path, backend_
             for line in rejects:
                 j.append(json.loads(line))
     usage["total_tokens"] = usage.get("prompt_tokens", 0) + usage.get("completion_tokens", 0)
+    _remove_other_batches(root, set(names))
     summary = sum_summaries(summaries)
     summary["ray"] = {"batches": len(batches), "resumed_batches": len(batches) - len(todo),
                       "workers": n_workers, "batches_per_endpoint": per_endpoint}
     return summary, usage
+
+
+def _remove_other_batches(root: Path, keep: set[str]) -> None:
+    """Batches of earlier inputs or configs are dead weight once this stage has finished."""
+    import shutil
+
+    for p in root.iterdir():
+        name = p.name.split(".", 1)[0]
+        if name not in keep:
+            shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
 
 
 def _write_batch(path: Path, res: dict[str, Any]) -> None:

@@ -246,6 +246,9 @@ class Engine:
         entry: dict[str, Any] = {"stage": st.item.kind, "status": "running", "reason_to_run": why,
                                  "started": utc_now(), "key": key, "input": str(st.input),
                                  "output": str(st.output), "config": st.item.config.model_dump(mode="json")}
+        old = (m.data.get("stages") or {}).get(st.item.name) or {}
+        if old.get("key") != key:
+            _clear_stale_work(st.output)  # a journal from other settings or input must not be resumed
         earlier = self._earlier_attempt_tokens(st.item.name, key)
         if earlier:
             entry["tokens_earlier_attempts"] = earlier
@@ -358,6 +361,11 @@ class Engine:
         if earlier:
             out["tokens_all_attempts"] = {k: tokens.get(k, 0) + earlier.get(k, 0) for k in {*tokens, *earlier}}
         return out
+
+
+def _clear_stale_work(output: Path) -> None:
+    """Remove the journal of an attempt with another key (Ray batches are named by content)."""
+    Path(f"{output}.partial.jsonl").unlink(missing_ok=True)
 
 
 def _drop_empty_side_files(output: Path) -> None:

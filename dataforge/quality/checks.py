@@ -7,6 +7,7 @@ Scores:
   alignment      model judge P(yes: the response carries out the instruction)       (with a judge)
   alignment_emb  share of other prompts (a fixed, seeded pool from the input and the
                  reference set) that match the response worse than its own prompt    (without one)
+  alignment_local  the same among the 32 pool prompts most similar to its own prompt  (without one)
   format         share of attached + detected constraints the response meets (1.0 = all, or none)
   truncation     0 when the response looks cut off, else 1
   structure      0 for an empty response or leftover template markers / role tags, else 1
@@ -37,6 +38,10 @@ from .rules import DomainDetector, GateRules
 _REASONING = re.compile(r"\b(?:step[- ]by[- ]step|explain why|justify|prove|derive|compare|contrast|analy[sz]e|"
                         r"evaluate|optimi[sz]e|trade-?offs?|edge cases?|complexity|multiple|each of|at least|"
                         r"consider|assume|given that|then)\b", re.I)
+# Labels and one-word answers ("Yes", "positive", "42") carry too little text for embedding similarity:
+# coherence and alignment_emb are not scored for them (the model judge still is).
+SHORT_ANSWER_WORDS = 3
+LOCAL_NEIGHBOURS = 32
 _NUMBER = re.compile(r"(?<![\w.])\d+(?:[.,]\d+)?")
 
 
@@ -56,11 +61,12 @@ def group_key(r: Record) -> str:
 
 
 class EndingShapes:
-    """Learns, per group, the closing-line shape that nearly all responses share (e.g. GSM8K's
-    '#### 42'), so a response missing it can be flagged as probably cut off. Groups without such a
-    convention are left alone."""
+    """Learns, per group, the closing-line shape that most responses share (e.g. GSM8K's '#### 42'),
+    so a response missing it can be flagged as probably cut off. Only shapes with a marker (a symbol
+    or digit) count, and only when at least `min_share` of a group of `min_group` or more has it;
+    groups without such a convention are left alone."""
 
-    def __init__(self, min_group: int = 30, min_share: float = 0.9):
+    def __init__(self, min_group: int = 30, min_share: float = 0.75):
         self.min_group, self.min_share = min_group, min_share
         self.counts: dict[str, Counter] = defaultdict(Counter)
         self.dominant: dict[str, str] = {}
@@ -73,7 +79,8 @@ class EndingShapes:
         for g, c in self.counts.items():
             total = sum(c.values())
             shape, n = c.most_common(1)[0]
-            if total >= self.min_group and n / total >= self.min_share and shape:
+            # only marker-like conventions ("#### 9", "Answer: 9"); plain words are no convention
+            if total >= self.min_group and n / total >= self.min_share and re.search(r"[^a\s]", shape):
                 self.dominant[g] = shape
         return self
 
@@ -175,31 +182,50 @@ class Checker:
         ep = self.embedder.encode([r.prompt_text for r in records])
         eo = self.embedder.encode(outs)
         coh = np.einsum("ij,ij->i", ep, eo)
-        for sc, c in zip(scored, coh):
-            sc.scores["coherence"] = round(float(c), 4)
+        short = [len(o.split()) <= SHORT_ANSWER_WORDS for o in outs]
+        for sc, c, s in zip(scored, coh, short):
+            if not s:
+                sc.scores["coherence"] = round(float(c), 4)
         if self.ref_pairs is not None and len(self.ref_pairs):
             ref = (_pair(ep, eo) @ self.ref_pairs.T).max(axis=1)
             for sc, v in zip(scored, ref):
                 sc.scores["reference"] = round(float(v), 4)
         if self.judge is None:
-            for sc, v in zip(scored, self.alignment_rank(ep, eo)):
-                if v is not None:
-                    sc.scores["alignment_emb"] = round(float(v), 4)
+            glob, local = self.alignment_rank(ep, eo)
+            for sc, g, lo, s in zip(scored, glob, local, short):
+                if g is not None and not s:
+                    sc.scores["alignment_emb"] = round(float(g), 4)
+                if lo is not None and not s:
+                    sc.scores["alignment_local"] = round(float(lo), 4)
         else:
             await self._judge(scored, outs, judge_complexity)
         return scored
 
-    def alignment_rank(self, ep: np.ndarray, eo: np.ndarray) -> list[float | None]:
-        """Share of pool prompts that match each response worse than its own prompt does.
-        Pool prompts nearly identical to the record's own prompt (cos > 0.98) are left out."""
+    def alignment_rank(self, ep: np.ndarray, eo: np.ndarray, k: int = LOCAL_NEIGHBOURS
+                       ) -> tuple[list[float | None], list[float | None]]:
+        """Two ranks of a response's own prompt among pool prompts (higher = better aligned):
+        global: share of all pool prompts that match the response worse than its own prompt;
+        local: the same among the k pool prompts most similar to its own prompt, which catches a
+        response swapped in from a similar task (another maths problem, another tool call).
+        Pool prompts nearly identical to the record's own (cos > 0.98) are left out."""
+        n = len(ep)
         if self.pool is None or len(self.pool) < 16:
-            return [None] * len(ep)
+            return [None] * n, [None] * n
         own = np.einsum("ij,ij->i", ep, eo)
-        vs_pool = eo @ self.pool.T                    # (batch, pool)
-        same = (ep @ self.pool.T) > 0.98              # the record's own prompt (or a copy) is in the pool
+        vs_pool = eo @ self.pool.T                    # (batch, pool) response vs other prompts
+        pp = ep @ self.pool.T                         # (batch, pool) own prompt vs other prompts
+        same = pp > 0.98
         worse = (vs_pool < own[:, None]) & ~same
         valid = (~same).sum(axis=1)
-        return [float(w / v) if v else None for w, v in zip(worse.sum(axis=1), valid)]
+        glob = [float(w / v) if v else None for w, v in zip(worse.sum(axis=1), valid)]
+        kk = min(k, self.pool.shape[0] - 1)
+        pp_masked = np.where(same, -np.inf, pp)
+        nb = np.argpartition(-pp_masked, kk - 1, axis=1)[:, :kk]
+        rows = np.arange(n)[:, None]
+        ok = np.isfinite(pp_masked[rows, nb])
+        beaten = (vs_pool[rows, nb] < own[:, None]) & ok
+        local = [float(b / c) if c else None for b, c in zip(beaten.sum(axis=1), ok.sum(axis=1))]
+        return glob, local
 
     async def _judge(self, scored: list[Scored], outs: list[str], judge_complexity: bool) -> None:
         judge = self.judge

@@ -74,7 +74,7 @@ def _reason_key(reason: str) -> str:
 def _quality(r: Record) -> float:
     """Which record of a duplicate group survives: better status, then higher scores."""
     s = r.scores
-    return (s.get("coherence", 0.0) + s.get("alignment", s.get("alignment_emb", 0.0)) + s.get("format", 0.0)
+    return (s.get("coherence", 0.0) + s.get("alignment", (s.get("alignment_emb", 0.0) + s.get("alignment_local", 0.0)) / 2) + s.get("format", 0.0)
             + s.get("truncation", 0.0) - s.get("contradiction", 0.0))
 
 

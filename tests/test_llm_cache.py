@@ -132,3 +132,14 @@ def test_api_key_never_reaches_cache_logs_or_errors(tmp_path, monkeypatch, caplo
 def test_server_host_strips_credentials():
     assert server_host("https://user:pw@api.example.com:8443/v1/") == "api.example.com:8443/v1"
     assert server_host(None) == ""
+
+
+def test_cached_llm_survives_pickling_to_a_worker(tmp_path):
+    import pickle
+
+    with LoopbackServer() as srv:
+        llm = make_llm(_cfg(srv, tmp_path / "c.sqlite"))
+        asyncio.run(llm.complete("a"))
+        clone = pickle.loads(pickle.dumps(llm))  # what Ray does with a task argument
+        assert asyncio.run(clone.complete("a")).cached and not asyncio.run(clone.complete("b")).cached
+        assert srv.request_count == 2

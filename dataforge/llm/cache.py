@@ -130,6 +130,12 @@ class CachedLLM(LLM):
     def profile(self, value):  # type: ignore[override]
         self.inner.profile = value
 
+    def __getstate__(self) -> dict[str, Any]:  # in-flight futures belong to this process's event loop
+        return {**self.__dict__, "_inflight": {}}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+
     def __getattr__(self, name: str) -> Any:  # backend extras (resolve_model, list_models, cfg, ...)
         if name == "inner":
             raise AttributeError(name)

@@ -47,6 +47,9 @@ class OpenAIBackend(LLM):
         self._state: _LoopState | None = None
         self._rng = random.Random()
 
+    def __getstate__(self) -> dict[str, Any]:  # picklable for worker processes: loop state is rebuilt there
+        return {**self.__dict__, "_state": None}
+
     # -- plumbing ---------------------------------------------------------------------------------
     @property
     def profile(self):  # type: ignore[override]
@@ -163,7 +166,7 @@ class OpenAIBackend(LLM):
         p: dict[str, Any] = {"model": self.model, "temperature": params.temperature, "top_p": params.top_p,
                              "max_tokens": params.max_tokens}
         if params.stop:
-            p["stop"] = list(params.stop)[:4]  # the OpenAI protocol allows at most 4
+            p["stop"] = list(params.stop)  # (OpenAI itself takes at most 4; vLLM and llama.cpp take more)
         if params.n != 1:
             p["n"] = params.n
         if params.seed is not None:

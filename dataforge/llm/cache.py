@@ -116,7 +116,8 @@ class CachedLLM(LLM):
         super().__init__()
         self.inner = inner
         self.cache = cache
-        self.host = server_host(base_url)
+        # where the answers come from: the server (host, never credentials) or e.g. the GGUF file
+        self.host = server_host(base_url) or getattr(inner, "cache_identity", "")
         self._inflight: dict[str, asyncio.Future] = {}
 
     backend = property(lambda self: self.inner.backend)  # type: ignore[assignment]

@@ -32,6 +32,8 @@ class LocalBackend(LLM):
         self.model = self.path.name.removesuffix(".gguf")  # --model names a server's model, not this file
         # SmolLM2 (and other small models) follow few-shot completions better than meta-instructions
         self.profile = cfg.profile or profile_for_model(self.model)  # type: ignore[assignment]
+        # two GGUFs with the same file name must not share cache entries
+        self.cache_identity = f"{self.path.resolve()}:{self.path.stat().st_size}"
         self._models: dict[bool, Any] = {}  # logits_all -> Llama (a second instance only if logprobs are asked)
         self._lock = threading.Lock()
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llama.cpp")

@@ -39,6 +39,7 @@ class OpenAIBackend(LLM):
 
     def __init__(self, cfg: BackendConfig):
         super().__init__()
+        check_base_url(cfg.base_url or "")
         self.cfg = cfg
         self.base_url = cfg.base_url
         self.model = cfg.model or ""
@@ -46,6 +47,9 @@ class OpenAIBackend(LLM):
             self.profile = cfg.profile
         self._state: _LoopState | None = None
         self._rng = random.Random()
+        # limits hold across `run_sync` calls (each has its own event loop), per process
+        self._rpm = TokenBucket(cfg.rpm) if cfg.rpm else None
+        self._tpm = TokenBucket(cfg.tpm, capacity=cfg.tpm) if cfg.tpm else None
 
     def __getstate__(self) -> dict[str, Any]:  # picklable for worker processes: loop state is rebuilt there
         return {**self.__dict__, "_state": None}
@@ -75,9 +79,7 @@ class OpenAIBackend(LLM):
                 timeout=self.cfg.timeout,
                 http_client=openai.DefaultAsyncHttpxClient(limits=limits, timeout=self.cfg.timeout),
             )
-            self._state = _LoopState(loop, client, asyncio.Semaphore(self.cfg.concurrency),
-                                     TokenBucket(self.cfg.rpm) if self.cfg.rpm else None,
-                                     TokenBucket(self.cfg.tpm, capacity=self.cfg.tpm) if self.cfg.tpm else None,
+            self._state = _LoopState(loop, client, asyncio.Semaphore(self.cfg.concurrency), self._rpm, self._tpm,
                                      asyncio.Lock())
         return self._state
 
@@ -228,5 +230,5 @@ class OpenAIBackend(LLM):
 
 
 def check_base_url(url: str) -> None:
-    if not url.startswith(("http://", "https://")):
+    if not url.startswith(("http://", "https://")):  # a typo here would otherwise surface as retries
         raise DataforgeError(f"--base-url must start with http:// or https:// (got {url!r})")

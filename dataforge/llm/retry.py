@@ -57,7 +57,8 @@ class TokenBucket:
         self.capacity = capacity if capacity is not None else max(1.0, per_minute / 60.0 * 5)  # ~5 s of burst
         self._level = self.capacity
         self._stamp = time.monotonic()
-        self._lock = asyncio.Lock()
+        self._lock: asyncio.Lock | None = None  # per event loop: the bucket's level outlives `run_sync` loops
+        self._lock_loop: asyncio.AbstractEventLoop | None = None
 
     def _refill(self) -> None:
         now = time.monotonic()
@@ -68,6 +69,9 @@ class TokenBucket:
         """Take `amount` units; returns seconds waited."""
         amount = min(amount, self.capacity)
         waited = 0.0
+        loop = asyncio.get_running_loop()
+        if self._lock is None or self._lock_loop is not loop:
+            self._lock, self._lock_loop = asyncio.Lock(), loop
         async with self._lock:  # FIFO: one waiter at a time keeps the order fair
             while True:
                 self._refill()

@@ -64,8 +64,9 @@ def test_timeout_is_retried():
 def test_retries_exhausted_raise_llmerror_with_cause():
     with LoopbackServer(responder=lambda body: Fault("500")) as srv:
         llm = _llm(srv, max_retries=2)
-        with pytest.raises(LLMError, match=r"after 3 attempt\(s\).*InternalServerError 500"):
+        with pytest.raises(LLMError, match=r"after 3 attempt\(s\).*InternalServerError 500") as err:
             asyncio.run(llm.complete("doomed"))
+    assert (err.value.reason, err.value.status, err.value.attempts) == ("server_error", 500, 3)
     assert srv.request_count == 3 and llm.usage.errors == 1 and llm.usage.requests == 0
 
 

@@ -147,7 +147,9 @@ class LocalBackend(LLM):
             raise
         except Exception as exc:  # noqa: BLE001 - e.g. prompt longer than n_ctx: a failed request, recorded
             self.usage.errors += 1
-            raise LLMError(f"local model {self.model}: {type(exc).__name__}: {exc}") from None
+            err = LLMError(f"local model {self.model}: {type(exc).__name__}: {exc}")
+            err.reason, err.status, err.attempts = "local_error", None, 1
+            raise err from None
         self.usage.add(comp.usage)
         return comp
 

@@ -157,8 +157,12 @@ class OpenAIBackend(LLM):
                     if not retry or attempt >= self.cfg.max_retries:
                         self.usage.errors += 1
                         self.usage.retries += attempt
-                        raise LLMError(f"{kind} request to {self.base_url} failed after {attempt + 1} attempt(s): "
-                                       f"{self._describe(exc)}") from None
+                        err = LLMError(f"{kind} request to {self.base_url} failed after {attempt + 1} attempt(s): "
+                                       f"{self._describe(exc)}")
+                        # machine-readable cause for callers that count failures by reason; the original
+                        # exception is not chained (its repr may quote part of the API key)
+                        err.reason, err.status, err.attempts = _reason(exc), getattr(exc, "status_code", None), attempt + 1
+                        raise err from None
                     delay = backoff_delay(attempt, self.cfg.retry_base_delay, self.cfg.retry_max_delay, retry_after, self._rng)
                     attempt += 1
                     await asyncio.sleep(delay)
@@ -227,6 +231,20 @@ class OpenAIBackend(LLM):
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "base_url": self.base_url, "concurrency": self.cfg.concurrency}
+
+
+def _reason(exc: BaseException) -> str:
+    """A short failure category: rate_limited | server_error | client_error | timeout | connection | malformed."""
+    import openai
+
+    if isinstance(exc, openai.APIStatusError):
+        code = exc.status_code
+        return "rate_limited" if code == 429 else "server_error" if code >= 500 else "client_error"
+    if isinstance(exc, (openai.APITimeoutError, asyncio.TimeoutError)):
+        return "timeout"
+    if isinstance(exc, openai.APIConnectionError):
+        return "connection"
+    return "malformed"
 
 
 def check_base_url(url: str) -> None:

@@ -13,6 +13,7 @@ checkpointing re-runs the layers during backward).
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,20 @@ from .modules import (InstructionAttentionBias, InstructionEncoder, ReasoningHea
 META_FILE = "dataforge.json"
 MODS_FILE = "dataforge_mods.safetensors"
 _ATTN_NAMES = ("self_attn", "attn", "attention", "self_attention")
+
+
+@contextmanager
+def quiet_hf():
+    """Silence transformers' per-file tqdm bars (loading/writing weights): dataforge shows its own progress."""
+    from transformers.utils import logging as hf_logging
+
+    was = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was:
+            hf_logging.enable_progress_bar()
 
 
 def decoder_layers(base: nn.Module) -> nn.ModuleList:
@@ -214,7 +229,8 @@ class InstructModel(nn.Module):
 
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        self.base.save_pretrained(out)
+        with quiet_hf():
+            self.base.save_pretrained(out)
         tokenizer.save_pretrained(out)
         own = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items() if not k.startswith("base.")}
         if own:
@@ -260,8 +276,9 @@ def load_instruct(run_dir: str | Path, device: str = "cpu") -> tuple[InstructMod
     if not (d / META_FILE).exists():
         raise DataforgeError(f"{run_dir}: not a dataforge model directory (no {META_FILE})")
     meta = json.loads((d / META_FILE).read_text(encoding="utf-8"))
-    base = AutoModelForCausalLM.from_pretrained(d, dtype=torch.float32)
-    tok = AutoTokenizer.from_pretrained(d)
+    with quiet_hf():
+        base = AutoModelForCausalLM.from_pretrained(d, dtype=torch.float32)
+        tok = AutoTokenizer.from_pretrained(d)
     model = InstructModel(base, meta["mods"], meta.get("n_tasks", 0), meta.get("prompt_only_ids"))
     if (d / MODS_FILE).exists():
         state = load_file(str(d / MODS_FILE))

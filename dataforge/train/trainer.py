@@ -30,7 +30,7 @@ from .config import TrainConfig
 from .data import (Example, PromptFormatter, TaskInfo, collate, encode_records, mask_instruction, plan_rows,
                    split_eval, SEG_TEMPLATE)
 from .losses import Anchor, Objective, estimate_fisher, mean_token_ce, shifted_token_ce
-from .model import InstructModel, add_inst_tokens
+from .model import InstructModel, add_inst_tokens, quiet_hf
 
 CKPT_DIR = "checkpoints"
 STATE_KEYS = ("seed", "batch_size", "grad_accum", "pack", "max_length", "group_by_length", "model")
@@ -71,15 +71,17 @@ def load_base(cfg: TrainConfig):
     if cfg.model == "smollm2":
         from .smollm2 import load_smollm2
 
-        return load_smollm2()
+        with quiet_hf():
+            return load_smollm2()
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     path = Path(cfg.model)
     if not path.is_dir():
         raise DataforgeError(f"{cfg.model}: not a model directory (use a local HF model dir or 'smollm2'; "
                              "dataforge never downloads models)")
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
-    tok = AutoTokenizer.from_pretrained(cfg.tokenizer or path)
+    with quiet_hf():
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+        tok = AutoTokenizer.from_pretrained(cfg.tokenizer or path)
     return model, tok
 
 

@@ -115,6 +115,9 @@ def run_filter(input_path: str | Path, output_path: str | Path, cfg: FilterConfi
     cfg = cfg or FilterConfig()
     t0 = time.time()
     out = Path(output_path)
+    for p in (out, review_path_for(out), rejected_path_for(out)):
+        if p.is_dir():  # fail now, not after hours of judging
+            raise DataforgeError(f"{p}: is a folder; give an output file name")
     overrides: dict[str, Any] = {}
     if cfg.refine_rounds is not None:
         overrides["refine"] = {"rounds": cfg.refine_rounds}

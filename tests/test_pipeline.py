@@ -111,3 +111,12 @@ def test_cli_run_and_errors(tmp_path):
     res = runner.invoke(app, ["run", str(bad)])
     assert res.exit_code != 0
     assert "bad.yaml:6" in str(res.exception) or "bad.yaml:6" in res.output
+
+
+def test_scrub_drops_credentials_by_name_and_by_value(monkeypatch):
+    from dataforge.pipeline.manifest import scrub
+
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-abcdef123456")
+    out = scrub({"api_key": "x", "nested": [{"Authorization": "Bearer y", "url": "http://h/?k=sk-abcdef123456"}],
+                 "tokens": {"total_tokens": 5}})
+    assert out == {"nested": [{"url": "http://h/?k=***"}], "tokens": {"total_tokens": 5}}

@@ -95,3 +95,8 @@ def test_sigkill_mid_stage_then_rerun_equals_uninterrupted(tmp_path):
     assert export["counts"]["out"] + sum(export["summary"]["left_out"].values()) == export["counts"]["in"]
     assert export["summary"]["left_out"].get("status:rejected") == evolve["counts"]["by_status"]["rejected"]
     assert m["totals"]["tokens"]["requests"] > 0
+    # what shaped the output is on record: backend and model, template hashes, versions
+    assert m["backend"]["model"] == "test" and m["backend"]["base_url"].startswith("http://127.0.0.1")
+    assert m["prompts"]["evol_deepen.chat"] and m["prompts"]["answer.chat"]
+    assert {"python", "dataforge", "torch", "pydantic"} <= set(m["environment"]["versions"])
+    assert evolve["key"]["prompts_hash"] and export["key"]["prompts_hash"] is None

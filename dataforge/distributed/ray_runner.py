@@ -157,7 +157,12 @@ def run_stage_on_ray(adapter, cfg, input_path: Path, output_path: Path, backend_
     endpoints = list(settings.endpoints) or [backend_cfg.base_url]
     n_workers = settings.workers or (len(settings.endpoints) if settings.endpoints else 2)
     n_workers = max(1, min(n_workers, len(todo))) if todo else 0
-    env = {k: v for k, v in os.environ.items() if k.startswith(("DATAFORGE_", "OPENAI_", "HF_"))}
+    # settings the workers need, never credentials: Ray keeps task arguments in its object store and
+    # logs, so an API key must reach a worker through its own environment (set where `ray start` runs)
+    from ..pipeline.manifest import is_secret_name
+
+    env = {k: v for k, v in os.environ.items()
+           if k.startswith(("DATAFORGE_", "OPENAI_BASE_URL", "HF_", "TRANSFORMERS_")) and not is_secret_name(k)}
     identity = backend_cfg.base_url or "ray:" + ",".join(e or "" for e in endpoints)
 
     results: dict[int, dict[str, Any]] = {}

@@ -27,6 +27,11 @@ _SECRET_KEY = re.compile(r"(api[_-]?key|secret|password|authorization|bearer|acc
 _SECRET_ENV = ("OPENAI_API_KEY", "DATAFORGE_API_KEY", "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "ANTHROPIC_API_KEY")
 
 
+def is_secret_name(name: str) -> bool:
+    """A key or variable name that holds a credential (API keys, tokens, passwords)."""
+    return bool(_SECRET_KEY.search(name)) or name.upper().endswith(("_TOKEN", "_KEY"))
+
+
 def scrub(obj: Any) -> Any:
     """A copy of `obj` without credential-looking keys or values equal to a key in the environment."""
     secrets = {os.environ[k] for k in _SECRET_ENV if os.environ.get(k)}

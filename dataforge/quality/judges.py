@@ -75,7 +75,7 @@ class Judge:
 
     async def _yes_no(self, name: str, r: Record, response: str | None) -> float | None:
         prompt = render(name, self.llm.profile, **self._vars(r, response))
-        params = GenParams(temperature=0.0, max_tokens=3, logprobs=10, seed=self.seed)
+        params = GenParams(temperature=0.0, max_tokens=3, logprobs=5, seed=self.seed)  # legacy completions allow <= 5
         try:
             c = await self.llm.generate(prompt, params)
         except LLMError:

@@ -110,11 +110,17 @@ def test_api_key_never_reaches_cache_logs_or_errors(tmp_path, monkeypatch, caplo
     monkeypatch.setenv("OPENAI_API_KEY", SECRET)
     caplog.set_level(logging.DEBUG)
     cache = tmp_path / "c.sqlite"
-    with LoopbackServer() as srv:
+    calls = []
+
+    def first_fails(body):  # one retry, so the retry log line is written too
+        calls.append(1)
+        return Fault("500") if len(calls) == 1 else "ok"
+    with LoopbackServer(responder=first_fails) as srv:
         cfg = _cfg(srv, cache)
         llm = make_llm(cfg)
         asyncio.run(_batch(llm, ["a", "b"]))
         assert llm.inner.cfg.api_key() == SECRET  # it was really in use
+    assert "retry 1/" in caplog.text
     with LoopbackServer(responder=lambda b: Fault("401")) as srv:  # quotes the key's ends, as OpenAI does
         with pytest.raises(LLMError, match="401") as err:
             asyncio.run(make_llm(_cfg(srv, cache)).complete("x"))

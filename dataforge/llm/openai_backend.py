@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import random
 from dataclasses import dataclass
 from typing import Any
@@ -18,6 +19,7 @@ from .base import LLM, Choice, Completion, GenParams, LLMError, Usage
 from .config import BackendConfig, profile_for_model
 from .retry import TokenBucket, backoff_delay, parse_retry_after, redact
 
+log = logging.getLogger("dataforge.llm")
 RETRY_STATUS = {408, 409, 425, 429, 500, 502, 503, 504, 520, 522, 524, 529}
 
 
@@ -164,6 +166,7 @@ class OpenAIBackend(LLM):
                         err.reason, err.status, err.attempts = _reason(exc), getattr(exc, "status_code", None), attempt + 1
                         raise err from None
                     delay = backoff_delay(attempt, self.cfg.retry_base_delay, self.cfg.retry_max_delay, retry_after, self._rng)
+                    log.debug("retry %d/%d in %.2fs: %s", attempt + 1, self.cfg.max_retries, delay, self._describe(exc))
                     attempt += 1
                     await asyncio.sleep(delay)
 

@@ -6,6 +6,9 @@ import json
 from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
+
+from dataforge.cli import app
 
 from dataforge.pipeline import RunOptions, load_pipeline, run_pipeline
 from dataforge.testing.loopback import LoopbackServer
@@ -72,4 +75,13 @@ def test_ray_fan_out_uses_both_endpoints_and_equals_a_plain_run(tmp_path, ray_lo
         assert res["manifest"]["stages"]["evolve"]["summary"]["ray"]["resumed_batches"] == ray_info["batches"]
         assert a.request_count + b.request_count == 0
         assert load_jsonl(tmp_path / "ray" / "evolve" / "records.jsonl") == \
+            load_jsonl(tmp_path / "plain" / "evolve" / "records.jsonl")
+
+        # the command line's --ray turns fan-out on for a YAML without a ray block
+        res = CliRunner().invoke(app, ["run", str(plain), "--ray", "local", "--run-dir", str(tmp_path / "cli"),
+                                       "--cache", str(tmp_path / "r.sqlite")])
+        assert res.exit_code == 0, res.output
+        m = json.loads((tmp_path / "cli" / "manifest.json").read_text())
+        assert m["ray"]["address"] == "local" and m["stages"]["evolve"]["summary"]["ray"]["batches"] == 1
+        assert load_jsonl(tmp_path / "cli" / "evolve" / "records.jsonl") == \
             load_jsonl(tmp_path / "plain" / "evolve" / "records.jsonl")

@@ -155,13 +155,14 @@ class Engine:
         entry = self.manifest.data.get("stages", {}).get(st.item.name) or {}
         if not entry:
             return False, "new"
-        if entry.get("status") != "done":
-            return False, f"last run {entry.get('status', 'unfinished')}"
         old = entry.get("key") or {}
         for part, why in (("input_hash", "input changed"), ("config_hash", "config changed"),
                           ("prompts_hash", "prompt templates changed"), ("shard", "shard changed")):
             if old.get(part) != key.get(part):
                 return False, why
+        if entry.get("status") != "done":
+            status = entry.get("status", "unfinished")
+            return False, "resuming the interrupted run" if status == "running" else f"last run {status}"
         if file_hash(st.output) != entry.get("output_hash"):
             return False, "output missing or edited"
         if st.adapter.record_parallel and not order.order_path(st.output).is_file():

@@ -350,12 +350,13 @@ class Engine:
             out = count_records(st.output)
             counts.update({"out": out["records"], "by_status": out["by_status"], "by_reason": out["by_reason"]})
             # records a stage sets aside (rejects of bad input lines, dropped/rejected records) count too
-            from .manifest import count_lines
+            from .manifest import count_lines, side_reasons
 
-            side = {p.name[len(st.output.name) + 1:]: count_lines(p)
-                    for p in sorted(st.output.parent.glob(f"{st.output.name}.*.jsonl"))}
-            if side:
-                counts["side_files"] = side
+            files = sorted(st.output.parent.glob(f"{st.output.name}.*.jsonl"))
+            files = [p for p in files if not p.name.endswith(".partial.jsonl")]
+            if files:
+                counts["side_files"] = {p.name[len(st.output.name) + 1:]: count_lines(p) for p in files}
+                counts["side_files_by_reason"] = {p.name[len(st.output.name) + 1:]: side_reasons(p) for p in files}
         tokens = usage or _tokens_from_summary(summary)
         out = {"counts": counts, "summary": scrub(summary), "tokens": tokens}
         earlier = self.manifest.stage(st.item.name).get("tokens_earlier_attempts")

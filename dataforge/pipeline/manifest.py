@@ -108,6 +108,23 @@ def count_records(path: str | os.PathLike) -> dict[str, Any]:
     return {"records": n, "by_status": dict(by_status), "by_reason": dict(by_reason)}
 
 
+def side_reasons(path: str | os.PathLike) -> dict[str, int]:
+    """Reasons in a file of set-aside items: Records (`reasons`) or bad input lines (`reason`)."""
+    c: Counter[str] = Counter()
+    with open(path, "rb") as fh:
+        for raw in fh:
+            try:
+                obj = json.loads(raw)
+            except ValueError:
+                continue
+            if not isinstance(obj, dict):
+                continue
+            reasons = obj.get("reasons") if isinstance(obj.get("reasons"), list) else [obj.get("reason")]
+            for r in reasons or ["(none)"]:
+                c[str(r or "(none)").split(":", 1)[0]] += 1
+    return dict(c)
+
+
 def count_lines(path: str | os.PathLike) -> int:
     p = Path(path)
     if not p.is_file():

@@ -79,6 +79,8 @@ def truncation_signals(output: str, finish_reason: str | None = None) -> list[st
         if re.search(r"[A-Za-z]{2,}$", last_line) and len(last_line.split()) >= 4 and \
                 not re.match(r"^\s*(?:[-*•]|\d+[.)]|#)", last_line) and not _finished_fragment(text, last_line):
             signals.append("unfinished_sentence")
+    if text and "unfinished_sentence" not in signals and _prose_lines_then_fragment(text):
+        signals.append("unfinished_line")
     if _unbalanced(text[-2000:]) and text[-1:] not in _CLOSERS:
         signals.append("unclosed_bracket")
     if _DANGLING_SYMBOL.search(text):
@@ -94,6 +96,15 @@ def truncation_signals(output: str, finish_reason: str | None = None) -> list[st
 
 _SENTENCE_CUES = re.compile(r"\b(?:is|are|was|were|can|could|will|would|has|have|had|here|there|let|should|must|"
                             r"does|do|needs?|SELECT|FROM|WHERE)\b", re.I)
+
+
+def _prose_lines_then_fragment(text: str) -> bool:
+    """Every earlier line ends like a sentence, the last one stops on a word: cut off mid-line."""
+    lines = [ln.rstrip() for ln in text.splitlines() if ln.strip()]
+    if len(lines) < 2 or not re.search(r"[A-Za-z]{2,}$", lines[-1]):
+        return False
+    closed = sum(1 for ln in lines[:-1] if re.search(r"[.!?:]$", ln))
+    return closed / (len(lines) - 1) >= 0.8
 
 
 def _finished_fragment(text: str, line: str) -> bool:

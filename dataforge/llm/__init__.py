@@ -9,6 +9,7 @@ a persistent request cache, retries/rate limits and structured output.
 from __future__ import annotations
 
 import asyncio
+import sys
 import threading
 from typing import Any, Awaitable, TypeVar
 
@@ -55,18 +56,28 @@ def make_llm(cfg: BackendConfig | None = None) -> LLM:
     return CachedLLM(llm, RequestCache(cfg.resolved_cache_path()), base_url=cfg.base_url)
 
 
+async def _and_close_clients(coro: Awaitable[T]) -> T:
+    try:
+        return await coro
+    finally:
+        backend_module = sys.modules.get(f"{__name__}.openai_backend")
+        if backend_module is not None:  # HTTP clients belong to this loop: close them before it ends
+            await backend_module.close_loop_clients()
+
+
 def run_sync(coro: Awaitable[T]) -> T:
     """Run a coroutine to completion from sync code, also when an event loop is already running
-    (Jupyter): then it runs on a fresh loop in a helper thread."""
+    (Jupyter): then it runs on a fresh loop in a helper thread. HTTP clients opened on that loop are
+    closed at the end (backends reopen them on the next call)."""
     try:
         asyncio.get_running_loop()
     except RuntimeError:
-        return asyncio.run(coro)  # type: ignore[arg-type]
+        return asyncio.run(_and_close_clients(coro))
     box: dict[str, Any] = {}
 
     def runner() -> None:
         try:
-            box["value"] = asyncio.run(coro)  # type: ignore[arg-type]
+            box["value"] = asyncio.run(_and_close_clients(coro))
         except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
             box["error"] = exc
 

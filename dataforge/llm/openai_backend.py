@@ -11,6 +11,7 @@ import asyncio
 import json
 import logging
 import random
+import weakref
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,6 +21,21 @@ from .config import BackendConfig, profile_for_model
 from .retry import TokenBucket, backoff_delay, parse_retry_after, redact
 
 log = logging.getLogger("dataforge.llm")
+_INSTANCES: "weakref.WeakSet[OpenAIBackend]" = weakref.WeakSet()
+
+
+async def close_loop_clients() -> None:
+    """Close the HTTP clients opened on the running loop (`run_sync` calls this before its loop ends,
+    so connections are not left to the garbage collector of a closed loop)."""
+    loop = asyncio.get_running_loop()
+    for backend in list(_INSTANCES):
+        st = backend._state
+        if st is not None and st.loop is loop:
+            backend._state = None
+            try:
+                await st.client.close()
+            except Exception:  # noqa: BLE001 - best effort on shutdown
+                pass
 RETRY_STATUS = {408, 409, 425, 429, 500, 502, 503, 504, 520, 522, 524, 529}
 
 
@@ -49,12 +65,17 @@ class OpenAIBackend(LLM):
             self.profile = cfg.profile
         self._state: _LoopState | None = None
         self._rng = random.Random()
+        _INSTANCES.add(self)
         # limits hold across `run_sync` calls (each has its own event loop), per process
         self._rpm = TokenBucket(cfg.rpm) if cfg.rpm else None
         self._tpm = TokenBucket(cfg.tpm, capacity=cfg.tpm) if cfg.tpm else None
 
     def __getstate__(self) -> dict[str, Any]:  # picklable for worker processes: loop state is rebuilt there
         return {**self.__dict__, "_state": None}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        _INSTANCES.add(self)
 
     # -- plumbing ---------------------------------------------------------------------------------
     @property

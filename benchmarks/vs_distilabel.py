@@ -110,14 +110,16 @@ def run_distilabel(py: Path, base_url: str, seeds: Path, n_evol: int, max_tokens
     wall = time.perf_counter() - t0
     if proc.returncode != 0:
         raise RuntimeError(f"distilabel failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
-    return {"wall": wall, **json.loads(out.read_text())}
+    res = json.loads(out.read_text())
+    return {"wall": wall, "requests": res["evolved"] + res["answers"], **res}  # one request per text
 
 
 def run_dataforge(base_url: str, seeds: Path, n_evol: int, max_tokens: int, concurrency: int, work: Path) -> dict:
     out = work / "dataforge_evolved.jsonl"
     cmd = [sys.executable, "-m", "dataforge", "evolve", str(seeds), "-o", str(out), "--base-url", base_url,
            "--model", "test", "--rounds", str(n_evol), "--no-cache", "--concurrency", str(concurrency),
-           "--max-tokens", str(max_tokens), *DATAFORGE_EQUAL_WORK_FLAGS]
+           "--evolve-max-tokens", str(max_tokens), "--answer-max-tokens", str(max_tokens), "--keep-failed",
+           "--json", *DATAFORGE_EQUAL_WORK_FLAGS]
     env = {**os.environ, "DATAFORGE_PROGRESS": "0"}
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=work)
@@ -125,14 +127,18 @@ def run_dataforge(base_url: str, seeds: Path, n_evol: int, max_tokens: int, conc
     if proc.returncode != 0:
         raise RuntimeError(f"dataforge failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
     records = [json.loads(line) for line in out.read_text().splitlines() if line.strip()]
+    summary = json.loads(proc.stdout[proc.stdout.index("{"):])
     evolved = sum(1 for r in records if (r.get("lineage") or {}).get("generator") == "evolve")
-    answers = sum(1 for r in records if (r.get("lineage") or {}).get("generator") == "evolve" and r.get("output"))
-    return {"wall": wall, "rows": len(records), "evolved": evolved, "answers": answers}
+    answers = sum(1 for r in records if r.get("output"))
+    return {"wall": wall, "rows": len(records), "evolved": evolved, "answers": answers,
+            "requests": summary["tokens"]["requests"], "kept": summary["output"].get("pending", 0)}
 
 
 # dataforge's own extra work beyond distilabel's (the model judge of elimination rule 1) is switched
-# off so both send the same requests: one rewrite and one answer per evolution per seed.
-DATAFORGE_EQUAL_WORK_FLAGS: list[str] = []
+# off, and so is its request-free shortcut (attaching a library constraint without asking the model),
+# so both send the same requests: one rewrite and one answer per evolution per seed. Failed evolutions
+# are kept (--keep-failed) so both write every evolution.
+DATAFORGE_EQUAL_WORK_FLAGS: list[str] = ["--judge", "off", "--verifiable-share", "0"]
 
 
 def subset(seeds: Path, n: int, work: Path) -> Path:
@@ -171,10 +177,13 @@ def main() -> None:
             finally:
                 srv.stop()
     print(f"\nEvol-Instruct race: {args.seeds} seeds x {args.evolutions} evolutions, answers on, "
-          f"loopback latency {args.latency}s/request")
-    print(f"{'tool':<12}{'wall s':>10}{'evolved':>10}{'answers':>10}")
+          f"loopback latency {args.latency}s/request, max_tokens {args.max_tokens}")
+    print(f"dataforge evolve --concurrency {args.concurrency} {' '.join(DATAFORGE_EQUAL_WORK_FLAGS)}; distilabel "
+          f"Pipeline(LoadDataFromDicts >> EvolInstruct) with its default batch size; "
+          f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at the end")
+    print(f"{'tool':<12}{'wall s':>10}{'requests':>10}{'evolved':>10}{'answers':>10}")
     for name, r in results.items():
-        print(f"{name:<12}{r['wall']:>10.2f}{r['evolved']:>10}{r['answers']:>10}")
+        print(f"{name:<12}{r['wall']:>10.2f}{r['requests']:>10}{r['evolved']:>10}{r['answers']:>10}")
     if len(results) == 2:
         ratio = results["distilabel"]["wall"] / results["dataforge"]["wall"]
         print(f"dataforge is {ratio:.2f}x faster (goal: >= 3x)")

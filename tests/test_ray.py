@@ -38,7 +38,6 @@ backend: {{backend: openai, base_url: {a}, model: test, concurrency: 4}}
 {ray_yaml}stages:
   - stage: evolve
     rounds: 2
-    ops: [deepen]  # one operation: see the note on slot-dependent choices in the report
 """)
     return p
 

@@ -25,7 +25,6 @@ backend: {{backend: openai, base_url: {base_url}, model: test, concurrency: 8}}
 stages:
   - stage: evolve
     rounds: 2
-    ops: [deepen]  # one operation: see the note on slot-dependent choices in the report
   - stage: export
     format: record
     statuses: [accepted, review, pending]

@@ -10,7 +10,6 @@ from .base import GenParams
 from .config import BackendConfig, default_local_model
 from .retry import redact
 
-PROBE_MESSAGES = [{"role": "user", "content": "Count from 1 to 50, separated by commas."}]
 
 
 async def _probe_one(llm: Any, probe: bool, probe_tokens: int) -> dict[str, Any]:
@@ -29,7 +28,9 @@ async def _probe_one(llm: Any, probe: bool, probe_tokens: int) -> dict[str, Any]
     if probe:
         params = GenParams(temperature=0.0, max_tokens=probe_tokens, seed=0)
         t1 = time.perf_counter()
-        comp = await llm.chat(PROBE_MESSAGES, params)
+        from ..prompts import render
+
+        comp = await llm.chat(render("speed_probe", "chat").messages, params)  # same prompt for every backend
         secs = time.perf_counter() - t1
         row["tokens_per_s"] = comp.usage.completion_tokens / secs if secs > 0 else None
         row["detail"] = (row.get("detail", "") + f"; probe: {comp.usage.completion_tokens} tokens in {secs:.2f}s").lstrip("; ")

@@ -16,12 +16,14 @@ from typing import Any, Awaitable, TypeVar
 from ..errors import DataforgeError
 from .base import LLM, Choice, Completion, GenParams, LLMError, Usage
 from .config import BackendConfig, default_local_model, profile_for_model
+from .structured import Structured, extract_json, generate_structured
 
 T = TypeVar("T")
 
 __all__ = [
     "LLM", "Choice", "Completion", "GenParams", "LLMError", "Usage",
     "BackendConfig", "make_llm", "make_backend", "run_sync", "default_local_model", "profile_for_model",
+    "Structured", "extract_json", "generate_structured",
 ]
 
 

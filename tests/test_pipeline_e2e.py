@@ -100,3 +100,4 @@ def test_sigkill_mid_stage_then_rerun_equals_uninterrupted(tmp_path):
     assert m["prompts"]["evol_deepen.chat"] and m["prompts"]["answer.chat"]
     assert {"python", "dataforge", "torch", "pydantic"} <= set(m["environment"]["versions"])
     assert evolve["key"]["prompts_hash"] and export["key"]["prompts_hash"] is None
+    assert evolve["model"] == "openai:test"

@@ -282,6 +282,8 @@ class Engine:
                 summary = st.adapter.run(stage_input, st.output, self._stage_config(st), llm=llm,
                                          progress=self.opts.progress)
                 usage = _usage_dict(llm.usage) if llm is not None else None
+                if llm is not None:
+                    entry["model"] = llm.model_id  # resolved (a server's first model when none was named)
             if st.adapter.record_parallel:
                 shard = list(self.opts.shard) if st.mode in ("shard-select", "sharded") else None
                 entry["order"] = order.canonicalize(st.output, ids, keys, shard=shard, stage=st.item.name)

@@ -219,6 +219,9 @@ def run_filter(input_path: str | Path, output_path: str | Path, cfg: FilterConfi
     # ---- dedup over everything, high-stakes routing, outputs
     entries = sorted(_journal_entries(journal.path), key=lambda x: x[0])
     recs = [r for _, r in entries]
+    if len(recs) != total or (entries and entries[-1][0] != total - 1):
+        raise DataforgeError(f"filter: {total} records read but {len(recs)} decided (does {journal.path} "
+                             "belong to another input? delete it to start over)")
     dedup_counts = {"exact": 0, "near": 0, "semantic": 0}
     if cfg.dedup and recs:
         live = [k for k, r in enumerate(recs) if r.status != "rejected"]
@@ -254,9 +257,6 @@ def run_filter(input_path: str | Path, output_path: str | Path, cfg: FilterConfi
             for r in recs:
                 {"accepted": acc, "review": rev, "rejected": rej}[r.status].write(r)
     journal.path.unlink(missing_ok=True)
-    if len(recs) != total:
-        raise DataforgeError(f"filter: {total} records read but {len(recs)} decided (journal {journal.path} "
-                             "belongs to another input?)")
 
     wall = time.time() - t0
     usage = getattr(llm, "usage", None) if use_model else None

@@ -11,16 +11,20 @@ reopen it repairs a partially written last line so a killed run can resume.
 
 Containers: ``.jsonl``/``.ndjson`` files are always read line by line; other files are sniffed (a
 Parquet magic number, a leading ``[`` for a JSON array, else JSON Lines); a folder must be a saved
-Hugging Face ``datasets`` directory. For arrays, Parquet and HF folders the "line" of a reject is the
+Hugging Face ``datasets`` directory. Gzip files (``*.gz`` or the gzip magic) are read and, for JSONL
+outputs named ``*.gz``, written compressed on the fly. For arrays, Parquet and HF folders the "line" of a reject is the
 1-based item (row) number.
 """
 
 from __future__ import annotations
 
+import gzip
+import io
 import json
 import os
 import re
 import tempfile
+import zlib
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -274,6 +278,27 @@ def _is_hf_dir(p: Path) -> bool:
                            or (p / "state.json").exists())
 
 
+_GZIP_MAGIC = b"\x1f\x8b"
+_READ_ERRORS = (OSError, EOFError, zlib.error)  # a damaged or truncated gzip stream
+
+
+def _is_gzip(p: Path) -> bool:
+    if p.suffix.lower() == ".gz":
+        return True
+    with open(p, "rb") as fh:
+        return fh.read(2) == _GZIP_MAGIC
+
+
+def _open_bytes(p: Path) -> IO[bytes]:
+    """The file's content as a binary stream, decompressed on the fly when it is gzip."""
+    return gzip.open(p, "rb") if _is_gzip(p) else open(p, "rb")
+
+
+def _suffix(p: Path) -> str:
+    """The suffix that says what is inside: `.jsonl` for both `x.jsonl` and `x.jsonl.gz`."""
+    return Path(p.stem).suffix.lower() if p.suffix.lower() == ".gz" else p.suffix.lower()
+
+
 def detect_container(path: str | os.PathLike) -> str:
     """How the items are stored: ``jsonl``, ``json-array``, ``parquet`` or ``hf`` (see the module doc)."""
     p = Path(path)
@@ -283,10 +308,13 @@ def detect_container(path: str | os.PathLike) -> str:
         raise DataforgeError(f"{p}: a folder that is not a saved Hugging Face dataset (no dataset_info.json)")
     if p.suffix.lower() == ".parquet":
         return "parquet"
-    if p.suffix.lower() in _LINE_SUFFIXES:
+    if _suffix(p) in _LINE_SUFFIXES:
         return "jsonl"
-    with open(p, "rb") as fh:
-        head = fh.read(4096)
+    try:
+        with _open_bytes(p) as fh:
+            head = fh.read(4096)
+    except _READ_ERRORS as exc:
+        raise DataforgeError(f"{p}: unreadable: {exc}") from exc
     if head.startswith(b"PAR1"):
         return "parquet"
     return "json-array" if head.removeprefix(_BOM).lstrip().startswith(b"[") else "jsonl"
@@ -298,16 +326,19 @@ def detect_format(path: str | os.PathLike) -> str:
     container = detect_container(p)
     if container != "jsonl":
         return container
-    with open(p, "rb") as fh:
-        for n, raw in enumerate(fh):
-            if n >= 50:
-                break
-            try:
-                fmt = detect_object_format(json.loads(raw.removeprefix(_BOM) if n == 0 else raw))
-            except (ValueError, RecursionError):
-                continue
-            if fmt:
-                return fmt
+    try:
+        with _open_bytes(p) as fh:
+            for n, raw in enumerate(fh):
+                if n >= 50:
+                    break
+                try:
+                    fmt = detect_object_format(json.loads(raw.removeprefix(_BOM) if n == 0 else raw))
+                except (ValueError, RecursionError):
+                    continue
+                if fmt:
+                    return fmt
+    except _READ_ERRORS as exc:
+        raise DataforgeError(f"{p}: unreadable: {exc}") from exc
     raise DataforgeError(f"{p}: cannot tell the format from the first lines; pass --format "
                          f"({', '.join(IN_FORMATS[1:])})")
 
@@ -324,7 +355,7 @@ def count_items(path: str | os.PathLike) -> int | None:
     p = Path(path)
     try:
         container = detect_container(p)
-        if container == "jsonl":
+        if container == "jsonl" and not _is_gzip(p):
             n, last = 0, b"\n"
             with open(p, "rb") as fh:
                 while chunk := fh.read(1 << 20):
@@ -411,8 +442,8 @@ def read_records(
             yield from _normalise(obj, kind, where, bad, stats)
         return
 
-    with open(p, "rb") as fh:
-        for lineno, raw in enumerate(fh, start=1):
+    with _open_bytes(p) as fh:
+        for lineno, raw in _numbered_lines(p, fh):
             if lineno == 1:
                 raw = raw.removeprefix(_BOM)
             if not raw.strip():
@@ -439,6 +470,20 @@ def read_records(
                     bad(lineno, line, str(exc))
                     continue
             yield from _normalise(obj, kind, lineno, bad, stats, raw=line)
+
+
+def _numbered_lines(p: Path, fh: IO[bytes]) -> Iterator[tuple[int, bytes]]:
+    """(line number, bytes) pairs; a damaged compressed stream becomes a DataforgeError naming the line."""
+    lines = enumerate(fh, start=1)
+    lineno = 0
+    while True:
+        try:
+            lineno, raw = next(lines)
+        except StopIteration:
+            return
+        except _READ_ERRORS as exc:
+            raise DataforgeError(f"{p}: unreadable after line {lineno}: {exc}") from exc
+        yield lineno, raw
 
 
 def _normalise(obj: Any, fmt: str, where: int, bad, stats: ReadStats, raw: str | None = None) -> Iterator[Record]:
@@ -509,13 +554,13 @@ def _json_array_items(p: Path) -> Iterator[tuple[int, Any]]:
     import ijson
 
     n = 0
-    with open(p, "rb") as fh:
-        if fh.read(3) != _BOM:
-            fh.seek(0)
+    with _open_bytes(p) as fh:
         try:
+            if fh.read(3) != _BOM:
+                fh.seek(0)
             for n, obj in enumerate(ijson.items(fh, "item", use_float=True), start=1):
                 yield n, obj
-        except (ijson.JSONError, ValueError, RecursionError) as exc:  # incl. UnicodeDecodeError
+        except (ijson.JSONError, ValueError, RecursionError, *_READ_ERRORS) as exc:  # incl. UnicodeDecodeError
             raise DataforgeError(f"{p}: malformed JSON array after item {n}: {exc}") from exc
 
 
@@ -616,9 +661,18 @@ class RecordWriter:
         self._batch_size = batch_size
         self._pq = None
         self._closed = False
+        self._raw: IO[bytes] | None = None  # the file under a gzip stream
         if fmt == "parquet":
             os.close(fd)
             self._fh = None
+            if self.path.suffix.lower() == ".gz":
+                self.abort()
+                raise DataforgeError(f"{self.path}: Parquet compresses itself; name the output *.parquet")
+        elif self.path.suffix.lower() == ".gz":
+            self._raw = os.fdopen(fd, "wb")
+            # mtime=0: the same records always give the same bytes
+            gz = gzip.GzipFile(filename="", fileobj=self._raw, mode="wb", mtime=0)
+            self._fh = io.TextIOWrapper(gz, encoding="utf-8", newline="\n")
         else:
             self._fh = os.fdopen(fd, "w", encoding="utf-8")
 
@@ -630,11 +684,16 @@ class RecordWriter:
             if len(self._batch) >= self._batch_size:
                 self._flush_parquet()
         else:
-            if self.fmt == "record":
-                line = record.model_dump_json()
-            else:
-                line = json.dumps(to_alpaca(record) if self.fmt == "alpaca" else to_chat(record),
-                                  ensure_ascii=False)
+            try:
+                if self.fmt == "record":
+                    line = record.model_dump_json()
+                else:
+                    line = json.dumps(to_alpaca(record) if self.fmt == "alpaca" else to_chat(record),
+                                      ensure_ascii=False)
+                line.encode("utf-8")
+            except (ValueError, UnicodeError) as exc:  # pydantic's serialisation error is a ValueError
+                raise DataforgeError(f"{self.path}: record {record.id} cannot be written as UTF-8 JSON "
+                                     f"(a lone surrogate in its text?): {exc}") from exc
             self._fh.write(line + "\n")
         self.count += 1
 
@@ -663,6 +722,11 @@ class RecordWriter:
                 self._pq.close()
                 with open(self._tmp, "rb+") as fh:
                     os.fsync(fh.fileno())
+            elif self._raw is not None:
+                self._fh.close()  # closes the gzip stream (writes its trailer), not the file under it
+                self._raw.flush()
+                os.fsync(self._raw.fileno())
+                self._raw.close()
             else:
                 self._fh.flush()
                 os.fsync(self._fh.fileno())
@@ -680,6 +744,8 @@ class RecordWriter:
         try:
             if self._fh is not None and not self._fh.closed:
                 self._fh.close()
+            if self._raw is not None and not self._raw.closed:
+                self._raw.close()
             if self._pq is not None:
                 try:
                     self._pq.close()

@@ -437,3 +437,55 @@ def test_journal_reports_a_damaged_entry_with_its_line(tmp_path):
     with Journal(path) as j:
         with pytest.raises(DataforgeError, match=r"j\.jsonl:2: damaged journal entry"):
             list(j.existing())
+
+
+# --------------------------------------------------------------------------- gzip
+
+
+def test_gzip_inputs_and_outputs_round_trip(tmp_path):
+    import gzip
+
+    records = list(read_records(SEEDS))
+    src = tmp_path / "seeds.jsonl.gz"
+    src.write_bytes(gzip.compress(SEEDS.read_bytes()))
+    assert list(read_records(src)) == records  # read through the compression, format detected inside
+    arr = tmp_path / "alpaca.json.gz"
+    arr.write_bytes(gzip.compress((TEST_DATA / "alpaca.json").read_bytes()))
+    assert list(read_records(arr)) == list(read_records(TEST_DATA / "alpaca.json"))
+    nosuffix = tmp_path / "data.bin"  # recognised by its magic bytes, not its name
+    nosuffix.write_bytes(gzip.compress(SEEDS.read_bytes()))
+    assert list(read_records(nosuffix)) == records
+    for fmt in ("record", "chat"):
+        out = tmp_path / f"out.{fmt}.jsonl.gz"
+        write_records(out, records, fmt=fmt)
+        with gzip.open(out, "rt", encoding="utf-8") as fh:  # a real gzip file any tool can read
+            assert sum(1 for _ in fh) == len(records)
+        assert len(list(read_records(out))) == len(records)
+    again = tmp_path / "again.jsonl.gz"
+    write_records(again, records)
+    assert again.read_bytes() == (tmp_path / "out.record.jsonl.gz").read_bytes()  # deterministic bytes
+
+
+def test_damaged_gzip_is_a_clear_error(tmp_path):
+    import gzip
+
+    data = gzip.compress(SEEDS.read_bytes())
+    cut = tmp_path / "cut.jsonl.gz"
+    cut.write_bytes(data[: len(data) // 2])
+    with pytest.raises(DataforgeError, match=r"cut\.jsonl\.gz: unreadable after line \d+"):
+        list(read_records(cut, "selfinstruct"))
+    fake = tmp_path / "fake.json.gz"
+    fake.write_bytes(b"this is not gzip at all")
+    with pytest.raises(DataforgeError, match=r"fake\.json\.gz: unreadable"):
+        list(read_records(fake))
+    with pytest.raises(DataforgeError, match="Parquet compresses itself"):
+        RecordWriter(tmp_path / "x.parquet.gz", "parquet")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cut.jsonl.gz", "fake.json.gz"]
+
+
+def test_unwritable_record_is_a_clear_error(tmp_path):
+    out = tmp_path / "o.jsonl"
+    bad = Record(instruction="ok", meta={"note": "half \ud800 surrogate"})
+    with pytest.raises(DataforgeError, match=f"record {bad.id} cannot be written"):
+        write_records(out, [Record(instruction="fine"), bad])
+    assert not out.exists()

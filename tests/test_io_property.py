@@ -4,6 +4,7 @@ their text fields unchanged, byte for byte (also after writing and reading them 
 
 from __future__ import annotations
 
+import gzip
 import json
 import tempfile
 from pathlib import Path
@@ -124,12 +125,12 @@ def test_reader_accounts_for_every_line(lines):
 
 
 @SETTINGS
-@given(st.binary(max_size=300), st.sampled_from([".jsonl", ".json", ".parquet", ".txt", ""]),
+@given(st.binary(max_size=300), st.sampled_from([".jsonl", ".json", ".parquet", ".txt", "", ".jsonl.gz", ".gz"]),
        st.sampled_from(["auto", "record", "alpaca", "chat", "selfinstruct"]))
 def test_arbitrary_files_raise_only_dataforge_errors(data, suffix, fmt):
     with tempfile.TemporaryDirectory() as tmp:
         src = Path(tmp) / f"in{suffix}"
-        src.write_bytes(data)
+        src.write_bytes(data if not (suffix.endswith(".gz") and data[:1] == b"!") else gzip.compress(data[1:]))
         try:
             records = list(read_records(src, fmt, rejects=RejectSink(Path(tmp) / "r.jsonl")))
         except DataforgeError as exc:

@@ -149,3 +149,18 @@ def test_cached_llm_survives_pickling_to_a_worker(tmp_path):
         clone = pickle.loads(pickle.dumps(llm))  # what Ray does with a task argument
         assert asyncio.run(clone.complete("a")).cached and not asyncio.run(clone.complete("b")).cached
         assert srv.request_count == 2
+
+
+def test_cancelled_leader_does_not_cancel_the_waiters(tmp_path):
+    with LoopbackServer(latency=0.3) as srv:
+        llm = make_llm(_cfg(srv, tmp_path / "c.sqlite"))
+
+        async def go():
+            leader = asyncio.create_task(llm.complete("same"))
+            await asyncio.sleep(0.05)
+            waiter = asyncio.create_task(llm.complete("same"))
+            await asyncio.sleep(0.05)
+            leader.cancel()
+            return await waiter
+        comp = asyncio.run(go())
+    assert comp.text and not comp.cached and srv.request_count == 2  # the waiter sent it itself

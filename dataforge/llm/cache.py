@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import logging
 import os
 import sqlite3
 import threading
@@ -22,6 +23,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from .base import LLM, Choice, Completion, GenParams, Usage
+
+log = logging.getLogger("dataforge.llm")
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS completions (
@@ -147,20 +150,27 @@ class CachedLLM(LLM):
         if resolve is not None and not self.inner.model:
             await resolve()
         key, material = request_key(self.inner.backend, self.inner.model, self.host, kind, payload, params)
-        hit = self.cache.get(key)
-        if hit is not None:
-            self.usage.cached += 1
-            return hit
-        pending = self._inflight.get(key)
-        if pending is not None and pending.get_loop() is asyncio.get_running_loop():
-            try:
+        loop = asyncio.get_running_loop()
+        while True:
+            hit = self.cache.get(key)
+            if hit is not None:
+                self.usage.cached += 1
+                return hit
+            pending = self._inflight.get(key)
+            if pending is None or pending.get_loop() is not loop:
+                break
+            try:  # the same request is already on its way: share its answer
                 comp = await asyncio.shield(pending)
+            except asyncio.CancelledError:
+                if pending.cancelled():  # the leader was cancelled, not us: try again ourselves
+                    continue
+                raise
             except Exception:
                 self.usage.errors += 1
                 raise
             self.usage.cached += 1
             return Completion(choices=comp.choices, model=comp.model, usage=Usage(cached=1), cached=True)
-        fut: asyncio.Future = asyncio.get_running_loop().create_future()
+        fut: asyncio.Future = loop.create_future()
         self._inflight[key] = fut
         try:
             if kind == "chat":
@@ -172,12 +182,16 @@ class CachedLLM(LLM):
             raise
         except Exception as exc:
             self.usage.errors += 1
+            self.usage.retries += max(0, int(getattr(exc, "attempts", 1) or 1) - 1)
             fut.set_exception(exc)
             fut.exception()  # mark retrieved: waiters (if any) re-raise it themselves
             raise
         finally:
             self._inflight.pop(key, None)
-        self.cache.put(key, self.inner.backend, self.inner.model, material, comp)
+        try:
+            self.cache.put(key, self.inner.backend, self.inner.model, material, comp)
+        except sqlite3.Error as exc:  # an answer in hand is never thrown away for a cache problem
+            log.warning("request cache %s: could not store an answer (%s); continuing without it", self.cache.path, exc)
         self.usage.add(comp.usage)
         fut.set_result(comp)
         return comp

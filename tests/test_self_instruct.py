@@ -265,3 +265,21 @@ def test_embedded_smollm2_on_real_seeds(tmp_path, shared_data):
     for r in new:
         assert 3 < len(r.instruction.split()) <= 150
         assert max(rouge_l(r.instruction, s) for s in seed_texts) <= 0.7
+
+
+def test_cli_command_writes_pool_and_json_summary(tmp_path):
+    from typer.testing import CliRunner
+
+    from dataforge.cli import app
+
+    out = tmp_path / "cli.jsonl"
+    with LoopbackServer(responder) as srv:
+        res = CliRunner().invoke(app, ["self-instruct", str(SEEDS), "-o", str(out), "-n", "6", "--batch", "2",
+                                       "-k", "2", "--base-url", srv.base_url, "--model", "test", "--no-cache",
+                                       "--blacklist", "neighbourhood", "--json"])
+    assert res.exit_code == 0, res.output
+    summary = json.loads(res.output[res.output.index("{"):])
+    assert summary["new_tasks"] == 6 and summary["records_written"] == len(list(read_records(out)))
+    assert "blacklisted_keyword" in summary["rejected_by_reason"]  # the custom list caught 'neighbourhood'
+    bad = CliRunner().invoke(app, ["self-instruct", str(SEEDS), "-o", str(out), "--variant", "nope"])
+    assert bad.exit_code != 0

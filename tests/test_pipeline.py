@@ -120,3 +120,17 @@ def test_scrub_drops_credentials_by_name_and_by_value(monkeypatch):
     out = scrub({"api_key": "x", "nested": [{"Authorization": "Bearer y", "url": "http://h/?k=sk-abcdef123456"}],
                  "tokens": {"total_tokens": 5}})
     assert out == {"nested": [{"url": "http://h/?k=***"}], "tokens": {"total_tokens": 5}}
+
+
+def test_input_can_be_a_saved_hf_dataset_folder(tmp_path):
+    from datasets import Dataset
+
+    rows = [{"instruction": f"Name a colour number {i}.", "input": "", "output": f"Colour {i}"} for i in range(5)]
+    Dataset.from_list(rows).save_to_disk(str(tmp_path / "ds"))
+    job = tmp_path / "hf.yaml"
+    job.write_text(f"name: hf\ninput: {tmp_path / 'ds'}\nstages:\n  - stage: export\n    statuses: [pending]\n")
+    res = run_pipeline(load_pipeline(job), RunOptions(run_dir=tmp_path / "run", progress=False))
+    e = res["manifest"]["stages"]["export"]
+    assert e["counts"]["in"] == e["counts"]["out"] == 5 and e["key"]["input_hash"]
+    assert run_pipeline(load_pipeline(job), RunOptions(run_dir=tmp_path / "run", progress=False))["plan"] == \
+        [("export", "skip (done)")]

@@ -99,7 +99,7 @@ def count_records(path: str | os.PathLike) -> dict[str, Any]:
     by_status: Counter[str] = Counter()
     by_reason: Counter[str] = Counter()
     n = 0
-    if p.is_file() and p.stat().st_size > 0:
+    if p.is_dir() or (p.is_file() and p.stat().st_size > 0):  # a folder: a saved HF dataset
         for r in read_records(p):
             n += 1
             by_status[r.status] += 1

@@ -147,3 +147,19 @@ def test_auto_judge_uses_embeddings_for_fewshot_models():
 
     assert Eliminator(llm=Small()).judge_mode == "embedding"
     assert Eliminator().judge_mode == "embedding"
+
+
+def test_copied_words_of_a_fewshot_example_fail_rule_4():
+    from dataforge.generate.elimination import copied_prompt_words
+    from dataforge.prompts import render
+
+    parent = "What is the relation between the given pairs?"
+    prompt = render("evol_complicate_input", "fewshot", prompt=parent).text
+    pasted = 'What is the relation between the pairs? {"name": "Ana Ruiz", "job": "nurse", "city": "Valencia"}'
+    assert copied_prompt_words(pasted, prompt, parent) is not None
+    v = Eliminator().check_instruction(pasted, prompt, parent)
+    assert v.reason == COPIED_PROMPT and "ana ruiz" in v.how
+    # the parent's own words repeated are not copying, nor is new data
+    own = "What is the relation between the given pairs? Use these pairs: hot : cold, up : down."
+    assert Eliminator().check_instruction(own, prompt, parent).ok
+    assert Eliminator(EliminationConfig(copy_ngram=0)).check_instruction(pasted, prompt, parent).ok

@@ -174,3 +174,20 @@ def test_extract_instruction():
     assert extract_instruction("Name one.\nTask: more", label="Harder task:") == "Name one."
     assert extract_instruction(" x\nNew task in the same field: Do Y.", "New task in the same field:", True) == "Do Y."
     assert extract_instruction(" cave diving", "New task in the same field:", True) == ""
+
+
+def test_steer_file_aims_breadth_at_thin_topics(seeds, tmp_path):
+    from dataforge.curate.stats import compute_stats
+    from dataforge.io import write_json_atomic
+
+    items = [(Record(instruction=f"Bake bread variant {i}."), "cooking", "low") for i in range(12)]
+    items += [(Record(instruction="Why do comets have two tails?"), "astronomy", "low")]
+    stats = tmp_path / "stats.json"
+    write_json_atomic(stats, compute_stats(items))
+    with LoopbackServer(responder) as srv:
+        run_evolve(seeds, tmp_path / "o.jsonl", _cfg(srv, rounds=1, ops=["breadth"], steer=str(stats),
+                                                     keep_failed=True), progress=False)
+        prompts = [b["messages"][-1]["content"] for b in srv.requests if "brand-new task" in json.dumps(b)]
+    recs = list(read_records(tmp_path / "o.jsonl"))
+    assert recs and all(r.topic == "astronomy" and r.task is None for r in recs)
+    assert prompts and all("astronomy" in p and "Why do comets have two tails?" in p for p in prompts)

@@ -46,6 +46,8 @@ class EliminationConfig(BaseModel):
                                         "instruction counts as no information gain")
     sorry_max_words: int = Field(80, description="a response with 'sorry' and fewer words than this fails rule 2")
     min_instruction_words: int = Field(3, description="evolved instructions shorter than this count as empty")
+    copy_ngram: int = Field(6, ge=0, description="this many consecutive words of the evolving prompt (not of "
+                            "the parent) in the evolved instruction count as copying (rule 4); 0 turns it off")
 
 
 @functools.lru_cache(maxsize=8)
@@ -74,6 +76,20 @@ def copied_marker(instruction: str, markers: tuple[str, ...] | None = None) -> s
         if m in low:
             return m
     return None
+
+
+def _ngrams(text: str, n: int) -> set[tuple[str, ...]]:
+    w = words(text.lower())
+    return {tuple(w[i:i + n]) for i in range(len(w) - n + 1)}
+
+
+def copied_prompt_words(child: str, prompt: str, parent: str, n: int = 6) -> str | None:
+    """Rule 4, word level: `n` consecutive words of the evolving prompt (its instructions or worked
+    examples, not the parent task) reappearing in the evolved instruction. Small few-shot models
+    otherwise paste an example's data into the new task."""
+    own = _ngrams(prompt, n) - _ngrams(parent, n)
+    hit = sorted(_ngrams(child, n) & own)
+    return " ".join(hit[0]) if hit else None
 
 
 def is_sorry_short(response: str, max_words: int = 80) -> bool:
@@ -140,12 +156,18 @@ class Eliminator:
         return mode
 
     # rule 4 (+ empty): before any further request
-    def check_instruction(self, child: str) -> Verdict:
+    def check_instruction(self, child: str, prompt: str | None = None, parent: str = "") -> Verdict:
+        """Empty, or copied from the evolving prompt (marker phrases; with `prompt`, also a run of
+        `copy_ngram` words of the prompt that the parent does not contain)."""
         if len(words(child)) < self.cfg.min_instruction_words:
             return Verdict(EMPTY, "length")
         marker = copied_marker(child, self.markers)
         if marker:
             return Verdict(COPIED_PROMPT, f"marker {marker!r}")
+        if prompt and self.cfg.copy_ngram:
+            run = copied_prompt_words(child, prompt, parent, self.cfg.copy_ngram)
+            if run:
+                return Verdict(COPIED_PROMPT, f"copied {run!r}")
         return Verdict(None)
 
     # rule 1

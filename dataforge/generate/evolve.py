@@ -62,7 +62,7 @@ class EvolveConfig(BaseModel):
     seed: int = Field(0, description="seed of every random choice (derived per record and round)")
     temperature: float = Field(0.7, ge=0, description="sampling temperature for evolutions and answers")
     evolve_max_tokens: Optional[int] = Field(None, ge=8, description="max tokens of an evolved instruction "
-                                             "(default 320 for chat models, 64 for few-shot models)")
+                                             "(default 320 for chat models, 80 for few-shot models)")
     answer_max_tokens: Optional[int] = Field(None, ge=8, description="max tokens of an answer "
                                              "(default 768 for chat models, 96 for few-shot models)")
     max_in_flight: int = Field(64, ge=1, description="slots evolved concurrently within a round")
@@ -193,7 +193,7 @@ async def evolve_step(ctx: Context, slot: Slot, rnd: int) -> dict[str, Any]:
     from ..prompts import render
 
     cfg, llm, parent = ctx.cfg, ctx.llm, slot.current
-    rng = item_rng(cfg.seed, parent.id, rnd, slot.index)
+    rng = item_rng(cfg.seed, parent.id, rnd)  # not the slot index: a batch or shard evolves a record the same way
     op = choose_operation(ctx, slot, rng)
     root = parent.lineage.root or parent.id
     tokens = 0
@@ -233,8 +233,15 @@ async def evolve_step(ctx: Context, slot: Slot, rnd: int) -> dict[str, Any]:
             constraints = [*_constraints_kept(parent, instruction), spec]
             template, evol_meta["verifiable"] = "constraint_library", spec["type"]
             verdict = Verdict(None, "constraint")
-            return await _answer_and_check(ctx, rnd, slot, finish, instruction, verdict, tokens_so_far=0)
-    variables: dict[str, Any] = {"prompt": parent.prompt_text, "topic": None, "examples": [],
+            return await _answer_and_check(ctx, rnd, slot, finish, instruction, verdict, tokens_so_far=0,
+                                           child_input=child_input)
+    # Small few-shot models rewrite one line well but cannot copy a long input along with it: they
+    # evolve the instruction alone and the child keeps the parent's input as it is.
+    carry_input = ctx.profile == "fewshot" and op != "breadth"
+    if carry_input:
+        child_input = parent.input
+    variables: dict[str, Any] = {"prompt": parent.instruction if carry_input else parent.prompt_text,
+                                 "topic": None, "examples": [],
                                  "input_kind": rng.choice(INPUT_KINDS)}
     if op == "breadth" and ctx.topics:
         topic = rng.choice(ctx.topics)
@@ -256,20 +263,22 @@ async def evolve_step(ctx: Context, slot: Slot, rnd: int) -> dict[str, Any]:
     label = rendered.meta.get("label") if fewshot else None
     instruction = extract_instruction(completion.text, label, require_label=fewshot and op == "breadth"
                                       and not variables["topic"])
-    if completion.truncated and not fewshot:
+    # cut off at max_tokens: fatal only where the cut falls inside the instruction we kept
+    if completion.truncated and (not fewshot or completion.text.rstrip().endswith(instruction)):
         return finish(TRUNCATED, instruction)
     constraints = _constraints_kept(parent, instruction)
 
     # 2. cheap text rules, then the information-gain judge
-    verdict = ctx.eliminator.check_instruction(instruction)
+    verdict = ctx.eliminator.check_instruction(instruction, rendered.text, variables["prompt"])
     if not verdict.ok:
         return finish(verdict.reason, instruction, verdict=verdict)
-    verdict = await ctx.eliminator.check_info_gain(parent.prompt_text, instruction,
+    verdict = await ctx.eliminator.check_info_gain(variables["prompt"], instruction,
                                                    seed=derive_seed(cfg.seed, parent.id, rnd, "judge"))
     tokens += verdict.tokens
     if not verdict.ok:
         return finish(verdict.reason, instruction, verdict=verdict)
-    return await _answer_and_check(ctx, rnd, slot, finish, instruction, verdict, tokens_so_far=tokens)
+    return await _answer_and_check(ctx, rnd, slot, finish, instruction, verdict, tokens_so_far=tokens,
+                                   child_input=child_input)
 
 
 def _usage_total(llm: Any) -> int:
@@ -278,14 +287,12 @@ def _usage_total(llm: Any) -> int:
 
 
 async def _answer_and_check(ctx: Context, rnd: int, slot: Slot, finish, instruction: str, verdict: Verdict,
-                            tokens_so_far: int) -> dict:
+                            tokens_so_far: int, child_input: str) -> dict:
     """3. answer the survivor, 4. the response rules."""
     from ..llm import GenParams, LLMError
     from ..prompts import render
 
     cfg, llm, parent = ctx.cfg, ctx.llm, slot.current
-    # the input the child carries (only verifiable constraints keep the parent's input apart)
-    child_input = parent.input if verdict.how == "constraint" else ""
     rendered = render("answer", ctx.profile, instruction=instruction, input=child_input)
     params = GenParams(temperature=cfg.temperature, max_tokens=ctx.answer_tokens,
                        seed=derive_seed(cfg.seed, parent.id, rnd, "answer"))
@@ -353,7 +360,7 @@ def _make_context(cfg: EvolveConfig, llm: Any) -> Context:
 
         steering = load_steering(cfg.steer)
         topics = topics + [t for t in steering.thin_topics if t not in topics]
-        level_names = list(steering.level_names) or []
+        level_names = [n for n in steering.level_names if n != "unrated"]
         if not level_names:
             from ..curate.levels import DEFAULT_NAMES
 
@@ -371,7 +378,7 @@ def _make_context(cfg: EvolveConfig, llm: Any) -> Context:
     return Context(
         cfg=cfg, llm=llm, eliminator=Eliminator(cfg.elimination, llm=llm, embedder_factory=embedder_factory),
         profile=profile, topics=topics, steering=steering, level_names=level_names,
-        evolve_tokens=cfg.evolve_max_tokens or (64 if small else 320),
+        evolve_tokens=cfg.evolve_max_tokens or (80 if small else 320),
         answer_tokens=cfg.answer_max_tokens or (96 if small else 768))
 
 

@@ -63,8 +63,13 @@ def test_finished_responses_are_not_flagged(text):
     assert structure.truncation_signals(text) == []
 
 
-def test_finish_reason_length_is_a_signal():
+def test_finish_reason_length_is_a_signal(seeds):
     assert structure.truncation_signals("All good.", finish_reason="length") == ["finish_reason=length"]
+    checker = Checker(load_rules(), get_embedder())
+    cut = Record(instruction="Describe a sunrise.", output="The sky turns orange and pink.",
+                 meta={"evol": {"answer_truncated": True}})
+    (sc,) = asyncio.run(checker.score([cut]))
+    assert sc.scores["truncation"] == 0.0 and sc.details["truncation"] == "finish_reason=length"
 
 
 def test_ending_convention_learned_per_source():

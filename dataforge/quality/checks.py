@@ -89,6 +89,14 @@ class EndingShapes:
         return bool(want) and structure.ending_shape(output) != want
 
 
+def finish_reason_of(r: Record) -> str | None:
+    """What the generator recorded about how its answer ended (`evolve` sets meta.evol.answer_truncated)."""
+    evol = r.meta.get("evol")
+    if isinstance(evol, dict) and evol.get("answer_truncated"):
+        return "length"
+    return r.meta.get("finish_reason")
+
+
 def complexity_features(r: Record, n_constraints: int) -> float:
     """1-10 from what can be counted: length, constraints, reasoning cues, numbers, evolution depth."""
     text = r.prompt_text
@@ -178,7 +186,8 @@ class Checker:
                     judge_complexity: bool = True) -> list[Scored]:
         """All checks for `records` (responses from `outputs` when given: refine drafts)."""
         outs = list(outputs) if outputs is not None else [r.output for r in records]
-        scored = [self.text_checks(r, o, r.meta.get("finish_reason")) for r, o in zip(records, outs)]
+        scored = [self.text_checks(r, o, finish_reason_of(r) if outputs is None else None)
+                  for r, o in zip(records, outs)]
         ep = self.embedder.encode([r.prompt_text for r in records])
         eo = self.embedder.encode(outs)
         coh = np.einsum("ij,ij->i", ep, eo)

@@ -114,6 +114,8 @@ def test_instruction_masking_touches_only_instruction_tokens():
     masked = mask_instruction(e, 0.5, "mask", 3, random.Random(0))
     changed = [i for i in range(len(e)) if masked.input_ids[i] != e.input_ids[i]]
     assert changed and all(e.segments[i] == SEG_INSTRUCTION and masked.input_ids[i] == 3 for i in changed)
+    b = collate([[masked]], pad_id=0)
+    assert (b["lm_labels"][0, changed] == IGNORE).all() and (b["input_ids"][0, changed] == 3).all()
     dropped = mask_instruction(e, 0.99, "drop", 3, random.Random(0))
     assert dropped.segments.count(SEG_INSTRUCTION) == 1 and len(dropped) == len(e) - (n_inst - 1)
     assert [s for s in dropped.segments if s != SEG_INSTRUCTION] == [s for s in e.segments if s != SEG_INSTRUCTION]

@@ -41,6 +41,7 @@ class Example:
     complexity: float = 0.0                # record.complexity / 10 (0 when unknown)
     temp_target: float = float("nan")      # target temperature (nan: task kind unknown)
     record_id: str = ""
+    masked: list[bool] | None = None       # instruction tokens replaced by the mask token (no LM target there)
 
     def __len__(self) -> int:
         return len(self.input_ids)
@@ -246,10 +247,10 @@ def mask_instruction(ex: Example, p: float, mode: str, mask_id: int, rng: random
     if not hits:
         return ex
     if mode == "mask":
-        ids = list(ex.input_ids)
+        ids, masked = list(ex.input_ids), [False] * len(ex)
         for i in hits:
-            ids[i] = mask_id
-        return replace(ex, input_ids=ids)
+            ids[i], masked[i] = mask_id, True
+        return replace(ex, input_ids=ids, masked=masked)
     n_inst = sum(1 for s in ex.segments if s == SEG_INSTRUCTION)
     hits = set(hits[: max(0, n_inst - 1)])          # keep at least one instruction token
     keep = [i for i in range(len(ex)) if i not in hits]
@@ -287,6 +288,8 @@ def collate(rows: Sequence[Sequence[Example]], pad_id: int, pad_to: int | None =
             seg[b, at: at + L] = s
             sidx[b, at: at + L] = n
             lm[b, at + 1: at + L] = t[1:]
+            if e.masked is not None:             # never train the model to predict the mask token
+                lm[b, at: at + L][torch.tensor(e.masked, dtype=torch.bool)] = IGNORE
             learn = torch.tensor(e.learn, dtype=torch.bool)
             learn[0] = False
             resp[b, at: at + L] = torch.where(learn, t, IGNORE)

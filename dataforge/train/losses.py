@@ -30,6 +30,12 @@ def shifted_token_ce(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.
     return loss.view(tgt.shape), tgt != IGNORE
 
 
+def masked_mean(tok_loss: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Mean over the valid positions, summed in float64 (exact enough to match HF's loss to 1e-6)."""
+    total = (tok_loss.double() * valid).sum() / valid.sum().clamp(min=1)
+    return total.to(tok_loss.dtype)
+
+
 def mean_token_ce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Mean next-token loss over labelled positions (same reduction as HF's ForCausalLMLoss)."""
     if not bool((labels[:, 1:] != IGNORE).any()):
@@ -149,11 +155,14 @@ class Objective(nn.Module):
         out = self.model(batch)
         logits = out["logits"]
         parts: dict[str, torch.Tensor] = {}
-        parts["lm"] = mean_token_ce(logits, self.model.lm_labels(batch["lm_labels"]))
-        parts["instruction"] = mean_token_ce(logits, batch["resp_labels"])
+        # one cross-entropy pass: response targets are a subset of the all-token targets
+        lm_labels = self.model.lm_labels(batch["lm_labels"])
+        tok, lm_valid = shifted_token_ce(logits, lm_labels)
+        valid = (batch["resp_labels"][:, 1:] != IGNORE) & lm_valid
+        parts["lm"] = masked_mean(tok, lm_valid)
+        parts["instruction"] = masked_mean(tok, valid)
         inst_term = parts["instruction"]
         if self.weighting is not None:
-            tok, valid = shifted_token_ce(logits, batch["resp_labels"])
             tok_task = batch["task_ids"][batch["sample_idx"][:, 1:].clamp(min=0)]
             inst_term = self.weighting(tok[valid], tok_task[valid])
             parts["instruction_weighted"] = inst_term

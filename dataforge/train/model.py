@@ -13,18 +13,23 @@ checkpointing re-runs the layers during backward).
 from __future__ import annotations
 
 import json
+import weakref
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 from ..errors import DataforgeError
 from .data import IGNORE, INST_CLOSE, INST_OPEN, SEG_INSTRUCTION, SEG_RESPONSE, PromptFormatter
 from .modules import (InstructionAttentionBias, InstructionEncoder, ReasoningHead, SegmentEmbedding,
                       TemperatureHead, TwoStreamFusion, sample_mean)
 
+BIASED_ATTENTION = "dataforge_instruction_bias"
 META_FILE = "dataforge.json"
 MODS_FILE = "dataforge_mods.safetensors"
 _ATTN_NAMES = ("self_attn", "attn", "attention", "self_attention")
@@ -63,6 +68,39 @@ def attention_module(layer: nn.Module) -> nn.Module:
     raise DataforgeError(f"cannot find the attention module of {type(layer).__name__}")
 
 
+def _biased_attention(module, query, key, value, attention_mask, scaling=None, **kwargs):
+    """Attention with a per-head bias on instruction keys, without materialising a (B,H,T,T) mask.
+
+    One extra dimension does it: q' = [q, bias_h / scaling], k' = [k, is_instruction], v' = [v, 0], so
+    scaling * q'.k' = scaling * q.k + bias_h * is_instruction; the wrapped kernel (sdpa, flash, ...) keeps
+    its boolean mask and fast path. Padded to a multiple of 8 dims for GPU kernels; the extra outputs are cut.
+    """
+    owner_ref, layer, inner_name = module.__dict__["_dataforge_route"]
+    owner = owner_ref()
+    inner = ALL_ATTENTION_FUNCTIONS[inner_name]
+    D = query.shape[-1]
+    scaling = scaling if scaling is not None else D ** -0.5
+    ctx = owner._ctx if owner is not None else {}
+    if "inst_key" not in ctx:
+        return inner(module, query, key, value, attention_mask, scaling=scaling, **kwargs)
+    B, H, T, _ = query.shape
+    extra = 8 - D % 8 if D % 8 else 8
+    q_col = owner.attn_bias.query_column(layer, ctx["query_cx"]).to(query.dtype) / scaling
+    k_col = ctx["inst_key"].to(key.dtype)[:, None, :, None].expand(B, key.shape[1], key.shape[2], 1)
+    query = torch.cat([query, q_col, query.new_zeros(B, H, T, extra - 1)], dim=-1)
+    key = torch.cat([key, k_col, key.new_zeros(*key.shape[:3], extra - 1)], dim=-1)
+    value = torch.cat([value, value.new_zeros(*value.shape[:3], extra)], dim=-1)
+    out, weights = inner(module, query, key, value, attention_mask, scaling=scaling, **kwargs)
+    return out[..., :D].contiguous(), weights
+
+
+def _register_biased_attention() -> None:
+    from transformers import AttentionInterface
+
+    if BIASED_ATTENTION not in ALL_ATTENTION_FUNCTIONS:
+        AttentionInterface.register(BIASED_ATTENTION, _biased_attention)
+
+
 def add_inst_tokens(tokenizer) -> list[int]:
     """Add [INST]/[/INST] as special (never split) tokens, no-op if present; return their ids."""
     from tokenizers import AddedToken
@@ -99,8 +137,17 @@ class InstructModel(nn.Module):
         self._ctx: dict[str, Any] = {}
         self._hooks = []
         layers = decoder_layers(base)
+        impl = getattr(cfg, "_attn_implementation", None) or "eager"
+        self._orig_attn = impl
+        # fast path: route the wrapped kernel through _biased_attention; eager models get a float-mask hook
+        self._bias_route = self.attn_bias is not None and impl != "eager" and impl in ALL_ATTENTION_FUNCTIONS
+        if self._bias_route:
+            _register_biased_attention()
+            cfg._attn_implementation = BIASED_ATTENTION
         for i, layer in enumerate(layers):
-            if self.attn_bias is not None:
+            if self._bias_route:
+                object.__setattr__(attention_module(layer), "_dataforge_route", (weakref.ref(self), i, impl))
+            elif self.attn_bias is not None:
                 self._hooks.append(attention_module(layer).register_forward_pre_hook(
                     self._attention_hook(i), with_kwargs=True))
             if self.fusion is not None:
@@ -133,6 +180,21 @@ class InstructModel(nn.Module):
     def has_mods(self) -> bool:
         return any(x is not None for x in (self.segment_emb, self.attn_bias, self.encoder, self.temp_head,
                                            self.task_head, self.reasoning)) or bool(self.prompt_only_ids)
+
+    def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """LM head. [INST]/[/INST] are never to be generated: when they are the last rows of the output
+        matrix (the usual case after resizing) the head simply leaves them out, else their logits are -max."""
+        head = self.base.get_output_embeddings()
+        if not self.prompt_only_ids:
+            return head(hidden)
+        n_out = head.weight.shape[0]
+        keep = n_out - len(self.prompt_only_ids)
+        if isinstance(head, nn.Linear) and sorted(self.prompt_only_ids) == list(range(keep, n_out)):
+            bias = head.bias[:keep] if head.bias is not None else None
+            return F.linear(hidden, head.weight[:keep], bias)
+        logits = head(hidden)
+        return logits.index_fill(-1, torch.tensor(self.prompt_only_ids, device=logits.device),
+                                 torch.finfo(logits.dtype).min)
 
     def lm_labels(self, labels: torch.Tensor) -> torch.Tensor:
         """LM targets without the prompt-only tokens (their logits are masked, so they are never targets)."""
@@ -172,11 +234,14 @@ class InstructModel(nn.Module):
             x = x + fuse[gather].to(x.dtype) * after
             ctx.update(inject=inject, gather=gather, after=after)
             out["inst_enc"] = self.repr_proj(enc)
-        eager = getattr(self.base.config, "_attn_implementation", "sdpa") == "eager"
-        mask = self._mask(sidx, x.dtype, as_float=eager or self.attn_bias is not None)
+        eager = self._orig_attn == "eager"
+        hooked_bias = self.attn_bias is not None and not self._bias_route
+        mask = self._mask(sidx, x.dtype, as_float=eager or hooked_bias)
         if self.attn_bias is not None:
-            ctx.update(float_mask=mask, inst_key=inst.to(x.dtype),
-                       key_cx=batch["complexity"].to(x.dtype)[sidx.clamp(min=0)])
+            cx = batch["complexity"].to(x.dtype)[sidx.clamp(min=0)]
+            ctx.update(inst_key=inst.to(x.dtype), query_cx=cx, key_cx=cx)
+            if hooked_bias:
+                ctx["float_mask"] = mask
         self._ctx = ctx
         hidden = self.base.base_model(inputs_embeds=x, attention_mask=mask, position_ids=pos,
                                       use_cache=False).last_hidden_state
@@ -184,11 +249,7 @@ class InstructModel(nn.Module):
         out["pooled"] = pooled
         if self.reasoning is not None:
             hidden = self.reasoning(hidden)
-        logits = self.base.get_output_embeddings()(hidden)
-        if self.prompt_only_ids:        # [INST]/[/INST] are never to be generated
-            logits = logits.index_fill(-1, torch.tensor(self.prompt_only_ids, device=logits.device),
-                                       torch.finfo(logits.dtype).min)
-        out["logits"] = logits
+        out["logits"] = self._logits(hidden)
         if self.temp_head is not None:
             out["temperature"] = self.temp_head(pooled)
         if self.task_head is not None:
@@ -229,8 +290,14 @@ class InstructModel(nn.Module):
 
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        with quiet_hf():
-            self.base.save_pretrained(out)
+        cfg = self.base.config
+        cfg._attn_implementation = self._orig_attn        # the saved model must not need dataforge
+        try:
+            with quiet_hf():
+                self.base.save_pretrained(out)
+        finally:
+            if self._bias_route:
+                cfg._attn_implementation = BIASED_ATTENTION
         tokenizer.save_pretrained(out)
         own = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items() if not k.startswith("base.")}
         if own:

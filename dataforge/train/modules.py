@@ -49,6 +49,14 @@ class InstructionAttentionBias(nn.Module):
         self.bias = nn.Parameter(torch.zeros(n_layers, n_heads))
         self.by_complexity = nn.Parameter(torch.zeros(n_layers, n_heads)) if complexity else None
 
+    def query_column(self, layer: int, query_complexity: torch.Tensor) -> torch.Tensor:
+        """(B,H,T,1) bias each query gives to instruction keys. Packed samples never attend across each
+        other, so the query's sample complexity is the key's."""
+        b = self.bias[layer][None, :, None]
+        if self.by_complexity is not None:
+            b = b + self.by_complexity[layer][None, :, None] * query_complexity[:, None, :]
+        return b.unsqueeze(-1)
+
     def layer_bias(self, layer: int, inst_key: torch.Tensor, key_complexity: torch.Tensor) -> torch.Tensor:
         """(B,H,1,T) additive scores for one layer; inst_key and key_complexity are (B,T) floats."""
         b = self.bias[layer][None, :, None, None]
@@ -90,6 +98,13 @@ class InstructionEncoder(nn.Module):
     def forward(self, tok_emb: torch.Tensor, position_ids: torch.Tensor, inst: torch.Tensor,
                 sample_idx: torch.Tensor, n: int) -> torch.Tensor:
         """Pooled instruction vector per sample, (N, d_enc)."""
+        # work on the instruction tokens only: gather them to the front of each row (stable order)
+        k = max(1, int(inst.sum(1).max()))
+        order = torch.sort((~inst).to(torch.int8), dim=1, stable=True).indices[:, :k]
+        tok_emb = tok_emb.gather(1, order.unsqueeze(-1).expand(-1, -1, tok_emb.shape[-1]))
+        position_ids = position_ids.gather(1, order)
+        sample_idx = sample_idx.gather(1, order)
+        inst = inst.gather(1, order)
         x = self.proj(tok_emb) + self.pos(position_ids.clamp(max=self.max_positions - 1))
         same = sample_idx[:, :, None] == sample_idx[:, None, :]
         eye = torch.eye(x.shape[1], dtype=torch.bool, device=x.device)
@@ -138,15 +153,19 @@ class TemperatureHead(nn.Module):
 
 
 class ReasoningHead(nn.Module):
-    """Several parallel projections of the final hidden state, concatenated and projected back (residual)."""
+    """Several parallel projections of the final hidden state, concatenated and projected back (residual).
+
+    The parallel paths are computed as one wide matmul (the same maths as separate projections + concat).
+    """
 
     def __init__(self, d_model: int, paths: int):
         super().__init__()
-        width = max(8, d_model // paths)
-        self.paths = nn.ModuleList(nn.Linear(d_model, width) for _ in range(paths))
-        self.back = nn.Linear(width * paths, d_model)
+        self.paths = paths
+        self.width = max(8, d_model // paths)
+        self.up = nn.Linear(d_model, self.width * paths)
+        self.back = nn.Linear(self.width * paths, d_model)
         nn.init.zeros_(self.back.weight)
         nn.init.zeros_(self.back.bias)
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
-        return h + self.back(torch.cat([F.gelu(p(h)) for p in self.paths], dim=-1))
+        return h + self.back(F.gelu(self.up(h)))

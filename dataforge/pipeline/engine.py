@@ -359,7 +359,8 @@ class Engine:
             if files:
                 counts["side_files"] = {p.name[len(st.output.name) + 1:]: count_lines(p) for p in files}
                 counts["side_files_by_reason"] = {p.name[len(st.output.name) + 1:]: side_reasons(p) for p in files}
-        tokens = usage or _tokens_from_summary(summary)
+        # model tokens only (a trainer's "tokens" are training tokens, not requests to a model)
+        tokens = usage or (_tokens_from_summary(summary) if st.adapter.needs_llm(st.item.config) else {})
         out = {"counts": counts, "summary": scrub(summary), "tokens": tokens}
         earlier = self.manifest.stage(st.item.name).get("tokens_earlier_attempts")
         if earlier:

@@ -69,7 +69,8 @@ def responder(body: dict) -> str:
         items = []
         for i, t in enumerate(_tasks(rng, 20)):
             n = start + i
-            items.append(f"{n}. Instruction: {t}\n{n}. Input:\n<noinput>\n{n}. Output:\nAn answer to: {t}")
+            answer = "" if i == 3 else f"An answer to: {t}"  # one task comes back without an answer
+            items.append(f"{n}. Instruction: {t}\n{n}. Input:\n<noinput>\n{n}. Output:\n{answer}")
         text = "\n###\n".join(items)
         return text.split("Instruction: ", 1)[1] if body.get("prompt") else text
     # bootstrap: 8 numbered new tasks, plus bad ones the filters must catch
@@ -186,6 +187,7 @@ def test_alpaca_variant(tmp_path):
     assert all(r.output.startswith("An answer to:") and r.lineage.operation == "alpaca" and r.input == ""
                for r in recs)
     assert all(len(r.lineage.parents) == 3 for r in recs)
+    assert summary["rejected_by_reason"]["empty_output"] >= 1
 
 
 class _Interrupt(Exception):
@@ -253,8 +255,8 @@ def test_embedded_smollm2_on_real_seeds(tmp_path, shared_data):
     """The real 135M model (few-shot profile) bootstraps a few new, filtered tasks from the 175 seeds."""
     seeds = shared_data / "self_instruct_seed_tasks.jsonl"
     out = tmp_path / "smol.jsonl"
-    cfg = SelfInstructConfig(num_instructions=3, requests_per_batch=1, max_tokens=64, instance_max_tokens=48,
-                             max_requests=6, instance_examples=1, cls_examples=4, temperature=0.9, top_p=0.95,
+    cfg = SelfInstructConfig(num_instructions=2, requests_per_batch=1, max_tokens=48, instance_max_tokens=32,
+                             max_requests=3, instance_examples=1, cls_examples=4, temperature=0.9, top_p=0.95,
                              backend=BackendConfig(backend="local", no_cache=True, n_threads=2))
     summary = run_self_instruct(seeds, out, cfg, progress=False)
     assert summary["model"].startswith("local:") and summary["profile"] == "fewshot"

@@ -96,7 +96,7 @@ class SelfInstructConfig(BaseModel):
     def fingerprint_fields(self) -> dict[str, Any]:
         """Everything that changes the output (not where the model runs or how progress shows)."""
         return self.model_dump(exclude={"backend", "max_in_flight", "out_format", "strict", "include_seeds",
-                                        "keep_rejected", "num_instructions", "max_requests", "patience"})
+                                        "num_instructions", "max_requests", "patience"})
 
     def filter_config(self) -> FilterConfig:
         return FilterConfig(min_words=self.min_words, max_words=self.max_words, blacklist=tuple(self.blacklist),
@@ -499,8 +499,16 @@ class _Run:
                 if len(kept) >= room:
                     counts["not_needed"] += 1
                     continue
-                verdict = self.filter(cand["instruction"])
                 text = normalize_instruction(cand["instruction"])
+                if self.cfg.variant == "alpaca" and (not cand["output"] or cand["output"] == cand["input"]):
+                    # Alpaca tasks arrive with their answer: apply the instance post-filters before novelty
+                    reason = "empty_output" if not cand["output"] else "input_equals_output"
+                    counts[reason] += 1
+                    if self.cfg.keep_rejected:
+                        rejected.append({"instruction": text, "reason": reason, "detail": None, "batch": batch,
+                                         "parents": parents})
+                    continue
+                verdict = self.filter(cand["instruction"])
                 if verdict.kept:
                     kept.append({"task_id": task_id_for(text), "instruction": text, "input": cand["input"],
                                  "output": cand["output"], "batch": batch, "parents": parents,

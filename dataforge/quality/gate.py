@@ -197,10 +197,14 @@ def run_filter(input_path: str | Path, output_path: str | Path, cfg: FilterConfi
             bar.advance(resumed)
             batch: list[tuple[int, Record]] = []
 
+            so_far: Counter = Counter()
+
             def flush() -> None:
                 for i, rec in run_sync(process(batch)):
                     journal.append({"i": i, "record": rec.model_dump(mode="json")})
+                    so_far[rec.status] += 1
                 bar.advance(len(batch))
+                bar.status(f"acc {so_far['accepted']} rev {so_far['review']} rej {so_far['rejected']} (before dedup)")
                 batch.clear()
 
             for i, r in enumerate(records(sink, stats)):

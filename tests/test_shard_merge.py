@@ -83,3 +83,22 @@ def test_merge_refuses_incomplete_or_mixed_shards(tmp_path):
     whole = tmp_path / "whole"
     run_pipeline(load_pipeline(job), RunOptions(run_dir=whole, progress=False))
     assert (tmp_path / "m.jsonl").read_bytes() == (whole / "export" / "records.jsonl").read_bytes()
+
+
+def test_sharded_run_stops_before_a_global_stage_and_merge_hands_it_over(tmp_path):
+    seeds = small_seeds(tmp_path, 6)
+    job = tmp_path / "job.yaml"
+    job.write_text(f"name: g\ninput: {seeds}\nstages:\n  - stage: export\n    statuses: [pending]\n"
+                   "  - stage: balance\n")
+    parts = []
+    for i in (1, 2, 3):
+        d = tmp_path / f"s{i}"
+        res = run_pipeline(load_pipeline(job), RunOptions(run_dir=d, shard=(i, 3), progress=False))
+        assert res["plan"][0] == ("export", "ran (new)")
+        assert res["plan"][1][1].startswith("stopped: needs all shards")
+        assert json.loads((d / "manifest.json").read_text())["stages"]["balance"]["status"] == "waiting-for-merge"
+        parts.append(d)
+    res = CliRunner().invoke(app, ["merge", *map(str, parts), "-o", str(tmp_path / "m")])
+    assert res.exit_code == 0, res.output
+    plan = run_pipeline(load_pipeline(job), RunOptions(run_dir=tmp_path / "m", dry_run=True, progress=False))["plan"]
+    assert plan == [("export", "skip (done)"), ("balance", "run (new)")]

@@ -19,6 +19,7 @@ from ..errors import DataforgeError
 
 Method = Literal["kmeans", "hdbscan"]
 _FULL_KMEANS_MAX = 5000
+_HDBSCAN_DIMS = 5   # density is only meaningful in few dimensions (cf. UMAP to 5-d in BERTopic)
 
 
 @dataclass
@@ -110,7 +111,7 @@ def cluster_embeddings(
         from sklearn.cluster import HDBSCAN
         from sklearn.decomposition import PCA
 
-        dims = min(16, x.shape[1], n - 1)
+        dims = min(_HDBSCAN_DIMS, x.shape[1], n - 1)
         z = PCA(n_components=dims, random_state=seed).fit_transform(x) if dims < x.shape[1] else x
         mcs = min_cluster_size or max(5, n // 100)
         raw = HDBSCAN(min_cluster_size=mcs, min_samples=min(mcs, 10), copy=True).fit_predict(z)

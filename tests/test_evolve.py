@@ -191,3 +191,12 @@ def test_steer_file_aims_breadth_at_thin_topics(seeds, tmp_path):
     recs = list(read_records(tmp_path / "o.jsonl"))
     assert recs and all(r.topic == "astronomy" and r.task is None for r in recs)
     assert prompts and all("astronomy" in p and "Why do comets have two tails?" in p for p in prompts)
+
+
+def test_append_phrase():
+    from dataforge.generate.evolve import append_phrase
+
+    assert append_phrase("Generate a haiku using the following word:", "Answer in at most 50 words.") == \
+        "Generate a haiku using the following word. Answer in at most 50 words."
+    assert append_phrase("Name a fruit", "Do not use any commas.") == "Name a fruit. Do not use any commas."
+    assert append_phrase("Name a fruit?  ", "X.") == "Name a fruit? X."

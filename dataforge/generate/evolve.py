@@ -129,6 +129,17 @@ def extract_instruction(text: str, label: str | None = None, require_label: bool
     return t
 
 
+def append_phrase(instruction: str, phrase: str) -> str:
+    """`instruction` + a constraint phrase as a new sentence ("...the following word:" becomes
+    "...the following word. Answer in at most 50 words.")."""
+    base = instruction.rstrip()
+    if base.endswith(":"):
+        base = base[:-1].rstrip() + "."
+    elif base and base[-1] not in ".!?\"')]`":
+        base += "."
+    return f"{base} {phrase}" if base else phrase
+
+
 @dataclass
 class Slot:
     """One lineage chain: its current instruction and the operations that failed on it."""
@@ -228,7 +239,7 @@ async def evolve_step(ctx: Context, slot: Slot, rnd: int) -> dict[str, Any]:
         except DataforgeError:
             spec = None
         if spec is not None:
-            instruction = f"{parent.instruction.rstrip()} {spec['phrase']}"
+            instruction = append_phrase(parent.instruction, spec["phrase"])
             child_input = parent.input
             constraints = [*_constraints_kept(parent, instruction), spec]
             template, evol_meta["verifiable"] = "constraint_library", spec["type"]

@@ -8,7 +8,17 @@ and `EvolInstruct(llm=OpenAILLM(...), generate_answers=True, store_evolutions=Tr
 default batch size. dataforge runs `dataforge evolve` (no request cache, so every request is sent).
 Both wall times include process start-up; the request counts come from the server's log.
 
-    python benchmarks/vs_distilabel.py --seeds 175 --evolutions 4 --latency 0.5
+    python benchmarks/vs_distilabel.py --seeds 175 --evolutions 4 --latency 1.0
+
+Where the time goes (L = server latency, N = evolutions, S = seeds). distilabel works through its
+default batches of 50 seeds one after another, each batch N rewrite rounds then one answer round:
+about ceil(S/50) x (N+1) x L plus its pipeline start-up (~6-10 s). dataforge evolves every seed at
+once but, to apply the Evol-Instruct elimination rules, answers each evolution before the next round:
+about 2N x L plus ~2-4 s start-up, as long as S requests fit in flight and the client keeps up (on a
+busy 2-core machine it does not: at load 15 the per-request CPU doubles dataforge's time). So the
+ratio grows with the number of seeds (x ceil(S/50)) and is about 2.5x at S=175, N=4. Overlapping
+round r+1's rewrite with round r's answer check (re-doing the few that fail) would cut dataforge's
+critical path to (N+1) x L and put the ratio near 4x at this size.
 """
 
 from __future__ import annotations

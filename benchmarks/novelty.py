@@ -25,8 +25,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from dataforge.generate.novelty import NoveltyIndex  # noqa: E402
 
-DEFAULT_CORPUS = Path(os.environ.get("DATAFORGE_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data")) \
-    / "instruct_corpus_shared.jsonl"
+SHARED = Path(os.environ.get("DATAFORGE_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+DEFAULT_CORPUS = SHARED / "instruct_corpus_shared.jsonl"
+DEFAULT_SEEDS = SHARED / "self_instruct_seed_tasks.jsonl"
 
 
 def load_instructions(path: Path, limit: int | None = None) -> list[str]:
@@ -39,12 +40,12 @@ def load_instructions(path: Path, limit: int | None = None) -> list[str]:
     return out
 
 
-def rouge_score_loop(texts: list[str], threshold: float) -> tuple[list[bool], float]:
-    """Self-Instruct's filter: score the candidate against every pool instruction with rouge-score."""
+def rouge_score_loop(texts: list[str], threshold: float, seeds: list[str] = ()) -> tuple[list[bool], float]:
+    """Self-Instruct's filter: score the candidate against every pool instruction (seeds + kept) with rouge-score."""
     from rouge_score import rouge_scorer
 
     scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
-    pool: list[str] = []
+    pool: list[str] = list(seeds)
     kept = []
     start = time.perf_counter()
     for inst in texts:
@@ -56,9 +57,9 @@ def rouge_score_loop(texts: list[str], threshold: float) -> tuple[list[bool], fl
     return kept, time.perf_counter() - start
 
 
-def dataforge_loop(texts: list[str], threshold: float) -> tuple[list[bool], float, NoveltyIndex]:
+def dataforge_loop(texts: list[str], threshold: float, seeds: list[str] = ()) -> tuple[list[bool], float, NoveltyIndex]:
     start = time.perf_counter()
-    index = NoveltyIndex(threshold=threshold)
+    index = NoveltyIndex(seeds, threshold=threshold)
     kept = [index.add_if_novel(t).kept for t in texts]
     return kept, time.perf_counter() - start, index
 
@@ -76,22 +77,26 @@ def main() -> None:
     ap.add_argument("--threshold", type=float, default=0.7)
     ap.add_argument("--synthetic", type=int, default=100_000, help="size of the synthetic-by-concatenation run")
     ap.add_argument("--no-scale", action="store_true", help="skip the dataforge-only runs on the full corpus")
+    ap.add_argument("--seeds", type=Path, default=None, help="seed tasks that start the pool, as in Self-Instruct "
+                    f"(e.g. {DEFAULT_SEEDS.name}); default: an empty pool")
     args = ap.parse_args()
     if not args.corpus.exists():
         sys.exit(f"corpus not found: {args.corpus} (pass --corpus)")
 
     rows = []
+    seeds = load_instructions(args.seeds) if args.seeds else []
     head = load_instructions(args.corpus, args.limit)
-    print(f"comparing on the first {len(head):,} instructions of {args.corpus.name} (threshold {args.threshold}) ...",
-          flush=True)
-    ours, t_ours, index = dataforge_loop(head, args.threshold)
+    print(f"comparing on the first {len(head):,} instructions of {args.corpus.name} (threshold {args.threshold}, "
+          f"pool starts with {len(seeds)} seeds) ...", flush=True)
+    ours, t_ours, index = dataforge_loop(head, args.threshold, seeds)
     print(f"  dataforge    {t_ours:10.3f} s  kept {sum(ours):,}", flush=True)
-    ref, t_ref = rouge_score_loop(head, args.threshold)
+    ref, t_ref = rouge_score_loop(head, args.threshold, seeds)
     print(f"  rouge-score  {t_ref:10.3f} s  kept {sum(ref):,}", flush=True)
     identical = ours == ref
     diffs = [i for i, (a, b) in enumerate(zip(ours, ref)) if a != b]
-    rows.append((f"first {len(head):,} (rouge-score loop)", len(head), sum(ref), t_ref, ""))
-    rows.append((f"first {len(head):,} (dataforge)", len(head), sum(ours), t_ours,
+    with_seeds = f" + {len(seeds)} seeds" if seeds else ""
+    rows.append((f"first {len(head):,}{with_seeds} (rouge-score loop)", len(head), sum(ref), t_ref, ""))
+    rows.append((f"first {len(head):,}{with_seeds} (dataforge)", len(head), sum(ours), t_ours,
                  f"{t_ref / t_ours:,.0f}x faster; identical decisions: {identical}"))
 
     if not args.no_scale:

@@ -196,7 +196,7 @@ def assign_topics(records: list[Record], cfg: BalanceConfig, *, llm=None, progre
     t0 = time.perf_counter()
     vectors = []
     step = 2048
-    with _bar(progress, "embed", len(texts)) as bar:
+    with optional_bar(progress, "embed", len(texts)) as bar:
         for i in range(0, len(texts), step):
             vectors.append(embedder.encode(texts[i:i + step]))
             bar.advance(len(texts[i:i + step]))
@@ -228,12 +228,13 @@ def assign_topics(records: list[Record], cfg: BalanceConfig, *, llm=None, progre
 # --------------------------------------------------------------------------- the stage
 
 
-def _bar(progress: bool, name: str, total: int):
+def optional_bar(progress: bool, name: str, total: int, unit: str = "rec"):
+    """A progress bar, or a silent stand-in when the caller (tests, `dataforge run`) asked for none."""
     from contextlib import nullcontext
 
     from ..progress import Bar
 
-    return progress_bar(name, total=total, unit="rec") if progress else nullcontext(Bar(None, None))
+    return progress_bar(name, total=total, unit=unit) if progress else nullcontext(Bar(None, None))
 
 
 def _read_upstream(input_path: Path, cfg: BalanceConfig) -> list[Record]:
@@ -302,7 +303,7 @@ def run_balance(input_path, output_path, cfg: BalanceConfig | None = None, *, ll
 
     rejected_path = Path(cfg.rejected_path) if cfg.rejected_path else rejected_path_for(out)
     n_kept = n_dropped = 0
-    with _bar(progress, "write", len(final)) as bar:
+    with optional_bar(progress, "write", len(final)) as bar:
         with RecordWriter(out, cfg.out_format) as w:
             rw = None if cfg.keep_dropped else RecordWriter(rejected_path, "record")
             try:

@@ -152,7 +152,8 @@ def plot_complexity(before: list[Record], after: list[Record], scheme: LevelSche
         a1.set_xlabel("complexity score")
         a1.legend(fontsize=8, frameon=False)
     else:
-        a1.text(0.5, 0.5, "no complexity scores\n(levels from evolution depth)", ha="center", va="center")
+        a1.text(0.5, 0.5, "no complexity scores on these records\n(levels come from evolution depth where known)",
+                ha="center", va="center")
         a1.set_axis_off()
     a1.set_title("Complexity score")
     names = [*scheme.names, UNRATED]
@@ -292,7 +293,7 @@ def run_report(input_path, output_path, cfg: ReportConfig | None = None, *, llm=
     matplotlib.use("Agg")
     from jinja2 import Environment, select_autoescape
 
-    from ..progress import progress_bar
+    from .balance import optional_bar
 
     cfg = cfg or ReportConfig()
     t0 = time.perf_counter()
@@ -330,7 +331,7 @@ def run_report(input_path, output_path, cfg: ReportConfig | None = None, *, llm=
 
     plots: list[dict] = []
     steps = ["map", "topics", "complexity", "status", "lengths", "lineage", "acceptance"]
-    with progress_bar("report", total=len(steps), unit="plot") as bar:
+    with optional_bar(progress, "report", len(steps), "plot") as bar:
         def add(key: str, title: str, caption: str, fn, *args) -> None:
             plots.append({"key": key, "title": title, "caption": caption, "png": fn(*args)})
             bar.advance()

@@ -134,3 +134,19 @@ def test_input_can_be_a_saved_hf_dataset_folder(tmp_path):
     assert e["counts"]["in"] == e["counts"]["out"] == 5 and e["key"]["input_hash"]
     assert run_pipeline(load_pipeline(job), RunOptions(run_dir=tmp_path / "run", progress=False))["plan"] == \
         [("export", "skip (done)")]
+
+
+def test_a_second_run_on_the_same_run_dir_is_refused(tmp_path):
+    import fcntl
+
+    import pytest
+
+    from dataforge.errors import DataforgeError
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    with open(run_dir / ".lock", "a+") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)  # as a running `dataforge run` holds it
+        with pytest.raises(DataforgeError, match="another `dataforge run` is using this run directory"):
+            _run(_job(tmp_path), run_dir)
+    assert _run(_job(tmp_path), run_dir)["plan"][0] == ("first", "ran (new)")

@@ -175,6 +175,13 @@ class Engine:
     # ------------------------------------------------------------------ running
 
     def run(self) -> dict[str, Any]:
+        if self.opts.dry_run:
+            return self._run()
+        with _RunLock(self.run_dir):
+            self.manifest = Manifest.load(self.run_dir)  # as the last run left it, now that we hold the lock
+            return self._run()
+
+    def _run(self) -> dict[str, Any]:
         m = self.manifest
         first = not m.data.get("pipeline")
         m.data["pipeline"] = {"name": self.spec.name, "file": str(self.spec.path) if self.spec.path else None,
@@ -366,6 +373,38 @@ class Engine:
         if earlier:
             out["tokens_all_attempts"] = {k: tokens.get(k, 0) + earlier.get(k, 0) for k in {*tokens, *earlier}}
         return out
+
+
+class _RunLock:
+    """One `dataforge run` per run directory at a time: a second one would overwrite the first's work."""
+
+    def __init__(self, run_dir: Path):
+        self.path = Path(run_dir) / ".lock"
+        self._fh = None
+
+    def __enter__(self) -> "_RunLock":
+        import fcntl
+        import os
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._fh = open(self.path, "a+")
+        try:
+            fcntl.flock(self._fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            self._fh.seek(0)
+            holder = self._fh.read().strip() or "another process"
+            self._fh.close()
+            raise DataforgeError(f"{self.path.parent}: another `dataforge run` is using this run directory "
+                                 f"(pid {holder}); wait for it or pick another --run-dir") from None
+        self._fh.seek(0)
+        self._fh.truncate()
+        self._fh.write(str(os.getpid()))
+        self._fh.flush()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._fh is not None:
+            self._fh.close()  # closing releases the lock; a killed run's lock goes with its process
 
 
 def _clear_stale_work(output: Path) -> None:

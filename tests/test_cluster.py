@@ -106,3 +106,25 @@ def test_balance_cli_clusters_and_writes_stats(tmp_path):
     stats = json.loads((tmp_path / "final.jsonl.stats.json").read_text())
     assert set(stats["topics"]) == {r["topic"] for r in rows}
     assert stats["thin_levels"] == [] and stats["balance"]["clustering"]["k"] == 4
+
+
+def test_balance_cli_names_topics_with_a_model(tmp_path):
+    """--name-topics goes through the backend options to a real (loopback) OpenAI server."""
+    def responder(body):
+        text = json.dumps(body).lower()
+        for word, name in (("python", "Python Coding"), ("recipe", "Home Cooking"), ("trip", "Travel Plans")):
+            if word in text:
+                return name
+        return "Everyday Arithmetic"
+
+    out = tmp_path / "final.jsonl"
+    with LoopbackServer(responder) as srv:
+        result = CliRunner().invoke(app, ["balance", str(DATA), "-o", str(out), "--k", "4", "--name-topics",
+                                          "--base-url", srv.base_url, "--model", "test", "--no-cache"])
+        assert result.exit_code == 0, result.output
+        assert len(srv.requests) == 4
+    topics = {json.loads(line)["topic"] for line in out.read_text().splitlines()}
+    assert {t.split("_", 1)[1] for t in topics} == {"python_coding", "home_cooking", "travel_plans", "everyday_arithmetic"}
+    stats = json.loads((tmp_path / "final.jsonl.stats.json").read_text())
+    assert {v["name"] for v in stats["topics"].values()} == {"Python Coding", "Home Cooking", "Travel Plans",
+                                                             "Everyday Arithmetic"}

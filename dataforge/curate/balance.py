@@ -262,6 +262,9 @@ def run_balance(input_path, output_path, cfg: BalanceConfig | None = None, *, ll
     out = Path(output_path)
     scheme = cfg.scheme()
     target = parse_target(cfg.levels_target, scheme.names)
+    if cfg.keep_dropped and cfg.out_format not in ("record", "parquet"):
+        raise DataforgeError(f"--keep-dropped needs --to record or parquet: {cfg.out_format} has no status/reasons "
+                             "to tell dropped records from kept ones")
 
     read = ReadStats()
     sink = RejectSink(rejects_path_for(out))

@@ -150,3 +150,21 @@ def test_a_second_run_on_the_same_run_dir_is_refused(tmp_path):
         with pytest.raises(DataforgeError, match="another `dataforge run` is using this run directory"):
             _run(_job(tmp_path), run_dir)
     assert _run(_job(tmp_path), run_dir)["plan"][0] == ("first", "ran (new)")
+
+
+def test_a_changed_side_input_file_redoes_the_stage(tmp_path, monkeypatch):
+    """A config option naming a file the stage reads (evolve's steer stats, the gate's reference set):
+    its content is part of the stage key, not just its name."""
+    import dataforge.pipeline.engine as engine_mod
+
+    monkeypatch.setattr(engine_mod, "_SIDE_INPUTS", ("path",))  # export's `path` stands in for such an option
+    side = tmp_path / "stats.json"
+    side.write_text('{"a": 1}')
+    eng = engine_mod.Engine(load_pipeline(_job(tmp_path)), RunOptions(run_dir=tmp_path / "run", progress=False))
+    st = eng.stages[0]
+    without = eng.stage_key(st, "h")["config_hash"]
+    st.item.config = st.item.config.model_copy(update={"path": str(side)})
+    before = eng.stage_key(st, "h")["config_hash"]
+    side.write_text('{"a": 2}')
+    after = eng.stage_key(st, "h")["config_hash"]
+    assert len({without, before, after}) == 3

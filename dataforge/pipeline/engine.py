@@ -26,6 +26,9 @@ from .manifest import Manifest, count_records, environment_record, file_hash, pr
 from .spec import PipelineSpec, RaySettings, StageItem, stable_hash
 from .stages import StageAdapter, get_adapter
 
+# config fields naming files a stage reads besides its input: their content is part of the stage key
+_SIDE_INPUTS = ("steer", "reference", "config", "ewc_reference")
+
 # backend fields that change what a model answers (base_url, keys, concurrency do not)
 _IDENTITY_FIELDS = ("backend", "model", "local_model", "profile")
 
@@ -143,6 +146,9 @@ class Engine:
         ident: dict[str, Any] = {"stage": st.item.kind, "config": cfg, "input_from": st.item.input}
         if st.adapter.needs_llm(st.item.config):
             ident["backend"] = self.backend_identity()
+        side = {f: file_hash(cfg[f]) for f in _SIDE_INPUTS if isinstance(cfg.get(f), str) and Path(cfg[f]).is_file()}
+        if side:
+            ident["side_inputs"] = side  # e.g. evolve's steer stats from a balance stage: new stats, new run
         shard = list(self.opts.shard) if st.mode in ("shard-select", "sharded") else None
         return {
             "input_hash": input_hash,

@@ -38,6 +38,7 @@ def register(app: typer.Typer) -> None:
         method: str = typer.Option("kmeans", "--method", help="Clustering: kmeans | hdbscan.", rich_help_panel=_C),
         k: Optional[int] = typer.Option(None, "--k", "--topics", min=1, help="Number of topics (kmeans)  "
                                         "(default: chosen by silhouette).", rich_help_panel=_C, show_default=False),
+        k_min: int = typer.Option(2, "--k-min", min=2, help="Smallest k tried when choosing k.", rich_help_panel=_C),
         k_max: int = typer.Option(30, "--k-max", min=2, help="Largest k tried when choosing k.", rich_help_panel=_C),
         min_cluster_size: Optional[int] = typer.Option(None, "--min-cluster-size", min=2,
                                                        help="HDBSCAN minimum cluster size (default: n/100).",
@@ -80,7 +81,7 @@ def register(app: typer.Typer) -> None:
         cfg = BalanceConfig(
             levels_target=levels_target, level_names=level_names, level_edges=level_edges, depth_edges=depth_edges,
             topic_cap=topic_cap, topic_cap_ratio=topic_cap_ratio or None, size=size, method=method, k=k,
-            k_max=k_max, min_cluster_size=min_cluster_size, reuse_topics=reuse_topics, name_topics=name_topics,
+            k_min=k_min, k_max=k_max, min_cluster_size=min_cluster_size, reuse_topics=reuse_topics, name_topics=name_topics,
             embedder=embedder, keep_dropped=keep_dropped, stats_path=stats, upstream=upstream or [],
             auto_upstream=not no_upstream, in_format=format, out_format=to,
             strict=strict, seed=seed)

@@ -14,7 +14,7 @@ from dataforge.pipeline import RunOptions, load_pipeline, run_pipeline
 from dataforge.testing.loopback import LoopbackServer
 from pipeline_helpers import load_jsonl, scripted_responder, small_seeds
 
-ray = pytest.importorskip("ray", reason="Ray is an optional extra: pip install 'dataforge[ray]'")
+import ray  # noqa: E402 - in the `test` extra (and `[ray]` for users)
 
 
 @pytest.fixture(scope="module")

@@ -9,6 +9,8 @@ from collections import Counter, defaultdict
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from dataforge.curate.balance import BalanceConfig, plan_selection, run_balance, waterfill
 from dataforge.curate.levels import LevelScheme, level_of, parse_target
@@ -209,3 +211,28 @@ def test_gate_side_files_count_in_stats_only(corpus, tmp_path):
     assert stats["rejected_by_stage"] == {"balance": summary["dropped_by_balance"], "gate": len(gate_rejected),
                                           "review": len(review)}
     assert stats["topics"]["poetry"]["rejected_by_stage"]["review"] == 7
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    cells=st.dictionaries(st.tuples(st.sampled_from("abcdef"), st.sampled_from(["low", "mid", "high", "unrated"])),
+                          st.integers(0, 60), max_size=24),
+    shares=st.tuples(st.integers(0, 5), st.integers(0, 5), st.integers(1, 5)),
+    cap=st.one_of(st.none(), st.integers(1, 80)),
+    size=st.one_of(st.none(), st.integers(1, 200)),
+)
+def test_plan_respects_supply_cap_size_and_target(cells, shares, cap, size):
+    target = {lv: s / sum(shares) for lv, s in zip(("low", "mid", "high"), shares)}
+    plan = plan_selection(cells, target, cap, size)
+    per_topic, per_level = Counter(), Counter()
+    for cell, n in plan.items():
+        assert 0 < n <= cells[cell]
+        per_topic[cell[0]] += n
+        per_level[cell[1]] += n
+    if cap is not None:
+        assert all(n <= cap for n in per_topic.values())
+    rated = sum(n for lv, n in per_level.items() if lv != "unrated")
+    if size is not None:
+        assert sum(per_level.values()) <= size
+    for lv, share in target.items():                           # exact quotas (largest remainder) on rated levels
+        assert abs(per_level[lv] - rated * share) < 1.0 + 1e-9

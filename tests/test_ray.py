@@ -6,15 +6,13 @@ import json
 from pathlib import Path
 
 import pytest
+import ray  # in the `test` extra (and `[ray]` for users)
 from typer.testing import CliRunner
 
 from dataforge.cli import app
-
 from dataforge.pipeline import RunOptions, load_pipeline, run_pipeline
 from dataforge.testing.loopback import LoopbackServer
 from pipeline_helpers import load_jsonl, scripted_responder, small_seeds
-
-import ray  # noqa: E402 - in the `test` extra (and `[ray]` for users)
 
 
 @pytest.fixture(scope="module")

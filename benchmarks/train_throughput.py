@@ -8,7 +8,9 @@ and the padding fraction with and without packing.
 Goals: >= 1.0x the plain loop with mods off, <= 15% overhead with mods on, padding < 5% when packed.
 
     python benchmarks/train_throughput.py                 # small Llama-style model built from a config
-    python benchmarks/train_throughput.py --model smollm2 # SmolLM2-135M (slow on CPU)
+    python benchmarks/train_throughput.py --hidden 576 --layers 30 --max-length 256 --batch-size 2
+                                                          # SmolLM2-135M's shape, random weights
+    python benchmarks/train_throughput.py --model smollm2 # SmolLM2-135M itself (slow on CPU)
 """
 
 from __future__ import annotations
@@ -38,8 +40,9 @@ def small_llama(vocab: int, hidden: int, layers: int):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=hidden * 3, num_hidden_layers=layers,
-                      num_attention_heads=max(1, hidden // 64), num_key_value_heads=max(1, hidden // 128),
+    heads = max(1, hidden // 64)
+    cfg = LlamaConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=hidden * 8 // 3, num_hidden_layers=layers,
+                      num_attention_heads=heads, num_key_value_heads=3 if heads % 3 == 0 else max(1, heads // 2),
                       max_position_embeddings=1024, tie_word_embeddings=True)
     return LlamaForCausalLM(cfg).float()
 

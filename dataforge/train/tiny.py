@@ -56,13 +56,15 @@ def tiny_llama(vocab_size: int, seed: int = 0, hidden: int = 32, layers: int = 2
     return LlamaForCausalLM(cfg).float()
 
 
-def tiny_gpt2(vocab_size: int, seed: int = 0, hidden: int = 32, layers: int = 2):
+def tiny_gpt2(vocab_size: int, seed: int = 0, hidden: int = 32, layers: int = 2, attn: str = "sdpa"):
     import torch
     from transformers import GPT2Config, GPT2LMHeadModel
 
     torch.manual_seed(seed)
     cfg = GPT2Config(vocab_size=vocab_size, n_embd=hidden, n_layer=layers, n_head=4, n_positions=512,
-                     resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, pad_token_id=0)
+                     resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, pad_token_id=0, bos_token_id=1,
+                     eos_token_id=2)
+    cfg._attn_implementation = attn
     return GPT2LMHeadModel(cfg).float()
 
 

@@ -41,7 +41,7 @@ def _log(run_dir):
 def test_loss_decreases_with_every_modification_on(records_file, tmp_path):
     tok = tiny_tokenizer(chat_template=True)
     cfg = TrainConfig.all_mods(max_steps=12, batch_size=4, lr=1e-2, max_length=128, warmup_ratio=0.1,
-                               instruction_mask_prob=0.1, l2sp_weight=1e-4)
+                               instruction_mask_prob=0.1, l2sp_weight=1e-4, grad_checkpointing=True)
     summary = run_train(records_file, tmp_path / "run", cfg, model=tiny_llama(len(tok)), tokenizer=tok,
                         progress=False)
     log = _log(tmp_path / "run")

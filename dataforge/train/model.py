@@ -73,7 +73,7 @@ def _biased_attention(module, query, key, value, attention_mask, scaling=None, *
 
     One extra dimension does it: q' = [q, bias_h / scaling], k' = [k, is_instruction], v' = [v, 0], so
     scaling * q'.k' = scaling * q.k + bias_h * is_instruction; the wrapped kernel (sdpa, flash, ...) keeps
-    its boolean mask and fast path. Padded to a multiple of 8 dims for GPU kernels; the extra outputs are cut.
+    its boolean mask and fast path. On GPU the extra width is padded to a multiple of 8; the extra outputs are cut.
     """
     owner_ref, layer, inner_name = module.__dict__["_dataforge_route"]
     owner = owner_ref()
@@ -84,7 +84,7 @@ def _biased_attention(module, query, key, value, attention_mask, scaling=None, *
     if "inst_key" not in ctx:
         return inner(module, query, key, value, attention_mask, scaling=scaling, **kwargs)
     B, H, T, _ = query.shape
-    extra = 8 - D % 8 if D % 8 else 8
+    extra = (8 - D % 8 if D % 8 else 8) if query.is_cuda else 1     # GPU kernels want multiples of 8
     q_col = owner.attn_bias.query_column(layer, ctx["query_cx"]).to(query.dtype) / scaling
     k_col = ctx["inst_key"].to(key.dtype)[:, None, :, None].expand(B, key.shape[1], key.shape[2], 1)
     query = torch.cat([query, q_col, query.new_zeros(B, H, T, extra - 1)], dim=-1)

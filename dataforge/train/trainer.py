@@ -157,7 +157,7 @@ def load_checkpoint(path: Path, objective: Objective, opt: torch.optim.Optimizer
     if changed:
         raise DataforgeError(f"{path}: checkpoint was made with different {', '.join(changed)}; "
                              "use a new output dir or --no-resume")
-    load_model(objective, str(path / "weights.safetensors"), strict=False)
+    load_model(objective, str(path / "weights.safetensors"), strict=True)
     tensors = load_file(str(path / "optimizer.safetensors"))
     torch.set_rng_state(tensors.pop("rng.torch"))
     per_param: dict[int, dict[str, torch.Tensor]] = {}
@@ -301,7 +301,10 @@ def run_train(input_path, output_dir, cfg: TrainConfig, *, progress: bool = True
     imodel.to(dist.device)
     if cfg.grad_checkpointing:
         model.config.use_cache = False
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if hasattr(model, "activation_checkpointing_enable"):        # transformers >= 5 name
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     anchor = None
     if cfg.ewc_weight > 0 or cfg.l2sp_weight > 0:
         fisher = None
@@ -320,9 +323,8 @@ def run_train(input_path, output_dir, cfg: TrainConfig, *, progress: bool = True
     steps_per_epoch = max(1, len(plan) // per_step)
     total_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * steps_per_epoch))
     warmup = max(1, round(cfg.warmup_ratio * total_steps))
-    eval_batches = [collate(rows, pad_id) for rows in
-                    (lambda p: [p.rows(i) for i in range(len(p))])(BatchPlan(eval_ex, cfg, shuffle=False))] \
-        if eval_ex else []
+    eval_plan = BatchPlan(eval_ex, cfg, shuffle=False)
+    eval_batches = [collate(eval_plan.rows(i), pad_id) for i in range(len(eval_plan))] if eval_ex else []
 
     step, tokens_seen, resumed_from = 0, 0, None
     ckpts = _ckpt_dirs(out) if cfg.resume else []

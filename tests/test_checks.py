@@ -199,3 +199,17 @@ def test_judge_answers_are_read_from_logprobs_or_text():
     assert parse_score(json.dumps({"score": 7})) == 7.0
     assert parse_score("Complexity: 12") == 10.0
     assert parse_score("no idea") is None
+
+
+@pytest.mark.parametrize("name", ["judge_alignment", "judge_contradiction", "judge_complexity", "critique", "refine"])
+@pytest.mark.parametrize("profile", ["chat", "fewshot"])
+def test_gate_templates_render_in_both_profiles(name, profile):
+    from dataforge.prompts import render
+
+    tricky = "Summarise {{ secret }} in 10 words."
+    p = render(name, profile, instruction=tricky, input="some input", response="A draft answer.",
+               problems=["format: 14 words, wanted at most 10"], critique="Too long.")
+    assert p.profile == profile and p.template_id == f"{name}.{profile}" and len(p.hash) == 12
+    assert "{{ secret }}" in p.text  # data is never evaluated as a template
+    if name != "judge_complexity":
+        assert "A draft answer." in p.text

@@ -46,7 +46,12 @@ def _params() -> list[inspect.Parameter]:
         decls = [f"{flag}/--no-{flag[2:]}"] if typ is bool else [flag]
         help_text = field.description or ""
         if typing.get_origin(field.annotation) is typing.Literal:
-            help_text += f" [{' | '.join(typing.get_args(field.annotation))}]"
+            help_text += f" ({' | '.join(typing.get_args(field.annotation))})"
+        default = field.get_default(call_default_factory=True)
+        if default is not None and default != []:
+            shown = ("on" if default else "off") if isinstance(default, bool) else \
+                (",".join(default) if isinstance(default, list) else default)
+            help_text += f"  (default: {shown})"
         opt = typer.Option(None, *decls, help=help_text, rich_help_panel=_PANEL.get(name, "Other"),
                            show_default=False)
         params.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=opt,

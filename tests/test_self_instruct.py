@@ -255,8 +255,8 @@ def test_embedded_smollm2_on_real_seeds(tmp_path, shared_data):
     """The real 135M model (few-shot profile) bootstraps a few new, filtered tasks from the 175 seeds."""
     seeds = shared_data / "self_instruct_seed_tasks.jsonl"
     out = tmp_path / "smol.jsonl"
-    cfg = SelfInstructConfig(num_instructions=2, requests_per_batch=1, max_tokens=48, instance_max_tokens=32,
-                             max_requests=3, instance_examples=1, cls_examples=4, temperature=0.9, top_p=0.95,
+    cfg = SelfInstructConfig(num_instructions=1, requests_per_batch=1, max_tokens=48, instance_max_tokens=32,
+                             max_requests=2, instance_examples=1, cls_examples=4, temperature=0.9, top_p=0.95,
                              backend=BackendConfig(backend="local", no_cache=True, n_threads=2))
     summary = run_self_instruct(seeds, out, cfg, progress=False)
     assert summary["model"].startswith("local:") and summary["profile"] == "fewshot"

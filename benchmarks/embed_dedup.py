@@ -4,6 +4,7 @@ and dedup time on the shared instruction corpus.
 1. `--n` prompts (default 1,000, seed 0) from ../shared/data/instruct_corpus_shared.jsonl:
    raw SentenceTransformer.encode (same model folder, batch 64, normalised) vs Embedder.encode with a
    cold cache (fresh folder: model + SQLite writes) vs the same call again (warm: SQLite reads only).
+   Raw and cold runs alternate twice; the faster of each is reported (the machine is shared).
 2. Dedup on `--dedup-n` prompts (default: all 24,940): exact + MinHash LSH near pass, and the
    semantic pass (blockwise cosine >= 0.95) timed on their own; embeddings come from the shared
    cache (DATAFORGE_CACHE_DIR), so only the first run pays for embedding them.
@@ -57,15 +58,19 @@ def main() -> None:
 
         model = SentenceTransformer(str(default_model_path()), device="cpu")
         model.encode(texts[:64], batch_size=64)  # warm-up (first-call overheads) for both sides
-        t = time.perf_counter()
-        raw = model.encode(texts, batch_size=64, normalize_embeddings=True, convert_to_numpy=True)
-        t_raw = time.perf_counter() - t
+        # alternate raw and cold-cache runs twice and keep the faster of each: the machine is shared,
+        # so a single pair of timings mostly measures the neighbours' load
+        t_raw = t_cold = float("inf")
         with tempfile.TemporaryDirectory() as tmp:
-            emb = Embedder(cache_dir=tmp)
-            emb._model = model  # same loaded model: compare the encode paths, not load time
-            t = time.perf_counter()
-            cold = emb.encode(texts)
-            t_cold = time.perf_counter() - t
+            for rep in range(2):
+                t = time.perf_counter()
+                raw = model.encode(texts, batch_size=64, normalize_embeddings=True, convert_to_numpy=True)
+                t_raw = min(t_raw, time.perf_counter() - t)
+                emb = Embedder(cache_dir=Path(tmp) / str(rep))
+                emb._model = model  # same loaded model: compare the encode paths, not load time
+                t = time.perf_counter()
+                cold = emb.encode(texts)
+                t_cold = min(t_cold, time.perf_counter() - t)
             t = time.perf_counter()
             warm = emb.encode(texts)
             t_warm = time.perf_counter() - t

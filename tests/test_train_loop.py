@@ -41,7 +41,8 @@ def _log(run_dir):
 def test_loss_decreases_with_every_modification_on(records_file, tmp_path):
     tok = tiny_tokenizer(chat_template=True)
     cfg = TrainConfig.all_mods(max_steps=12, batch_size=4, lr=1e-2, max_length=128, warmup_ratio=0.1,
-                               instruction_mask_prob=0.1, l2sp_weight=1e-4, grad_checkpointing=True)
+                               instruction_mask_prob=0.1, l2sp_weight=1e-4, grad_checkpointing=True,
+                               ewc_weight=0.01, ewc_samples=4)
     summary = run_train(records_file, tmp_path / "run", cfg, model=tiny_llama(len(tok)), tokenizer=tok,
                         progress=False)
     log = _log(tmp_path / "run")
@@ -50,6 +51,7 @@ def test_loss_decreases_with_every_modification_on(records_file, tmp_path):
     assert log[-1]["lm"] < log[0]["lm"] and all(e["tokens_per_s"] > 0 for e in log)
     assert summary["steps"] == 12 and summary["eval_samples"] == 2 and summary["eval_loss"] < log[0]["instruction"]
     assert summary["plain_hf"] is False and (tmp_path / "run" / "model" / "dataforge_mods.safetensors").exists()
+    assert log[-1]["forgetting"] > 0 and log[0]["forgetting"] == 0     # EWC + L2-SP pull back once weights move
 
 
 def test_resume_continues_identically(records_file, tmp_path):
@@ -80,13 +82,16 @@ def test_train_and_generate_commands(records_file, tmp_path):
     base_dir = tmp_path / "tiny-llama"
     tiny_llama(len(tok)).save_pretrained(base_dir)
     tok.save_pretrained(base_dir)
+    data = tmp_path / "with_bad_line.jsonl"
+    data.write_text(records_file.read_text() + "{not json\n")
     runner = CliRunner()
-    res = runner.invoke(app, ["train", str(records_file), "-o", str(tmp_path / "run"), "--model", str(base_dir),
+    res = runner.invoke(app, ["train", str(data), "-o", str(tmp_path / "run"), "--model", str(base_dir),
                               "--max-steps", "3", "--batch-size", "4", "--lr", "1e-2", "--temperature-head",
                               "--max-length", "128", "--no-progress"])
     assert res.exit_code == 0, res.output
     summary = json.loads(res.stdout)
     assert summary["steps"] == 3 and summary["records_in"] == 48 and summary["prompt_format"] == "inst"
+    assert summary["dropped"] == {"bad_input_line": 1} and (tmp_path / "run" / "input.rejects.jsonl").exists()
     res = runner.invoke(app, ["generate", str(tmp_path / "run"), "Add the two numbers and give the result.",
                               "--input", "2 3", "--max-new-tokens", "5", "--json"])
     assert res.exit_code == 0, res.output

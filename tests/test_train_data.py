@@ -139,3 +139,11 @@ def test_eval_split_is_stable_under_reordering():
     tr2, ev2 = split_eval(list(reversed(recs)), 0.1, 50)
     assert {r.id for r in ev1} == {r.id for r in ev2} and len(ev1) == 10
     assert not {r.id for r in ev1} & {r.id for r in tr1}
+
+
+def test_surrounding_whitespace_does_not_break_the_spans():
+    tok = tiny_tokenizer(chat_template=True)
+    tok.chat_template = tok.chat_template.replace("{{ m['content'] }}", "{{ m['content'] | trim }}")
+    e = PromptFormatter(tok, "chat").encode(Record(instruction="  Add the numbers \n", input=" 1 2 ", output=" 3\n"))
+    assert tok.decode([i for i, f in zip(e.input_ids, e.learn) if f], skip_special_tokens=True).strip() == "3"
+    assert tok.decode([i for i, s in zip(e.input_ids, e.segments) if s == SEG_INSTRUCTION]) == "Add the numbers"

@@ -63,7 +63,10 @@ class PromptFormatter:
 
     # -- text ---------------------------------------------------------------------------------------
     def _user_text(self, instruction: str, input: str) -> tuple[str, int, int, int, int]:
-        """User message text and the (start, end) of the instruction and of the input inside it."""
+        """User message text and the (start, end) of the instruction and of the input inside it.
+
+        Texts are stripped first: chat templates that trim content would otherwise hide the spans."""
+        instruction, input = instruction.strip(), input.strip()
         head = f"{INST_OPEN} " if (self.inst_tokens or self.fmt == "inst") else ""
         tail = f" {INST_CLOSE}" if (self.inst_tokens or self.fmt == "inst") else ""
         text = head + instruction
@@ -93,16 +96,17 @@ class PromptFormatter:
     def full_text(self, r: Record) -> tuple[str, list[tuple[int, int, int]], int]:
         """Prompt + response text, segment spans, and the character where the response starts."""
         user, i0, i1, j0, j1 = self._user_text(r.instruction, r.input)
+        output = r.output.strip()
         if self.fmt == "chat":
-            msgs = [{"role": "user", "content": user}, {"role": "assistant", "content": r.output}]
+            msgs = [{"role": "user", "content": user}, {"role": "assistant", "content": output}]
             text = self.tok.apply_chat_template(msgs, tokenize=False)
             at = text.find(user)
-            resp = text.find(r.output, at + len(user)) if at >= 0 else -1
+            resp = text.find(output, at + len(user)) if at >= 0 else -1
             if at < 0 or resp < 0:
                 raise ValueError("chat template changed the message text")
         else:
             bos, eos = self.tok.bos_token or "", self.tok.eos_token or ""
-            text = f"{bos}{user} {r.output}{eos}"
+            text = f"{bos}{user} {output}{eos}"
             at, resp = len(bos), len(bos) + len(user) + 1
         spans = [(at + i0, at + i1, SEG_INSTRUCTION), (at + j0, at + j1, SEG_INPUT)]
         return text, spans, resp

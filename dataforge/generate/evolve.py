@@ -198,14 +198,20 @@ def _constraints_kept(parent: Record, text: str) -> list[dict]:
     return [s for s in parent.meta.get("constraints") or [] if s.get("phrase") and s["phrase"] in text]
 
 
-async def evolve_step(ctx: Context, slot: Slot, rnd: int) -> dict[str, Any]:
+def plan_step(ctx: Context, slot: Slot, rnd: int) -> tuple[str, random.Random]:
+    """The operation for this slot in this round, and the RNG the step continues with."""
+    rng = item_rng(ctx.cfg.seed, slot.current.id, rnd)  # not the slot index: a shard evolves a record the same way
+    return choose_operation(ctx, slot, rng), rng
+
+
+async def evolve_step(ctx: Context, slot: Slot, rnd: int, plan: tuple[str, random.Random] | None = None
+                      ) -> dict[str, Any]:
     """Evolve the slot's current record once; returns the journal entry (JSON-able)."""
     from ..llm import GenParams, LLMError
     from ..prompts import render
 
     cfg, llm, parent = ctx.cfg, ctx.llm, slot.current
-    rng = item_rng(cfg.seed, parent.id, rnd)  # not the slot index: a batch or shard evolves a record the same way
-    op = choose_operation(ctx, slot, rng)
+    op, rng = plan or plan_step(ctx, slot, rnd)
     root = parent.lineage.root or parent.id
     tokens = 0
     evol_meta: dict[str, Any] = {}
@@ -447,13 +453,15 @@ async def _run(input_path: Path, output_path: Path, cfg: EvolveConfig, llm: Any,
 
     with (progress_bar("evolve", total=total_steps, unit="step") if progress else _no_bar()) as bar:
         for rnd in range(1, cfg.rounds + 1):
+            plans = {s.index: plan_step(ctx, s, rnd) for s in slots}
+
             async def one(slot: Slot) -> dict:
                 nonlocal survived_so_far
                 key = (rnd, slot.index, slot.current.id)
                 entry = done.get(key)
                 if entry is None:
                     async with sem:
-                        entry = await evolve_step(ctx, slot, rnd)
+                        entry = await evolve_step(ctx, slot, rnd, plans[slot.index])
                     journal.append(entry)
                 survived_so_far += entry["reason"] is None
                 bar.advance()
@@ -462,9 +470,11 @@ async def _run(input_path: Path, output_path: Path, cfg: EvolveConfig, llm: Any,
                            f"{(_usage_total(llm) - start_usage) / elapsed:,.0f} tok/s")
                 return entry
 
-            results = await asyncio.gather(*(one(s) for s in slots))
+            # requests leave grouped by operation: a local model then reuses the cached few-shot prefix
+            order = sorted(slots, key=lambda s: (plans[s.index][0], s.index))
+            results = await asyncio.gather(*(one(s) for s in order))
             journal.sync()
-            for slot, entry in zip(slots, results):
+            for slot, entry in zip(order, results):
                 entries[(rnd, slot.index)] = entry
                 if entry["reason"] is None:
                     slot.current = Record.model_validate(entry["record"])

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from ..llm.base import LLM, GenParams, LLMError
 from ..prompts import render
-from ..records import Record, utc_now
+from ..records import utc_now
 from .checks import Checker, Scored
 from .rules import GateRules
 

@@ -5,9 +5,9 @@
    instructions decides when the model's verdict is unusable or the model is too small to ask.
 2. ``sorry_short_response`` — the answer contains "sorry" and is short (the model found it too hard).
 3. ``stopwords_only_response`` — the answer is only punctuation and stop words.
-4. ``copied_evolving_prompt`` — the evolved instruction copies words of the evolving prompt
-   ("given prompt", "rewritten prompt", ...). The marker list is a data file in ``prompts/``
-   (``evol_leak_markers.txt``) so it grows with the templates.
+4. ``copied_evolving_prompt`` — the evolved instruction copies words of the evolving prompt: one of
+   the marker phrases of the templates (a data file, ``prompts/evol_leak_markers.txt``, so it grows
+   with the templates), or a run of words from the template's own text or worked examples.
 
 Cheap text rules run first so no judge or answer request is spent on an evolution already lost.
 """

@@ -98,14 +98,20 @@ def finish_reason_of(r: Record) -> str | None:
 
 
 def complexity_features(r: Record, n_constraints: int) -> float:
-    """1-10 from what can be counted: length, constraints, reasoning cues, numbers, evolution depth."""
+    """1-10 from what can be counted: length, constraints, reasoning cues, numbers, several asks,
+    evolution depth. Scaled so plain seed tasks score 2-3, multi-step word problems 4-6, and a prompt
+    evolved for several rounds with constraints 7-9; the model judge's rating, when there is one, is
+    averaged in."""
     text = r.prompt_text
     words = len(text.split())
-    score = 1.0 + 2.0 * math.log10(1 + words / 10)
+    sentences = len(re.findall(r"[.?!](?:\s|$)", r.instruction)) or 1
+    score = 1.0
+    score += min(1.5 * math.log2(1 + words / 15), 3.0)
     score += min(n_constraints, 3) * 1.0
-    score += min(len(_REASONING.findall(text)), 4) * 0.4
-    score += min(len(_NUMBER.findall(text)), 10) * 0.1
-    score += min(int(r.lineage.round or 0), 4) * 0.75
+    score += min(len(_REASONING.findall(text)) * 0.4, 1.2)
+    score += min(len(_NUMBER.findall(text)) * 0.15, 1.0)
+    score += min((sentences - 1) * 0.3, 1.0)
+    score += min(int(r.lineage.round or 0), 4) * 0.5
     return float(min(max(score, 1.0), 10.0))
 
 

@@ -269,6 +269,17 @@ class InstructModel(nn.Module):
         gen = torch.Generator().manual_seed(seed)
         prompt_len = len(ids)
         used_temp = temperature
+        if not self.has_mods:           # a plain HF model: transformers' generate with its KV cache
+            used_temp = 0.7 if temperature is None else temperature
+            torch.manual_seed(seed)
+            sampling = dict(do_sample=True, temperature=used_temp, top_p=top_p, top_k=0) if used_temp > 1e-4 \
+                else dict(do_sample=False)
+            out_ids = self.base.generate(torch.tensor([ids], device=dev), attention_mask=torch.ones(1, len(ids),
+                                         dtype=torch.long, device=dev), max_new_tokens=max_new_tokens,
+                                         eos_token_id=list(eos) or None,
+                                         pad_token_id=formatter.tok.pad_token_id or next(iter(eos), 0), **sampling)
+            text = formatter.tok.decode(out_ids[0, prompt_len:], skip_special_tokens=True)
+            return text.strip(), float(used_temp)
         for _ in range(max_new_tokens):
             batch = _single(ids, segs, (complexity or 0.0) / 10.0, dev)
             out = self(batch)

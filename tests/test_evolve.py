@@ -106,6 +106,8 @@ def test_fewshot_profile_uses_completion_templates(seeds, tmp_path):
         last = prompt.rstrip().splitlines()[-1]
         given = prompt.rstrip().splitlines()[-2].removeprefix("Task: ")
         if last.startswith("Rare topic:"):
+            if "poem" in given:  # lifts a worked example's topic: a copy of the evolving prompt
+                return " the ghazal form\nNew task in the same field: Write a short ghazal about rain."
             return " cave diving\nNew task in the same field: How do cave divers plan their air supply?"
         return f" {given} Give two examples."
 
@@ -113,6 +115,7 @@ def test_fewshot_profile_uses_completion_templates(seeds, tmp_path):
     with LoopbackServer(small_model) as srv:
         backend = backend.model_copy(update={"base_url": srv.base_url})
         summary = run_evolve(seeds, tmp_path / "o.jsonl", EvolveConfig(rounds=2, backend=backend,
+                                                                       ops=["deepen", "breadth"], weights=[1, 3],
                                                                        elimination={"judge": "off"}),
                              progress=False)
         completions = [b for b in srv.requests if "prompt" in b]
@@ -122,7 +125,9 @@ def test_fewshot_profile_uses_completion_templates(seeds, tmp_path):
     assert recs and all(r.lineage.template in (f"evol_{r.lineage.operation}.fewshot", "constraint_library")
                         for r in recs)
     breadth = [r for r in recs if r.lineage.operation == "breadth"]
-    assert all(r.instruction == "How do cave divers plan their air supply?" for r in breadth)
+    assert breadth and all(r.instruction == "How do cave divers plan their air supply?" for r in breadth)
+    assert all(r.meta["evol"]["rare_topic"] == "cave diving" for r in breadth)
+    assert summary["eliminated"].get("copied_evolving_prompt", 0) >= 1  # the poem seed's ghazal
 
 
 def test_journal_from_other_settings_is_refused(seeds, tmp_path):

@@ -32,7 +32,7 @@ from pydantic import BaseModel, Field, field_validator, model_validator
 from .. import constraints as C
 from ..errors import DataforgeError
 from ..records import Lineage, Record, utc_now
-from .elimination import (EMPTY, LLM_FAILED, EliminationConfig, Eliminator, Verdict, default_embedder_factory)
+from .elimination import (COPIED_PROMPT, EMPTY, LLM_FAILED, EliminationConfig, Eliminator, Verdict, default_embedder_factory)
 
 IN_DEPTH = ("add_constraints", "deepen", "concretize", "increase_reasoning", "complicate_input")
 IN_BREADTH = ("breadth",)
@@ -280,6 +280,12 @@ async def evolve_step(ctx: Context, slot: Slot, rnd: int, plan: tuple[str, rando
     label = rendered.meta.get("label") if fewshot else None
     instruction = extract_instruction(completion.text, label, require_label=fewshot and op == "breadth"
                                       and not variables["topic"])
+    if fewshot and op == "breadth" and not variables["topic"]:
+        # the model names its rare topic first; one lifted from the worked examples is a copy (rule 4)
+        invented = (completion.text.strip().split("\n", 1)[0] if completion.text.strip() else "").strip(" .")
+        evol_meta["rare_topic"] = invented
+        if invented and len(invented) > 3 and f"rare topic: {invented.lower()}" in rendered.text.lower():
+            return finish(COPIED_PROMPT, instruction, verdict=Verdict(COPIED_PROMPT, "example topic"))
     # cut off at max_tokens: fatal only where the cut falls inside the instruction we kept
     if completion.truncated and (not fewshot or completion.text.rstrip().endswith(instruction)):
         return finish(TRUNCATED, instruction)

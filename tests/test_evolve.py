@@ -205,3 +205,17 @@ def test_append_phrase():
         "Generate a haiku using the following word. Answer in at most 50 words."
     assert append_phrase("Name a fruit", "Do not use any commas.") == "Name a fruit. Do not use any commas."
     assert append_phrase("Name a fruit?  ", "X.") == "Name a fruit? X."
+
+
+def test_shards_together_equal_the_whole_run(seeds, tmp_path):
+    def ids(p):
+        return sorted(r.id for r in read_records(p))
+
+    with LoopbackServer(responder) as srv:
+        run_evolve(seeds, tmp_path / "all.jsonl", _cfg(srv, rounds=3), progress=False)
+        for i in (1, 2):
+            run_evolve(seeds, tmp_path / f"s{i}.jsonl", _cfg(srv, rounds=3, shard=f"{i}/2"),
+                       progress=False)
+    s1, s2 = ids(tmp_path / "s1.jsonl"), ids(tmp_path / "s2.jsonl")
+    assert s1 and s2 and not set(s1) & set(s2)
+    assert sorted(s1 + s2) == ids(tmp_path / "all.jsonl")

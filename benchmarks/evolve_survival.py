@@ -27,6 +27,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seeds", default=str(resource_dir("examples") / "seeds.jsonl"))
     ap.add_argument("--n", type=int, default=16, help="seed records to evolve per operation")
+    ap.add_argument("--skip", type=int, default=0, help="start after this many seed records")
     ap.add_argument("--ops", default=",".join(OPERATIONS))
     ap.add_argument("--answer-max-tokens", type=int, default=64)
     ap.add_argument("--base-url", default=None)
@@ -41,8 +42,9 @@ def main() -> None:
     llm = make_llm(BackendConfig.from_env(**overrides))
     work = Path(tempfile.mkdtemp(prefix="evolve-survival-"))
     seeds = work / "seeds.jsonl"
-    write_records(seeds, islice(read_records(args.seeds), args.n))
-    print(f"model {llm.model_id} (profile {llm.profile}), {args.n} seed records, one round per operation")
+    write_records(seeds, islice(read_records(args.seeds), args.skip, args.skip + args.n))
+    print(f"model {llm.model_id} (profile {llm.profile}), {args.n} seed records of {args.seeds} "
+          f"(after {args.skip}), one round per operation")
     print(f"{'operation':<20}{'tried':>6}{'kept':>6}{'rate':>7}{'sec':>8}  eliminated")
     total_t = total_k = 0
     for op in args.ops.split(","):

@@ -13,6 +13,7 @@ torch = pytest.importorskip("torch")
 from typer.testing import CliRunner  # noqa: E402
 
 from dataforge.cli import app  # noqa: E402
+from dataforge.errors import DataforgeError  # noqa: E402
 from dataforge.io import write_records  # noqa: E402
 from dataforge.train import TrainConfig, run_train  # noqa: E402
 from dataforge.train.tiny import tiny_llama, tiny_tokenizer, toy_records  # noqa: E402
@@ -54,27 +55,46 @@ def test_loss_decreases_with_every_modification_on(records_file, tmp_path):
     assert log[-1]["forgetting"] > 0 and log[0]["forgetting"] == 0     # EWC + L2-SP pull back once weights move
 
 
-def test_resume_continues_identically(records_file, tmp_path):
-    """A run killed after its step-3 checkpoint and restarted ends with the weights of an unbroken run."""
+def test_resume_continues_identically(records_file, tmp_path, monkeypatch):
+    """A run interrupted after step 3 saves a checkpoint on the way out. Run again from an older checkpoint
+    (step 2, as if the last one were lost), it redoes step 3 and ends with the weights and the log of an
+    unbroken run. The interrupt is injected by making the LR schedule raise KeyboardInterrupt."""
     from safetensors.torch import load_file
 
-    cfg = TrainConfig(max_steps=6, save_every=3, batch_size=4, lr=3e-3, max_length=128, grad_accum=2,
+    import dataforge.train.trainer as trainer
+
+    cfg = TrainConfig(max_steps=6, save_every=2, batch_size=4, lr=3e-3, max_length=128, grad_accum=2,
                       instruction_mask_prob=0.2, segment_embedding=True, task_weighting="uncertainty")
     tok = tiny_tokenizer()
     run_train(records_file, tmp_path / "a", cfg, model=tiny_llama(len(tok)), tokenizer=tok, progress=False)
-    # the crashed run: only the step-3 checkpoint made it to disk
-    (tmp_path / "b" / "checkpoints").mkdir(parents=True)
-    shutil.copytree(tmp_path / "a" / "checkpoints" / "step-0000003", tmp_path / "b" / "checkpoints" / "step-0000003")
+
+    real_lr = trainer.lr_factor
+
+    def interrupt_at_step_3(step, total, warmup):
+        if step == 3:
+            raise KeyboardInterrupt
+        return real_lr(step, total, warmup)
+
+    monkeypatch.setattr(trainer, "lr_factor", interrupt_at_step_3)
+    tok_b = tiny_tokenizer()
+    with pytest.raises(DataforgeError, match="interrupted at step 3"):
+        run_train(records_file, tmp_path / "b", cfg, model=tiny_llama(len(tok_b)), tokenizer=tok_b, progress=False)
+    ckpts = tmp_path / "b" / "checkpoints"
+    assert sorted(p.name for p in ckpts.iterdir()) == ["step-0000002", "step-0000003"]
+    assert [e["step"] for e in _log(tmp_path / "b")] == [1, 2, 3]
+    shutil.rmtree(ckpts / "step-0000003")
+    monkeypatch.setattr(trainer, "lr_factor", real_lr)
     tok_b = tiny_tokenizer()
     summary = run_train(records_file, tmp_path / "b", cfg, model=tiny_llama(len(tok_b), seed=99), tokenizer=tok_b,
                         progress=False)
-    assert summary["resumed_from"].endswith("step-0000003") and summary["steps"] == 6
+    assert summary["resumed_from"].endswith("step-0000002") and summary["steps"] == 6
     a = load_file(str(tmp_path / "a" / "checkpoints" / "step-0000006" / "weights.safetensors"))
     b = load_file(str(tmp_path / "b" / "checkpoints" / "step-0000006" / "weights.safetensors"))
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a)
     la, lb = _log(tmp_path / "a"), _log(tmp_path / "b")
-    assert [e["loss"] for e in la[3:]] == [e["loss"] for e in lb]
+    assert [e["step"] for e in lb] == list(range(1, 7))
+    assert [e["loss"] for e in la] == [e["loss"] for e in lb]
 
 
 def test_train_and_generate_commands(records_file, tmp_path):

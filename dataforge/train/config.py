@@ -106,7 +106,9 @@ class TrainConfig(BaseModel):
     # ------------------------------------------------------------------ run
     seed: int = Field(0, description="seed for init, data order and masking")
     eval_every: int = Field(0, ge=0, description="eval every N steps (0: only at the end)")
-    save_every: int = Field(0, ge=0, description="checkpoint every N steps (0: only at the end)")
+    save_every: int = Field(0, ge=0, description="checkpoint every N steps (0: only by time and at the end)")
+    save_minutes: float = Field(10.0, ge=0, description="also checkpoint once this many minutes passed since "
+                                                        "the last one (0: off)")
     keep_checkpoints: int = Field(2, ge=1, description="checkpoints kept on disk")
     log_every: int = Field(1, ge=1, description="write a JSONL log line every N steps")
     resume: bool = Field(True, description="continue from the latest checkpoint in the output dir")
@@ -157,5 +159,5 @@ GROUPS: dict[str, list[str]] = {
                      "reasoning_paths"],
     "Optimisation": ["epochs", "max_steps", "batch_size", "grad_accum", "lr", "mods_lr", "weight_decay",
                      "warmup_ratio", "max_grad_norm", "grad_checkpointing", "bf16"],
-    "Run": ["seed", "eval_every", "save_every", "keep_checkpoints", "log_every", "resume"],
+    "Run": ["seed", "eval_every", "save_every", "save_minutes", "keep_checkpoints", "log_every", "resume"],
 }

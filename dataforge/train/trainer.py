@@ -345,7 +345,12 @@ def run_train(input_path, output_dir, cfg: TrainConfig, *, progress: bool = True
 
     # -- loop ---------------------------------------------------------------------------------------
     log_path = out / "log.jsonl"
+    if dist.main and resumed_from and log_path.exists():   # drop lines of steps the crash lost (redone now)
+        kept = [line for line in log_path.read_text(encoding="utf-8").splitlines()
+                if line.strip() and _log_step(line) <= step]
+        log_path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
     log = open(log_path, "a", encoding="utf-8") if dist.main else None
+    saved_step, t_saved, updating = step, time.time(), False
     last: dict[str, float] = {}
     evals: dict[str, float] = {}
     t_loop, tok_window, t_window = time.time(), 0, time.time()
@@ -353,54 +358,68 @@ def run_train(input_path, output_dir, cfg: TrainConfig, *, progress: bool = True
     with (progress_bar("train", total=total_steps, unit="step") if show else nullcontext()) as bar:
         if bar is not None and step:
             bar.advance(step)
-        while step < total_steps:
-            for group in opt.param_groups:
-                group["lr"] = group["peak_lr"] * lr_factor(step, total_steps, warmup)
-            sums: dict[str, float] = {}
-            step_tokens = 0
-            for k in range(cfg.grad_accum):
-                g = step * per_step + k * dist.world + dist.rank
-                rows = plan.rows(g)
-                if cfg.instruction_mask_prob > 0:
-                    rng = random.Random(f"{cfg.seed}:mask:{g}")
-                    rows = [[mask_instruction(e, cfg.instruction_mask_prob, cfg.instruction_mask_mode, mask_id, rng)
-                             for e in row] for row in rows]
-                batch = _to(collate(rows, pad_id), dist.device)
-                step_tokens += int((batch["sample_idx"] >= 0).sum())
-                sync = k == cfg.grad_accum - 1 or dist.world == 1
-                with (nullcontext() if sync else train_obj.no_sync()), autocast():
-                    parts = train_obj(batch)
-                (parts["loss"] / cfg.grad_accum).backward()
-                for name, v in parts.items():
-                    sums[name] = sums.get(name, 0.0) + float(v.detach()) / cfg.grad_accum
-            if cfg.max_grad_norm > 0:
-                torch.nn.utils.clip_grad_norm_(objective.parameters(), cfg.max_grad_norm)
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            step += 1
-            if dist.world > 1:
-                sums, step_tokens = _all_reduce_mean(sums, step_tokens, dist)
-            tokens_seen += step_tokens
-            tok_window += step_tokens
-            last = sums
-            if cfg.eval_every and step % cfg.eval_every == 0 and step < total_steps and dist.main:
-                evals = evaluate(objective, eval_batches, dist.device, autocast)
-            if dist.main and (step % cfg.log_every == 0 or step == total_steps):
-                now = time.time()
-                tps = tok_window / max(1e-9, now - t_window)
-                entry = {"step": step, "epoch": round(step / steps_per_epoch, 4), "lr": opt.param_groups[0]["lr"],
-                         **{k: round(v, 6) for k, v in sums.items()}, "tokens": tokens_seen,
-                         "tokens_per_s": round(tps, 1)} | evals
-                log.write(json.dumps(entry) + "\n")
-                log.flush()
-                evals = {}
-                tok_window, t_window = 0, now
+        try:
+            while step < total_steps:
+                for group in opt.param_groups:
+                    group["lr"] = group["peak_lr"] * lr_factor(step, total_steps, warmup)
+                sums: dict[str, float] = {}
+                step_tokens = 0
+                for k in range(cfg.grad_accum):
+                    g = step * per_step + k * dist.world + dist.rank
+                    rows = plan.rows(g)
+                    if cfg.instruction_mask_prob > 0:
+                        rng = random.Random(f"{cfg.seed}:mask:{g}")
+                        rows = [[mask_instruction(e, cfg.instruction_mask_prob, cfg.instruction_mask_mode, mask_id, rng)
+                                 for e in row] for row in rows]
+                    batch = _to(collate(rows, pad_id), dist.device)
+                    step_tokens += int((batch["sample_idx"] >= 0).sum())
+                    sync = k == cfg.grad_accum - 1 or dist.world == 1
+                    with (nullcontext() if sync else train_obj.no_sync()), autocast():
+                        parts = train_obj(batch)
+                    (parts["loss"] / cfg.grad_accum).backward()
+                    for name, v in parts.items():
+                        sums[name] = sums.get(name, 0.0) + float(v.detach()) / cfg.grad_accum
+                if cfg.max_grad_norm > 0:
+                    torch.nn.utils.clip_grad_norm_(objective.parameters(), cfg.max_grad_norm)
+                updating = True                  # weights change here: an interrupt now must not be saved
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+                step += 1
+                updating = False
+                if dist.world > 1:
+                    sums, step_tokens = _all_reduce_mean(sums, step_tokens, dist)
+                tokens_seen += step_tokens
+                tok_window += step_tokens
+                last = sums
+                if cfg.eval_every and step % cfg.eval_every == 0 and step < total_steps and dist.main:
+                    evals = evaluate(objective, eval_batches, dist.device, autocast)
+                if dist.main and (step % cfg.log_every == 0 or step == total_steps):
+                    now = time.time()
+                    tps = tok_window / max(1e-9, now - t_window)
+                    entry = {"step": step, "epoch": round(step / steps_per_epoch, 4), "lr": opt.param_groups[0]["lr"],
+                             **{k: round(v, 6) for k, v in sums.items()}, "tokens": tokens_seen,
+                             "tokens_per_s": round(tps, 1)} | evals
+                    log.write(json.dumps(entry) + "\n")
+                    log.flush()
+                    evals = {}
+                    tok_window, t_window = 0, now
+                    if bar is not None:
+                        bar.status(f"loss {sums['loss']:.4f} | {tps:,.0f} tok/s")
                 if bar is not None:
-                    bar.status(f"loss {sums['loss']:.4f} | {tps:,.0f} tok/s")
-            if bar is not None:
-                bar.advance(1)
-            if cfg.save_every and step % cfg.save_every == 0 and step < total_steps and dist.main:
+                    bar.advance(1)
+                due = (cfg.save_every and step % cfg.save_every == 0) or \
+                    (cfg.save_minutes and time.time() - t_saved >= 60 * cfg.save_minutes)
+                if due and step < total_steps and dist.main:
+                    save_checkpoint(out, step, objective, opt, cfg, {"tokens": tokens_seen})
+                    saved_step, t_saved = step, time.time()
+        except KeyboardInterrupt:
+            if dist.main and not updating and step > saved_step:
                 save_checkpoint(out, step, objective, opt, cfg, {"tokens": tokens_seen})
+                saved_step = step
+            if log is not None:
+                log.close()
+            raise DataforgeError(f"interrupted at step {step}/{total_steps}; the checkpoint of step {saved_step} "
+                                 f"is in {out / CKPT_DIR}: run the same command again to resume") from None
     loop_s = time.time() - t_loop
 
     # -- finish -------------------------------------------------------------------------------------
@@ -428,6 +447,13 @@ def run_train(input_path, output_dir, cfg: TrainConfig, *, progress: bool = True
 
         tdist.barrier()
     return summary
+
+
+def _log_step(line: str) -> int:
+    try:
+        return int(json.loads(line).get("step", 0))
+    except (ValueError, AttributeError):
+        return 1 << 60                     # a torn last line: drop it
 
 
 def _all_reduce_mean(sums: dict[str, float], tokens: int, dist: Dist) -> tuple[dict[str, float], int]:

@@ -344,6 +344,7 @@ def run_train(input_path, output_dir, cfg: TrainConfig, *, progress: bool = True
         return torch.autocast(dist.device.type, dtype=torch.bfloat16) if use_bf16 else nullcontext()
 
     # -- loop ---------------------------------------------------------------------------------------
+    restore_sigterm = _sigterm_as_interrupt()
     log_path = out / "log.jsonl"
     if dist.main and resumed_from and log_path.exists():   # drop lines of steps the crash lost (redone now)
         kept = [line for line in log_path.read_text(encoding="utf-8").splitlines()
@@ -413,6 +414,7 @@ def run_train(input_path, output_dir, cfg: TrainConfig, *, progress: bool = True
                     save_checkpoint(out, step, objective, opt, cfg, {"tokens": tokens_seen})
                     saved_step, t_saved = step, time.time()
         except KeyboardInterrupt:
+            restore_sigterm()
             if dist.main and not updating and step > saved_step:
                 save_checkpoint(out, step, objective, opt, cfg, {"tokens": tokens_seen})
                 saved_step = step
@@ -420,6 +422,7 @@ def run_train(input_path, output_dir, cfg: TrainConfig, *, progress: bool = True
                 log.close()
             raise DataforgeError(f"interrupted at step {step}/{total_steps}; the checkpoint of step {saved_step} "
                                  f"is in {out / CKPT_DIR}: run the same command again to resume") from None
+    restore_sigterm()
     loop_s = time.time() - t_loop
 
     # -- finish -------------------------------------------------------------------------------------
@@ -447,6 +450,21 @@ def run_train(input_path, output_dir, cfg: TrainConfig, *, progress: bool = True
 
         tdist.barrier()
     return summary
+
+
+def _sigterm_as_interrupt():
+    """SIGTERM (a scheduler stopping the job) takes the Ctrl-C path: checkpoint, then stop. Returns undo."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    return lambda: signal.signal(signal.SIGTERM, previous)
 
 
 def _log_step(line: str) -> int:

@@ -25,6 +25,7 @@ rouge-score is never imported here; the tests and ``benchmarks/novelty.py`` prov
 from __future__ import annotations
 
 import re
+from operator import itemgetter
 from dataclasses import dataclass, field
 from typing import Iterable, NamedTuple
 
@@ -38,7 +39,8 @@ _SLACK = 1e-9  # float-safety margin for the skip bounds (rouge's formula errs b
 _OCC_SHIFT = 40  # key of the k-th occurrence (k >= 1) of token id i: (k << 40) | i
 _MAX_CHAR = 0x110000
 _FIRST_REBUILD = 128
-_BATCH_MIN = 16  # below this many pairs a Python loop beats cdist's setup cost
+_BATCH_MIN = 16
+_SMALL_PROBE = 64  # posting hits below which candidate filtering stays in pure Python  # below this many pairs a Python loop beats cdist's setup cost
 
 
 def rouge_tokens(text: str) -> list[str]:
@@ -110,6 +112,10 @@ class NoveltyIndex:
         self._docs: list[_Doc] = []
         self._postings: dict[int, tuple[list[int], list[int]]] = {}  # key -> (doc ids, positions)
         self._lengths: list[int] = []
+        self._len_np = np.zeros(0, dtype=np.int64)  # the same lengths, for vectorised filtering
+        self._seqs: list[str | list[int]] = []  # the same sequences, for C-speed gathering
+        self._need_arr: dict[int, np.ndarray] = {}
+        self._last_keys: list[int] | None = None
         self._alpha_min: list[int] = [0]
         self._window: dict[int, tuple[int, int]] = {}
         self._need: dict[int, list[int]] = {}
@@ -145,9 +151,10 @@ class NoveltyIndex:
     def add_if_novel(self, text: str) -> NoveltyResult:
         """Keep `text` (and add it to the pool) iff its max ROUGE-L F against the pool is <= threshold."""
         ids = self._ids(text)
+        self._last_keys = None
         result, _ = self._check(text, ids)
         if result.kept:
-            self._insert(text, ids)
+            self._insert(text, ids, self._last_keys)
         return result
 
     # ------------------------------------------------------------------ internals
@@ -175,6 +182,7 @@ class NoveltyIndex:
         for d in self._docs:
             if isinstance(d.seq, str):
                 d.seq = [ord(c) for c in d.seq]
+        self._seqs = [d.seq for d in self._docs]
 
     def _alpha(self, m: int, n: int) -> int:
         """Least LCS length that could make rouge's float F exceed the threshold for sizes m, n."""
@@ -229,10 +237,14 @@ class NoveltyIndex:
         size = len(ids) - self._min_alpha(len(ids)) + 1
         return [i if k == 0 else ((k << _OCC_SHIFT) | i) for _, k, i in elems[:size]]
 
-    def _insert(self, text: str, ids: list[int]) -> None:
+    def _insert(self, text: str, ids: list[int], keys: list[int] | None = None) -> None:
         doc_id = len(self._docs)
         self._docs.append(_Doc(text, self._seq(ids), len(ids), ids))
         self._lengths.append(len(ids))
+        self._seqs.append(self._docs[-1].seq)
+        if doc_id >= len(self._len_np):
+            self._len_np = np.concatenate((self._len_np, np.zeros(max(1024, len(self._len_np)), dtype=np.int64)))
+        self._len_np[doc_id] = len(ids)
         self._max_len = max(self._max_len, len(ids))
         df = self._df
         for i in set(ids):
@@ -240,11 +252,11 @@ class NoveltyIndex:
         if len(self._docs) >= self._next_rebuild:
             self._rebuild()
         elif ids:  # no tokens: rouge scores 0 against everything, so it can never cause a drop
-            self._index(doc_id, ids)
+            self._index(doc_id, ids, keys)
 
-    def _index(self, doc_id: int, ids: list[int]) -> None:
+    def _index(self, doc_id: int, ids: list[int], keys: list[int] | None = None) -> None:
         postings = self._postings
-        for pos, key in enumerate(self._prefix_keys(ids)):
+        for pos, key in enumerate(keys if keys is not None else self._prefix_keys(ids)):
             entry = postings.get(key)
             if entry is None:
                 postings[key] = ([doc_id], [pos])
@@ -275,26 +287,9 @@ class NoveltyIndex:
         lo, hi = self._feasible_lengths(m)
         hi = min(hi, self._max_len)
         docs = self._docs
-        postings = self._postings
         lengths = self._lengths
         need = self._need_row(m, hi)
-        seen: set[int] = set()
-        candidates = []
-        for i, key in enumerate(self._prefix_keys(ids)):
-            entry = postings.get(key)
-            if entry is None:
-                continue
-            rest = m - i
-            for d, j in zip(*entry):
-                if d in seen:
-                    continue
-                seen.add(d)  # first shared element in the global order: later hits give no better bound
-                n = lengths[d]
-                if n < lo or n > hi:
-                    continue
-                # positional filter: every shared element sits at or after (i, j) in the two orders
-                if (n - j if n - j < rest else rest) >= need[n]:
-                    candidates.append(d)
+        candidates = self._candidates(ids, m, lo, hi)
         self.stats.candidate_pairs += len(candidates)
         if not candidates:
             return NoveltyResult(True, 0.0, None), None
@@ -315,11 +310,78 @@ class NoveltyIndex:
             return NoveltyResult(True, 0.0, None), None
         return NoveltyResult(not best > self.threshold, best, docs[best_doc].text), best_doc
 
+    def _candidates(self, ids: list[int], m: int, lo: int, hi: int) -> list[int]:
+        """Pool texts that share a prefix element with the probe and pass two exact overlap bounds.
+
+        All posting hits are gathered with C-speed list extends, then grouped per text in numpy. For a text
+        with first hit at probe/pool positions (i1, j1), last hit (i2, j2) and `c` hits in all:
+        overlap <= min(m - i1, n - j1) (nothing shared sits before the first shared element), and
+        overlap <= c + min(m - 1 - i2, n - 1 - j2) (every shared element before the last hit lies inside
+        both prefixes, so it was counted as a hit). The LCS is at most the overlap."""
+        postings = self._postings
+        hit_docs: list[int] = []
+        hit_pos: list[int] = []
+        hit_i: list[int] = []
+        keys = self._last_keys = self._prefix_keys(ids)  # reused by _insert when the text is kept
+        for i, key in enumerate(keys):
+            entry = postings.get(key)
+            if entry is not None:
+                hit_docs.extend(entry[0])
+                hit_pos.extend(entry[1])
+                hit_i.extend([i] * len(entry[0]))
+        if not hit_docs:
+            return []
+        if len(hit_docs) <= _SMALL_PROBE:  # few hits: plain Python beats numpy's per-call overhead
+            need_row = self._need_row(m, hi)
+            lengths = self._lengths
+            info: dict[int, list[int]] = {}
+            for d, j, i in zip(hit_docs, hit_pos, hit_i):
+                e = info.get(d)
+                if e is None:
+                    info[d] = [i, j, 1, i, j]
+                else:
+                    e[2] += 1
+                    e[3] = i
+                    e[4] = j
+            out = []
+            for d, (i1, j1, c, i2, j2) in info.items():
+                n = lengths[d]
+                if lo <= n <= hi and min(m - i1, n - j1) >= need_row[n] and c + min(m - 1 - i2, n - 1 - j2) >= need_row[n]:
+                    out.append(d)
+            out.sort()  # pool order, like the numpy path: ties for the maximum go to the earliest text
+            return out
+        docs = np.array(hit_docs, dtype=np.int64)
+        order = np.argsort(docs, kind="stable")  # stable: within a text, hits stay in probe order
+        sorted_docs = docs[order]
+        starts = np.flatnonzero(np.concatenate(([True], sorted_docs[1:] != sorted_docs[:-1])))
+        ends = np.concatenate((starts[1:], [len(sorted_docs)])) - 1
+        first, last = order[starts], order[ends]
+        uniq = sorted_docs[starts]
+        n = self._len_np[uniq]
+        inside = (n >= lo) & (n <= hi)
+        if not inside.any():
+            return []
+        uniq, n, first, last = uniq[inside], n[inside], first[inside], last[inside]
+        counts = (ends - starts + 1)[inside]
+        pos = np.array(hit_pos, dtype=np.int64)
+        ivec = np.array(hit_i, dtype=np.int64)
+        need = self._need_np(m, hi)[n]
+        bound_first = np.minimum(m - ivec[first], n - pos[first])
+        bound_last = counts + np.minimum(m - 1 - ivec[last], n - 1 - pos[last])
+        keep = (bound_first >= need) & (bound_last >= need)
+        return uniq[keep].tolist()
+
+    def _need_np(self, m: int, hi: int) -> np.ndarray:
+        arr = self._need_arr.get(m)
+        if arr is None or len(arr) <= hi:
+            arr = self._need_arr[m] = np.array(self._need_row(m, hi), dtype=np.int64)
+        return arr
+
     def _best_batch(self, seq: str | list[int], m: int, candidates: list[int]) -> tuple[float, int | None]:
         """Many LCS at once in C (rapidfuzz cdist), then rouge's formula elementwise in float64 —
         numpy's IEEE division/multiplication round exactly like Python floats, in the same order."""
-        lens = np.fromiter((self._lengths[d] for d in candidates), dtype=np.int64, count=len(candidates))
-        lcs = process.cdist([seq], [self._docs[d].seq for d in candidates], scorer=LCSseq.similarity,
+        lens = self._len_np[candidates]
+        lcs = process.cdist([seq], list(itemgetter(*candidates)(self._seqs)), scorer=LCSseq.similarity,
                             dtype=np.int64, workers=1)[0]
         precision = lcs / lens
         recall = lcs / m

@@ -257,7 +257,7 @@ def test_embedded_smollm2_on_real_seeds(tmp_path, shared_data):
     out = tmp_path / "smol.jsonl"
     cfg = SelfInstructConfig(num_instructions=1, requests_per_batch=1, max_tokens=48, instance_max_tokens=32,
                              max_requests=2, instance_examples=1, cls_examples=4, temperature=0.9, top_p=0.95,
-                             backend=BackendConfig(backend="local", no_cache=True, n_threads=2))
+                             backend=BackendConfig(backend="local", no_cache=True, n_threads=1))
     summary = run_self_instruct(seeds, out, cfg, progress=False)
     assert summary["model"].startswith("local:") and summary["profile"] == "fewshot"
     assert summary["seed_tasks"] == 175 and summary["candidates"] > 0

@@ -285,3 +285,17 @@ def test_cli_command_writes_pool_and_json_summary(tmp_path):
     assert "blacklisted_keyword" in summary["rejected_by_reason"]  # the custom list caught 'neighbourhood'
     bad = CliRunner().invoke(app, ["self-instruct", str(SEEDS), "-o", str(out), "--variant", "nope"])
     assert bad.exit_code != 0
+
+
+def test_keep_rejected_and_include_seeds(tmp_path):
+    out = tmp_path / "all.jsonl"
+    with LoopbackServer(responder) as srv:
+        summary = _run(srv, out, _cfg(num_instructions=6, keep_rejected=True, include_seeds=True))
+    recs = list(read_records(out))
+    seeds = [r for r in recs if r.lineage.generator == "seed"]
+    rejected = [r for r in recs if r.status == "rejected"]
+    assert len(seeds) == summary["seed_records_written"] == len(list(read_records(SEEDS)))
+    assert len(rejected) == summary["rejected_written"] == sum(summary["rejected_by_reason"].values())
+    similar = [r for r in rejected if r.reasons == ["too_similar"]]
+    assert similar and all(r.meta["rouge_l"] > 0.7 and r.meta["detail"] for r in similar)
+    assert {r.reasons[0] for r in rejected} >= {"blacklisted_keyword", "write_a_program", "too_short"}

@@ -512,13 +512,12 @@ class _Run:
                 if verdict.kept:
                     kept.append({"task_id": task_id_for(text), "instruction": text, "input": cand["input"],
                                  "output": cand["output"], "batch": batch, "parents": parents,
-                                 "template": res["prompt"].template_id, "template_hash": res["prompt"].hash,
-                                 "novelty_max_rouge": round(verdict.score or 0.0, 6)})
+                                 "template": res["prompt"].template_id, "template_hash": res["prompt"].hash})
                 else:
                     counts[verdict.reason] += 1
                     if self.cfg.keep_rejected:
                         rejected.append({"instruction": text, "reason": verdict.reason, "detail": verdict.detail,
-                                         "batch": batch, "parents": parents})
+                                         "rouge_l": verdict.score, "batch": batch, "parents": parents})
         counts["kept"] += len(kept)
         return {"kind": "batch", "batch": batch, "kept": kept, "rejected": rejected, "counts": dict(counts),
                 "requests": len(results), "errors": sum(1 for r in results if "error" in r),
@@ -621,8 +620,7 @@ class _Run:
     def _records_for(self, task: dict[str, Any]) -> list[Record]:
         cfg = self.cfg
         now = utc_now()
-        meta_common = {"task_id": task["task_id"], "novelty_max_rouge": task["novelty_max_rouge"],
-                       "variant": cfg.variant}
+        meta_common = {"task_id": task["task_id"], "variant": cfg.variant}
         lineage = dict(parents=task["parents"], generator=GENERATOR, round=task["batch"], model=self.llm.model_id,
                        template=task["template"], template_hash=task["template_hash"], timestamp=now)
         if cfg.variant == "alpaca":
@@ -661,7 +659,8 @@ class _Run:
                 written["tasks"] += bool(recs)
             for rej in self.rejected:
                 writer.write(Record(instruction=rej["instruction"], status="rejected",
-                                    reasons=[rej["reason"]], meta={"detail": rej["detail"]},
+                                    reasons=[rej["reason"]],
+                                    meta={k: rej[k] for k in ("detail", "rouge_l") if rej.get(k) is not None},
                                     lineage=Lineage(generator=GENERATOR, operation="bootstrap", round=rej["batch"],
                                                     parents=rej["parents"], model=self.llm.model_id)))
                 written["rejected"] += 1

@@ -23,6 +23,7 @@ SEEDS = [
      "instances": [{"input": "The food was cold and late.", "output": "negative"}], "is_classification": True},
 ]
 
+ASPECTS = ("history", "costs", "risks", "ethics", "future", "culture", "limits", "origins", "critics")
 _GIVEN = re.compile(r"<<<\n(.*?)\n>>>", re.S)
 
 
@@ -40,8 +41,9 @@ def responder(body: dict) -> str:
     m = _GIVEN.search(text)
     if m:  # an evolution request: which operation is it?
         given = m.group(1)
-        if "more depth and breadth" in text:
-            return f"{given} Also explain why this matters."
+        if "more depth and breadth" in text:  # always adds an aspect the task did not mention yet
+            aspect = next(w for w in ASPECTS if w not in given.lower())
+            return f"{given} Also discuss its {aspect}."
         if "exactly one new constraint" in text:
             return f"{given} Keep it under 120 words."
         if "more specific" in text:  # fails rule 4: copies the evolving prompt

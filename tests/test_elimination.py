@@ -99,6 +99,17 @@ def test_unchanged_and_verdict_parsing():
     assert parse_verdict("maybe?") is None
 
 
+def test_a_shortened_parent_has_no_gain_without_any_judge():
+    from dataforge.generate.elimination import adds_no_words
+
+    parent = "Answer the following math problem. You should write down the reasoning steps."
+    assert adds_no_words(parent, "Answer the following math problem.")
+    assert not adds_no_words(parent, "Answer the following math problem about trains.")
+    elim = Eliminator(EliminationConfig(judge="off"))
+    v = asyncio.run(elim.check_info_gain(parent, "Answer the following math problem."))
+    assert v.reason == NO_INFO_GAIN and v.how == "no new words"
+
+
 def test_identical_instruction_has_no_gain_without_any_judge():
     elim = Eliminator(EliminationConfig(judge="off"))
     v = asyncio.run(elim.check_info_gain("Name three fruits.", "Name three fruits!"))

@@ -22,7 +22,7 @@ from typing import Any, Callable, Literal
 
 from pydantic import BaseModel, Field
 
-from ..constraints.text import STOP_WORDS, word_count, words
+from ..constraints.text import STOP_WORDS, content_words, word_count, words
 from ..paths import resource_dir
 
 NO_INFO_GAIN = "no_information_gain"
@@ -107,6 +107,12 @@ def is_unchanged(parent: str, child: str) -> bool:
     return _norm(parent) == _norm(child)
 
 
+def adds_no_words(parent: str, child: str) -> bool:
+    """Every content word of the child is already in the parent: a shortened or reshuffled parent
+    asks for nothing new (cheaper and surer than any judge)."""
+    return set(content_words(child)) <= set(content_words(parent))
+
+
 _VERDICT = re.compile(r"\b(not\s+equal|different|equal|same)\b", re.I)
 
 
@@ -174,6 +180,8 @@ class Eliminator:
     async def check_info_gain(self, parent: str, child: str, *, seed: int | None = None) -> Verdict:
         if is_unchanged(parent, child):
             return Verdict(NO_INFO_GAIN, "identical")
+        if adds_no_words(parent, child):
+            return Verdict(NO_INFO_GAIN, "no new words")
         mode = self.judge_mode
         if mode == "off":
             return Verdict(None, "off")

@@ -236,3 +236,14 @@ def test_plan_respects_supply_cap_size_and_target(cells, shares, cap, size):
         assert sum(per_level.values()) <= size
     for lv, share in target.items():                           # exact quotas (largest remainder) on rated levels
         assert abs(per_level[lv] - rated * share) < 1.0 + 1e-9
+
+
+def test_empty_gate_side_files_are_no_error(corpus, tmp_path):
+    """A gate that set nothing aside leaves empty <in>.rejected/.review files: balance reads past them."""
+    path, records = corpus
+    Path(f"{path}.rejected.jsonl").write_text("")
+    Path(f"{path}.review.jsonl").write_text("")
+    out = tmp_path / "final.jsonl"
+    summary = run_balance(path, out, BalanceConfig(reuse_topics=True, topic_cap_ratio=None), progress=False)
+    assert summary["upstream_counted"] == 0
+    check_accounting(records, read_jsonl(out), read_jsonl(Path(f"{out}.rejected.jsonl")))

@@ -251,7 +251,8 @@ def _read_upstream(input_path: Path, cfg: BalanceConfig) -> list[Record]:
         paths += [p for p in (Path(f"{input_path}.rejected.jsonl"), Path(f"{input_path}.review.jsonl")) if p.is_file()]
     out: list[Record] = []
     for p in paths:
-        out.extend(read_records(p, "auto", rejects=RejectSink(None)))
+        if p.stat().st_size:  # an empty side file (a stage that set nothing aside) holds no records
+            out.extend(read_records(p, "auto", rejects=RejectSink(None)))
     return out
 
 

@@ -305,7 +305,7 @@ def run_report(input_path, output_path, cfg: ReportConfig | None = None, *, llm=
     if cfg.rejected_path and not rejected_path.exists():
         raise DataforgeError(f"{rejected_path}: no such file (--rejected)")
     seen = {r.id for r in records}
-    extra = [r for r in _read(rejected_path) if r.id not in seen] if rejected_path.exists() else []
+    extra = [r for r in _read(rejected_path) if r.id not in seen] if rejected_path.exists() and rejected_path.stat().st_size else []
     everything = records + extra
     after = [r for r in everything if r.status != "rejected"]
     if cfg.before_path:

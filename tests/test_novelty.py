@@ -138,3 +138,18 @@ def test_sequential_equality_on_real_instructions(shared_data):
     got = novel_mask(texts)
     assert got == reference_mask(texts)
     assert 0 < sum(got) < len(got)
+
+
+def test_pair_where_rapidfuzz_score_cutoff_misreports(tmp_path):
+    """A real pair (200 vs 133 tokens, LCS 117, F = 0.7027) that an LCS call with score_cutoff=117 scored 0:
+    the filter must still drop it, exactly as rouge-score does."""
+    from conftest import TEST_DATA
+
+    pair = json.loads((TEST_DATA / "novelty_lcs_cutoff_pair.json").read_text())
+    a = " ".join(f"w{i}" for i in pair["a"])
+    b = " ".join(f"w{i}" for i in pair["b"])
+    expected = SCORER.score(a, b)["rougeL"].fmeasure
+    assert expected > 0.7
+    assert rouge_l(a, b) == expected
+    res = NoveltyIndex([b]).check(a)
+    assert not res.kept and res.max_score == expected

@@ -299,7 +299,8 @@ class NoveltyIndex:
             best, best_doc = 0.0, None
             for d in candidates:
                 n = lengths[d]
-                lcs = LCSseq.similarity(seq, docs[d].seq, score_cutoff=need[n])
+                # no score_cutoff: rapidfuzz 3.14 can return 0 for a pair whose LCS equals the cutoff
+                lcs = LCSseq.similarity(seq, docs[d].seq)
                 # target = candidate, prediction = pool text, as Self-Instruct calls scorer.score(inst, pool_item)
                 f = fmeasure_from_lcs(lcs, m, n) if lcs else 0.0
                 if f > best:

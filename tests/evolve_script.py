@@ -24,6 +24,8 @@ SEEDS = [
 ]
 
 ASPECTS = ("history", "costs", "risks", "ethics", "future", "culture", "limits", "origins", "critics")
+CONSTRAINTS = ("Keep it under 120 words.", "Use a numbered list.", "Give one example.", "Cite a date.",
+               "End with a question.")
 _GIVEN = re.compile(r"<<<\n(.*?)\n>>>", re.S)
 
 
@@ -45,7 +47,7 @@ def responder(body: dict) -> str:
             aspect = next(w for w in ASPECTS if w not in given.lower())
             return f"{given} Also discuss its {aspect}."
         if "exactly one new constraint" in text:
-            return f"{given} Keep it under 120 words."
+            return f"{given} {next(c for c in CONSTRAINTS if c not in given)}"  # a constraint not there yet
         if "more specific" in text:  # fails rule 4: copies the evolving prompt
             return f"#Rewritten Prompt#: {given} (specific)"
         if "explicit reasoning" in text:  # fails rule 1 by the model judge

@@ -42,6 +42,9 @@ def evolve(
         "--keep-failed", help="Also write failed evolutions (status rejected, with reasons).", rich_help_panel=_E)] = False,
     include_seeds: Annotated[bool, typer.Option(
         "--include-seeds", help="Also write the input records before the evolved ones.", rich_help_panel=_E)] = False,
+    speculate: Annotated[bool, typer.Option(
+        "--speculate/--no-speculate", help="Request a child's next-round rewrite while its answer is pending "
+        "(same output, shorter wall time; off for a local model).", rich_help_panel=_E)] = True,
     judge: Annotated[str, typer.Option(
         "--judge", help="Information-gain judge: auto | model | embedding | off.", rich_help_panel=_E)] = "auto",
     temperature: Annotated[float, typer.Option("--temperature", min=0, rich_help_panel=_E)] = 0.7,
@@ -79,7 +82,7 @@ def evolve(
         cfg = EvolveConfig(
             rounds=rounds, ops=_split(ops) or None, weights=w, topics=_split(topics),
             steer=str(steer) if steer else None, verifiable_share=verifiable_share, keep_failed=keep_failed,
-            include_seeds=include_seeds, seed=seed, temperature=temperature, evolve_max_tokens=evolve_max_tokens,
+            include_seeds=include_seeds, speculate=speculate, seed=seed, temperature=temperature, evolve_max_tokens=evolve_max_tokens,
             answer_max_tokens=answer_max_tokens, shard=shard, format=format, out_format=to, strict=strict,
             elimination=EliminationConfig(judge=judge), backend=backend_cfg,
             **({"max_in_flight": concurrency} if concurrency else {}))

@@ -39,7 +39,9 @@ def test_structural_problems_are_named():
     assert structure.check_template_leftovers("Paris is the capital.\nUser: and Spain?").startswith("role_tag")
     assert structure.check_template_leftovers(CODE_A) is None
     assert structure.check_template_leftovers(GSM_ANSWER) is None  # GSM8K's <<48/2=24>> is no template marker
-    assert structure.check_refusal("As an AI language model, I cannot browse the internet.").startswith("refusal")
+    assert structure.check_refusal("As an AI language model, I cannot browse the internet.") == "as an ai language model"
+    # a program that prints the sentence, or a character who says it, is no refusal
+    assert structure.check_refusal("const s = 'Hello, I am an AI assistant';\nconsole.log(s);") is None
     assert structure.check_refusal("I'm sorry, but I can't help with that request.") is not None
     assert structure.check_refusal("Sorry to hear your plant died; water it less often.") is None
 

@@ -17,7 +17,7 @@ _TEMPLATE_MARKERS = re.compile(
 # A role tag that opens the response or a line of it: the model started writing the next turn.
 _ROLE_TAG = re.compile(r"^(?:###\s*)?(?:Human|Assistant|User|System|AI|USER|ASSISTANT)\s*:\s", re.M)
 _REFUSAL = re.compile(
-    r"\b(?:as an ai(?: language)? model|as a language model|i(?:'m| am) (?:just )?an ai\b"
+    r"\b(?:as an ai(?: language)? model|as a language model"
     r"|i(?:'m| am) sorry,? but (?:i|as an ai) (?:can(?:no|')t|am (?:not able|unable))"
     r"|i (?:cannot|can't|am unable to|won't) (?:help|assist|comply|fulfil+|provide|complete) (?:with )?(?:that|this|your)"
     r"|i(?:'m| am) not able to (?:help|assist|provide|complete) (?:with )?(?:that|this|your))",
@@ -50,7 +50,7 @@ def check_template_leftovers(output: str) -> str | None:
 
 def check_refusal(output: str) -> str | None:
     m = _REFUSAL.search(output[:400])
-    return f"refusal:{m.group(0)[:40].lower()}" if m else None
+    return m.group(0)[:40].lower() if m else None
 
 
 def _unbalanced(text: str) -> bool:

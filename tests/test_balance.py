@@ -234,8 +234,12 @@ def test_plan_respects_supply_cap_size_and_target(cells, shares, cap, size):
     rated = sum(n for lv, n in per_level.items() if lv != "unrated")
     if size is not None:
         assert sum(per_level.values()) <= size
-    for lv, share in target.items():                           # exact quotas (largest remainder) on rated levels
-        assert abs(per_level[lv] - rated * share) < 1.0 + 1e-9
+    supplied = {lv for (_, lv), n in cells.items() if n and target.get(lv, 0) > 0}
+    norm = sum(target[lv] for lv in supplied)
+    for lv in supplied:  # exact quotas (largest remainder) on the levels that have candidates, renormalised
+        assert abs(per_level[lv] - rated * target[lv] / norm) < 1.0 + 1e-9
+    if supplied:
+        assert rated > 0  # a level with no candidates never empties the output
 
 
 def test_empty_gate_side_files_are_no_error(corpus, tmp_path):
@@ -247,3 +251,37 @@ def test_empty_gate_side_files_are_no_error(corpus, tmp_path):
     summary = run_balance(path, out, BalanceConfig(reuse_topics=True, topic_cap_ratio=None), progress=False)
     assert summary["upstream_counted"] == 0
     check_accounting(records, read_jsonl(out), read_jsonl(Path(f"{out}.rejected.jsonl")))
+
+
+def _one_level_missing(tmp_path) -> tuple[Path, list[Record]]:
+    records = [r for r in skewed_corpus(300, seed=3) if level_of(r) != "high"]
+    path = tmp_path / "nohigh.jsonl"
+    write_records(path, records)
+    return path, records
+
+
+def test_an_empty_level_leaves_the_target_instead_of_emptying_the_output(tmp_path):
+    path, records = _one_level_missing(tmp_path)
+    out = tmp_path / "final.jsonl"
+    summary = run_balance(path, out, BalanceConfig(reuse_topics=True, topic_cap_ratio=None), progress=False)
+    kept = read_jsonl(out)
+    check_accounting(records, kept, read_jsonl(Path(f"{out}.rejected.jsonl")))
+    shares = level_shares(kept)
+    assert shares.get("high", 0) == 0 and abs(shares["low"] - 0.5) <= 0.01 and abs(shares["mid"] - 0.5) <= 0.01, shares
+    assert summary["kept"] == 2 * sum(1 for r in records if r.status != "rejected" and level_of(r) == "mid")
+
+
+def test_cap_mode_keeps_thin_levels_whole_and_caps_the_rest(corpus, tmp_path):
+    path, records = corpus
+    out = tmp_path / "final.jsonl"
+    run_balance(path, out, BalanceConfig(reuse_topics=True, topic_cap_ratio=None, level_mode="cap"), progress=False)
+    kept = read_jsonl(out)
+    check_accounting(records, kept, read_jsonl(Path(f"{out}.rejected.jsonl")))
+    candidates = [r for r in records if r.status != "rejected"]
+    by_level = Counter(level_of(r) for r in candidates)
+    kept_levels = Counter(level_of(Record.model_validate(r)) for r in kept)
+    share = len(candidates) / 3
+    for lv, n in by_level.items():
+        assert kept_levels[lv] == min(n, round(share)) or abs(kept_levels[lv] - min(n, share)) <= 1, (lv, n, kept_levels)
+    assert kept_levels["high"] == by_level["high"]  # the thin level keeps everything it has
+    assert len(kept) > sum(min(by_level.values()) for _ in range(3))  # more than exact mode would keep

@@ -20,6 +20,9 @@ def register(app: typer.Typer) -> None:
         levels_target: Optional[str] = typer.Option(
             None, "--levels-target", help="Target share per complexity level, e.g. low=0.2,mid=0.5,high=0.3  "
             "(default: uniform).", rich_help_panel=_C, show_default=False),
+        level_mode: str = typer.Option(
+            "exact", "--level-mode", help="exact: output meets the level target (scarcest level sets the size); "
+            "cap: no level keeps more than its share, thin levels keep all they have.", rich_help_panel=_C),
         level_names: str = typer.Option("low,mid,high", "--level-names", help="Level names, lowest first.",
                                         rich_help_panel=_C),
         level_edges: Optional[str] = typer.Option(
@@ -79,7 +82,7 @@ def register(app: typer.Typer) -> None:
         from ..curate.balance import BalanceConfig, run_balance
 
         cfg = BalanceConfig(
-            levels_target=levels_target, level_names=level_names, level_edges=level_edges, depth_edges=depth_edges,
+            levels_target=levels_target, level_mode=level_mode, level_names=level_names, level_edges=level_edges, depth_edges=depth_edges,
             topic_cap=topic_cap, topic_cap_ratio=topic_cap_ratio or None, size=size, method=method, k=k,
             k_min=k_min, k_max=k_max, min_cluster_size=min_cluster_size, reuse_topics=reuse_topics, name_topics=name_topics,
             embedder=embedder, keep_dropped=keep_dropped, stats_path=stats, upstream=upstream or [],

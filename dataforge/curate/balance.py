@@ -46,6 +46,10 @@ class BalanceConfig(BaseModel):
     topic_cap_ratio: float | None = Field(2.0, gt=0, description="without --topic-cap: cap = ratio x mean "
                                                                  "candidates per topic (None: no cap)")
     size: int | None = Field(None, ge=1, description="at most this many records in the output")
+    level_mode: Literal["exact", "cap"] = Field(
+        "exact", description="exact: the output meets the level target (the scarcest level sets the size); "
+                             "cap: no level keeps more than its share of the candidates, thin levels keep all "
+                             "they have (keeps more data when one level is nearly empty)")
     method: Literal["kmeans", "hdbscan"] = Field("kmeans", description="clustering algorithm")
     k: int | None = Field(None, ge=1, description="number of topics (kmeans; default: chosen by silhouette)")
     k_min: int = Field(2, ge=2, description="smallest k tried when choosing k")
@@ -130,19 +134,37 @@ def plan_selection(
     target: dict[str, float],
     cap: int | None,
     size: int | None = None,
+    mode: str = "exact",
 ) -> dict[tuple[str, str], int]:
     """How many records to keep per (topic, level) cell.
 
-    Rated levels: the largest total T whose level quotas (T x share) can all be met under the topic cap,
-    each quota water-filled over topics, scarcest level first. Unrated records (no score, no depth) are
-    outside the level target and are kept up to what the topic cap leaves (and `size` leaves).
+    Rated levels, mode "exact": the largest total T whose level quotas (T x share) can all be met under
+    the topic cap, each quota water-filled over topics, scarcest level first. A level with no candidate
+    at all leaves the target (the others are renormalised) rather than emptying the output. Mode "cap":
+    each level keeps at most its share of all rated candidates (thin levels keep everything).
+    Unrated records (no score, no depth) are outside the level target and are kept up to what the topic
+    cap leaves (and `size` leaves).
     """
     topics = sorted({t for t, _ in avail})
     cap_of = {t: cap if cap is not None else sum(n for (tt, _), n in avail.items() if tt == t) for t in topics}
-    rated = [lv for lv, share in target.items() if share > 0]
-    by_level = {lv: {t: avail.get((t, lv), 0) for t in topics} for lv in rated}
+    supplied = {lv for (_, lv), n in avail.items() if n}
+    rated = [lv for lv, share in target.items() if share > 0 and lv in supplied]
+    if rated:
+        norm = sum(target[lv] for lv in rated)
+        target = {lv: target[lv] / norm for lv in rated}
     plan: dict[tuple[str, str], int] = {}
     used: Counter[str] = Counter()
+    if mode == "cap" and rated:
+        n_rated = sum(n for (_, lv), n in avail.items() if lv in target)
+        quotas = _quotas(n_rated if size is None else min(size, n_rated), target)
+        for lv in rated:
+            limits = {t: min(avail.get((t, lv), 0), cap_of[t] - used[t]) for t in topics}
+            for t, n in waterfill(quotas[lv], limits).items():
+                if n:
+                    plan[(t, lv)] = n
+                    used[t] += n
+        rated = []  # the exact search below is skipped
+    by_level = {lv: {t: avail.get((t, lv), 0) for t in topics} for lv in rated}
 
     if rated and any(sum(v.values()) for v in by_level.values()):
         reach = {lv: sum(min(n, cap_of[t]) for t, n in by_level[lv].items()) for lv in rated}
@@ -295,7 +317,7 @@ def run_balance(input_path, output_path, cfg: BalanceConfig | None = None, *, ll
     cap = cfg.topic_cap
     if cap is None and cfg.topic_cap_ratio is not None:
         cap = max(1, math.ceil(cfg.topic_cap_ratio * n_candidates / n_topics))
-    plan = plan_selection(avail, target, cap, cfg.size)
+    plan = plan_selection(avail, target, cap, cfg.size, cfg.level_mode)
     keep = {i for cell, members in cells.items() for i in members[: plan.get(cell, 0)]}
 
     final: list[Record] = []

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import re
 from operator import itemgetter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Iterable, NamedTuple
 
 import numpy as np
@@ -288,7 +288,6 @@ class NoveltyIndex:
         hi = min(hi, self._max_len)
         docs = self._docs
         lengths = self._lengths
-        need = self._need_row(m, hi)
         candidates = self._candidates(ids, m, lo, hi)
         self.stats.candidate_pairs += len(candidates)
         if not candidates:

@@ -181,3 +181,20 @@ def test_cli_filter(tmp_path, capsys):
     with pytest.raises(SystemExit) as ex:
         main(["filter", str(src), "-o", str(out), "--no-llm", "--config", str(bad_cfg)])
     assert ex.value.code == 2 and "gate.yaml" in capsys.readouterr().err
+
+
+def test_records_rejected_upstream_pass_through_untouched(tmp_path):
+    """evolve --keep-failed hands the gate records it already rejected: they stay rejected with their
+    own reasons (not re-judged, not rescued), and still count in the totals."""
+    seeds = list(read_records(SEEDS))[:6]
+    failed = seeds[0].model_copy(update={"id": "failed-evolution", "status": "rejected",
+                                         "reasons": ["elimination:sorry_short"]})
+    src = tmp_path / "in.jsonl"
+    write_records(src, [*seeds[1:], failed])
+    out = tmp_path / "all.jsonl"
+    summary = run_filter(src, out, FilterConfig(no_llm=True, single_file=True, dedup=False), progress=False)
+    by_id = {r.id: r for r in read_records(out)}
+    assert summary["in"] == 6 and len(by_id) == 6
+    assert by_id["failed-evolution"].status == "rejected"
+    assert by_id["failed-evolution"].reasons == ["elimination:sorry_short"]
+    assert any(r.status == "accepted" for r in by_id.values())  # the others were judged as usual

@@ -173,10 +173,14 @@ def run_filter(input_path: str | Path, output_path: str | Path, cfg: FilterConfi
     async def process(batch: list[tuple[int, Record]]) -> list[tuple[int, Record]]:
         import asyncio
 
-        scored = await checker.score([r for _, r in batch])
+        # a record an earlier stage already rejected (e.g. evolve --keep-failed) stays rejected with its
+        # own reasons: the gate neither re-judges nor "rescues" it, it only passes it through
+        arrived_rejected = [(i, r) for i, r in batch if r.status == "rejected"]
+        batch = [(i, r) for i, r in batch if r.status != "rejected"]
+        scored = await checker.score([r for _, r in batch]) if batch else []
         if refiner is not None:
             scored = list(await asyncio.gather(*(refiner.refine(sc) for sc in scored)))
-        results = []
+        results = list(arrived_rejected)
         for (i, _), sc in zip(batch, scored):
             status, reasons = decide(sc.scores, rules)
             reasons = [f"{name}:{sc.details[name]}" if name in sc.details else reason

@@ -27,6 +27,7 @@ def test_deepen_and_breadth_on_the_embedded_model(tmp_path):
     summary = run_evolve(seeds, tmp_path / "out.jsonl", cfg, llm=llm, progress=False)
     recs = list(read_records(tmp_path / "out.jsonl"))
     assert summary["rounds"]["1"]["evolved"] == 2 and len(recs) == 2
+    assert summary["speculative_discarded"] is None  # one request at a time: speculation stays off
     parents = {r["instruction"] for r in SEEDS}
     for r in recs:
         assert r.lineage.template == f"evol_{r.lineage.operation}.fewshot"

@@ -541,8 +541,17 @@ async def _run(input_path: Path, output_path: Path, cfg: EvolveConfig, llm: Any,
     survived_so_far = 0
     # a local in-process model answers one request at a time: a speculative request there only adds work
     speculate = cfg.speculate and not str(llm.model_id).startswith("local:")
-    discarded: list[asyncio.Task] = []
-    launched: list[asyncio.Task] = []
+    in_flight: set[asyncio.Task] = set()  # speculative rewrites not yet kept or finished after discarding
+    thrown_away = Counter()  # speculative steps discarded, and the requests they sent
+
+    def discard(task: asyncio.Task) -> None:
+        """Let a speculative rewrite finish (its requests land in the cache) and count what it cost."""
+        def count(t: asyncio.Task) -> None:
+            in_flight.discard(t)
+            if not t.cancelled() and t.exception() is None:
+                thrown_away["requests"] += t.result().requests
+        thrown_away["steps"] += 1
+        task.add_done_callback(count)
 
     with (progress_bar("evolve", total=total_steps, unit="step") if progress else _no_bar()) as bar:
 
@@ -579,6 +588,7 @@ async def _run(input_path: Path, output_path: Path, cfg: EvolveConfig, llm: Any,
                     if entry is None:
                         if ahead is not None:
                             rw = await ahead
+                            in_flight.discard(ahead)
                             rw.reparent(slot.current.id)
                         else:
                             async with sem:
@@ -589,25 +599,25 @@ async def _run(input_path: Path, output_path: Path, cfg: EvolveConfig, llm: Any,
                         else:
                             if rnd < cfg.rounds:
                                 ahead = asyncio.create_task(speculative_rewrite(Slot(slot.index, rw.draft), rnd + 1))
-                                launched.append(ahead)
+                                in_flight.add(ahead)
                             async with sem:
                                 entry = await rw.answer()
                             if entry["reason"] is not None and ahead is not None:
-                                discarded.append(ahead)  # left to finish: its requests land in the cache
+                                discard(ahead)
                                 ahead = None
                         journal.append(entry)
                     elif ahead is not None:  # cannot happen with a journal written by this code
-                        discarded.append(ahead)
+                        discard(ahead)
                         ahead = None
                     settle(slot, rnd, entry)
 
             tasks = [asyncio.create_task(chain(s)) for s in slots]
             try:
                 await asyncio.gather(*tasks)
+                await asyncio.gather(*list(in_flight), return_exceptions=True)  # discarded ones still running
             finally:
-                for t in tasks + [t for t in launched if t not in discarded]:
-                    t.cancel()  # no-op for finished ones; on an error, nothing is left running
-                await asyncio.gather(*discarded, return_exceptions=True)
+                for t in tasks + list(in_flight):
+                    t.cancel()  # only on an error is anything left running
             journal.sync()
         else:
             for rnd in range(1, cfg.rounds + 1):
@@ -627,7 +637,6 @@ async def _run(input_path: Path, output_path: Path, cfg: EvolveConfig, llm: Any,
                 journal.sync()
                 for slot, entry in zip(order, results):
                     settle(slot, rnd, entry)
-    spec_requests = sum(t.result().requests for t in discarded if not t.cancelled() and t.exception() is None)
 
     # deterministic output: seeds (optional), then round by round in input order
     written, seen = Counter(), set()
@@ -653,7 +662,8 @@ async def _run(input_path: Path, output_path: Path, cfg: EvolveConfig, llm: Any,
                 written[rec.status] += 1
     journal.remove()
     summary = _summary(cfg, stats, seeds, entries, written, duplicates, resumed, llm, start_usage, t0, ctx)
-    summary["speculative_discarded"] = {"steps": len(discarded), "requests": spec_requests} if speculate else None
+    summary["speculative_discarded"] = ({"steps": thrown_away["steps"], "requests": thrown_away["requests"]}
+                                        if speculate else None)
     return summary
 
 

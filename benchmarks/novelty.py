@@ -6,6 +6,7 @@ max ROUGE-L F-measure against every instruction kept so far is <= 0.7, then add 
     python benchmarks/novelty.py                 # 4,000 compared (rouge-score takes ~15 min), then scale runs
     python benchmarks/novelty.py --limit 1000    # quicker comparison
     python benchmarks/novelty.py --no-scale      # comparison only
+    python benchmarks/novelty.py --shuffle 0 --no-scale   # 4,000 drawn at random: the pool grows large
 
 Needs the `test` extra (rouge-score) and ../shared/data/instruct_corpus_shared.jsonl
 (or --corpus PATH, any JSONL with an "instruction" key).
@@ -76,6 +77,9 @@ def main() -> None:
     ap.add_argument("--limit", type=int, default=4000, help="instructions in the head-to-head comparison")
     ap.add_argument("--threshold", type=float, default=0.7)
     ap.add_argument("--synthetic", type=int, default=100_000, help="size of the synthetic-by-concatenation run")
+    ap.add_argument("--shuffle", type=int, default=None, metavar="SEED",
+                    help="compare on --limit instructions drawn at random from the whole corpus (the first ones "
+                         "share long tool preambles, so few are kept and the pool stays small)")
     ap.add_argument("--no-scale", action="store_true", help="skip the dataforge-only runs on the full corpus")
     ap.add_argument("--seeds", type=Path, default=None, help="seed tasks that start the pool, as in Self-Instruct "
                     f"(e.g. {DEFAULT_SEEDS.name}); default: an empty pool")
@@ -85,8 +89,12 @@ def main() -> None:
 
     rows = []
     seeds = load_instructions(args.seeds) if args.seeds else []
-    head = load_instructions(args.corpus, args.limit)
-    print(f"comparing on the first {len(head):,} instructions of {args.corpus.name} (threshold {args.threshold}, "
+    if args.shuffle is None:
+        head, which = load_instructions(args.corpus, args.limit), "first"
+    else:
+        everything = load_instructions(args.corpus)
+        head, which = random.Random(args.shuffle).sample(everything, min(args.limit, len(everything))), "shuffled"
+    print(f"comparing on the {which} {len(head):,} instructions of {args.corpus.name} (threshold {args.threshold}, "
           f"pool starts with {len(seeds)} seeds) ...", flush=True)
     ours, t_ours, index = dataforge_loop(head, args.threshold, seeds)
     print(f"  dataforge    {t_ours:10.3f} s  kept {sum(ours):,}", flush=True)
@@ -95,8 +103,8 @@ def main() -> None:
     identical = ours == ref
     diffs = [i for i, (a, b) in enumerate(zip(ours, ref)) if a != b]
     with_seeds = f" + {len(seeds)} seeds" if seeds else ""
-    rows.append((f"first {len(head):,}{with_seeds} (rouge-score loop)", len(head), sum(ref), t_ref, ""))
-    rows.append((f"first {len(head):,}{with_seeds} (dataforge)", len(head), sum(ours), t_ours,
+    rows.append((f"{which} {len(head):,}{with_seeds} (rouge-score loop)", len(head), sum(ref), t_ref, ""))
+    rows.append((f"{which} {len(head):,}{with_seeds} (dataforge)", len(head), sum(ours), t_ours,
                  f"{t_ref / t_ours:,.0f}x faster; identical decisions: {identical}"))
 
     if not args.no_scale:

@@ -115,3 +115,25 @@ def print_summary(summary: Mapping[str, Any], title: str = "summary") -> None:
     for key, value in _flatten(summary):
         table.add_row(key, _fmt(value))
     Console().print(table)
+
+
+def emit_summary(summary: Mapping[str, Any], title: str, as_json: bool = False) -> None:
+    """A command's closing summary: the table above, or one JSON object on stdout with ``--json``."""
+    if as_json:
+        import json
+
+        import typer
+
+        typer.echo(json.dumps(summary, ensure_ascii=False, indent=2, default=str))
+        return
+    print_summary({k: ("none" if v is None or v == {} else v) for k, v in summary.items()}, title=title)
+
+
+def config_error(exc: Exception):
+    """A pydantic ValidationError from building a stage config, as one clear user-facing error."""
+    from ..errors import DataforgeError
+
+    errors = getattr(exc, "errors", lambda: [])()
+    parts = [f"{'.'.join(map(str, e['loc'])) + ': ' if e.get('loc') else ''}{e['msg'].removeprefix('Value error, ')}"
+             for e in errors]
+    return DataforgeError("; ".join(parts) or str(exc))

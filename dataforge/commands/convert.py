@@ -6,7 +6,6 @@ by reason in the closing summary (``--strict`` stops at the first one instead, n
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Any, Optional
@@ -79,13 +78,10 @@ def run_convert(input_path: str | Path, output_path: str | Path, cfg: ConvertCon
 
 
 def print_summary(title: str, summary: dict[str, Any], as_json: bool = False) -> None:
-    """The closing summary: the shared two-column table on stdout, or one JSON object with ``--json``."""
-    if as_json:
-        typer.echo(json.dumps(summary, ensure_ascii=False, indent=2))
-        return
-    from ._common import print_summary as print_table
+    """The closing summary (kept for `validate`, which shares it)."""
+    from ._common import emit_summary
 
-    print_table({k: ("none" if v is None or v == {} else v) for k, v in summary.items()}, title=title)
+    emit_summary(summary, title, as_json)
 
 
 def register(app: typer.Typer) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -10,7 +9,7 @@ import typer
 
 from ._common import (BackendOpt, BaseUrlOpt, CacheOpt, ConcurrencyOpt, FormatOpt, LocalModelOpt, MaxRetriesOpt,
                       ModelOpt, NoCacheOpt, ProfileOpt, RpmOpt, SeedOpt, ShardOpt, StrictOpt, ThreadsOpt, TimeoutOpt,
-                      ToOpt, TpmOpt, backend_config_from_options, print_summary)
+                      ToOpt, TpmOpt, backend_config_from_options, config_error, emit_summary)
 
 _E = "Evolution"
 
@@ -87,12 +86,9 @@ def evolve(
             elimination=EliminationConfig(judge=judge), backend=backend_cfg,
             **({"max_in_flight": concurrency} if concurrency else {}))
     except ValidationError as exc:
-        raise DataforgeError("; ".join(e["msg"].removeprefix("Value error, ") for e in exc.errors())) from None
+        raise config_error(exc) from None
     summary = run_evolve(input_path, output, cfg)
-    if json_summary:
-        typer.echo(json.dumps(summary, indent=2))
-    else:
-        print_summary(summary, title=f"evolve → {output}")
+    emit_summary(summary, f"evolve → {output}", json_summary)
 
 
 def register(app: typer.Typer) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -10,7 +9,7 @@ import typer
 
 from ._common import (BackendOpt, BaseUrlOpt, CacheOpt, ConcurrencyOpt, FormatOpt, LocalModelOpt, MaxRetriesOpt,
                       ModelOpt, NoCacheOpt, ProfileOpt, RpmOpt, SeedOpt, StrictOpt, ThreadsOpt, TimeoutOpt, ToOpt,
-                      TpmOpt, backend_config_from_options, print_summary)
+                      TpmOpt, backend_config_from_options, config_error, emit_summary)
 
 _G = "Generation"
 _F = "Filters"
@@ -73,7 +72,6 @@ def self_instruct(
     classification tasks, generate instances. Killed runs resume when re-run with the same command."""
     from pydantic import ValidationError
 
-    from ..errors import DataforgeError
     from ..generate.self_instruct import SelfInstructConfig, run_self_instruct
 
     backend_cfg = backend_config_from_options(**locals())
@@ -91,12 +89,9 @@ def self_instruct(
             include_seeds=include_seeds, keep_rejected=keep_rejected, seed=seed, format=format, out_format=to,
             strict=strict, backend=backend_cfg, **extra)
     except ValidationError as exc:
-        raise DataforgeError("; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())) from None
+        raise config_error(exc) from None
     summary = run_self_instruct(input_path, output, cfg)
-    if json_summary:
-        typer.echo(json.dumps(summary, indent=2))
-    else:
-        print_summary(summary, title=f"self-instruct → {output}")
+    emit_summary(summary, f"self-instruct → {output}", json_summary)
 
 
 def register(app: typer.Typer) -> None:

@@ -11,7 +11,7 @@ import json
 from array import array
 from collections import Counter
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import typer
 from pydantic import BaseModel, Field

@@ -12,7 +12,7 @@ from typing import Any, Optional
 
 import typer
 
-from ..io import IN_FORMATS, ReadStats, RejectSink, count_items, read_records
+from ..io import ReadStats, RejectSink, count_items, read_records
 from ..progress import progress_bar
 from ._common import FormatOpt, StrictOpt
 from .convert import print_summary

@@ -38,7 +38,7 @@ from pydantic import BaseModel, Field, field_validator, model_validator
 from .. import constraints as C
 from ..errors import DataforgeError
 from ..records import Lineage, Record, utc_now
-from .elimination import (COPIED_PROMPT, EMPTY, LLM_FAILED, EliminationConfig, Eliminator, Verdict, default_embedder_factory)
+from .elimination import (COPIED_PROMPT, LLM_FAILED, EliminationConfig, Eliminator, Verdict, default_embedder_factory)
 
 IN_DEPTH = ("add_constraints", "deepen", "concretize", "increase_reasoning", "complicate_input")
 IN_BREADTH = ("breadth",)
@@ -492,22 +492,11 @@ def run_evolve(input_path: str | Path, output_path: str | Path, cfg: EvolveConfi
                llm: Any = None, progress: bool = True) -> dict[str, Any]:
     """Evolve every input record for `cfg.rounds` rounds and write the survivors (and, with
     `keep_failed`, the failures) to `output_path`. Returns the summary. Resumes an interrupted run."""
-    from ..llm import run_sync
+    from ..llm import run_sync, stage_llm
 
     cfg = cfg or EvolveConfig()
-    own_llm = llm is None
-    if own_llm:
-        from ..llm import BackendConfig, make_llm
-
-        backend = cfg.backend
-        if isinstance(backend, dict):
-            backend = BackendConfig(**backend)
-        llm = make_llm(backend or BackendConfig.from_env())
-    try:
+    with stage_llm(llm, cfg.backend) as llm:
         return run_sync(_run(Path(input_path), Path(output_path), cfg, llm, progress))
-    finally:
-        if own_llm:
-            run_sync(llm.aclose())
 
 
 async def _run(input_path: Path, output_path: Path, cfg: EvolveConfig, llm: Any, progress: bool) -> dict[str, Any]:

@@ -274,22 +274,11 @@ def run_self_instruct(input_path: str | Path, output_path: str | Path, cfg: Self
                       llm: Any = None, progress: bool = True) -> dict[str, Any]:
     """Grow `cfg.num_instructions` new tasks from the seed tasks in `input_path`, write them (one record per
     instance) to `output_path` and return the summary. Re-running after an interruption resumes."""
-    from ..llm import run_sync
+    from ..llm import run_sync, stage_llm
 
     cfg = cfg or SelfInstructConfig()
-    own_llm = llm is None
-    if own_llm:
-        from ..llm import BackendConfig, make_llm
-
-        backend = cfg.backend
-        if isinstance(backend, dict):
-            backend = BackendConfig(**backend)
-        llm = make_llm(backend or BackendConfig.from_env())
-    try:
+    with stage_llm(llm, cfg.backend) as llm:
         return run_sync(_Run(Path(input_path), Path(output_path), cfg, llm, progress).run())
-    finally:
-        if own_llm:
-            run_sync(llm.aclose())
 
 
 class _Run:

@@ -11,7 +11,8 @@ from __future__ import annotations
 import asyncio
 import sys
 import threading
-from typing import Any, Awaitable, TypeVar
+from contextlib import contextmanager
+from typing import Any, Awaitable, Iterator, TypeVar
 
 from ..errors import DataforgeError
 from .base import LLM, Choice, Completion, GenParams, LLMError, Usage
@@ -22,7 +23,7 @@ T = TypeVar("T")
 
 __all__ = [
     "LLM", "Choice", "Completion", "GenParams", "LLMError", "Usage",
-    "BackendConfig", "make_llm", "make_backend", "run_sync", "default_local_model", "profile_for_model",
+    "BackendConfig", "make_llm", "make_backend", "run_sync", "stage_llm", "default_local_model", "profile_for_model",
     "Structured", "extract_json", "generate_structured",
 ]
 
@@ -56,6 +57,22 @@ def make_llm(cfg: BackendConfig | None = None) -> LLM:
     from .cache import CachedLLM, RequestCache
 
     return CachedLLM(llm, RequestCache(cfg.resolved_cache_path()), base_url=cfg.base_url)
+
+
+@contextmanager
+def stage_llm(llm: LLM | None, backend: BackendConfig | dict | None = None) -> Iterator[LLM]:
+    """The model a stage runs on: the caller's (left open for its next stage) or one made from
+    `backend` (a BackendConfig, its dict, or None for the environment) and closed when the stage ends."""
+    if llm is not None:
+        yield llm
+        return
+    if isinstance(backend, dict):
+        backend = BackendConfig(**backend)
+    own = make_llm(backend or BackendConfig.from_env())
+    try:
+        yield own
+    finally:
+        run_sync(own.aclose())
 
 
 async def _and_close_clients(coro: Awaitable[T]) -> T:

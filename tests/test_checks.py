@@ -162,7 +162,7 @@ def test_complexity_grows_with_constraints_reasoning_and_depth():
                                   "answer in at most 150 words without using any commas."),
                      lineage=Lineage(round=3))
     lo, hi = complexity_features(plain, 0), complexity_features(evolved, 2)
-    assert 1.0 <= lo < 3.0 and hi > lo + 4 and hi <= 10.0
+    assert lo >= 1.0 and lo < 3.0 and hi > lo + 4 and hi <= 10.0
     rules = load_rules(overrides={"checks": {"complexity": {"max": 6.0}}})
     status, reasons = decide({"complexity": hi}, rules)
     assert status == "rejected" and reasons[0].startswith("complexity")

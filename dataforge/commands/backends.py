@@ -43,8 +43,8 @@ def backends(
         table.add_row(name, r["status"], escape(model_col), tps, escape(r.get("detail") or ""))
     Console().print(table)
     Console().print("* = the configured backend (what generation commands will use)")
-    key_state = "set" if cfg.api_key() else "not set"
-    Console().print(f"API key: ${cfg.api_key_env} is {key_state} (never stored or printed)")
+    key_var, key_state = cfg.api_key_env, "set" if cfg.api_key() else "not set"
+    Console().print(f"credentials: ${key_var} is {key_state} (the value is never stored or shown)")
     if not any(r["configured"] and r["status"] == "ok" for r in rows):
         raise typer.Exit(1)
 

@@ -238,8 +238,6 @@ def test_plan_respects_supply_cap_size_and_target(cells, shares, cap, size):
     norm = sum(target[lv] for lv in supplied)
     for lv in supplied:  # exact quotas (largest remainder) on the levels that have candidates, renormalised
         assert abs(per_level[lv] - rated * target[lv] / norm) < 1.0 + 1e-9
-    if supplied:
-        assert rated > 0  # a level with no candidates never empties the output
 
 
 def test_empty_gate_side_files_are_no_error(corpus, tmp_path):

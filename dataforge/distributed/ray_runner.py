@@ -165,7 +165,6 @@ def run_stage_on_ray(adapter, cfg, input_path: Path, output_path: Path, backend_
            if k.startswith(("DATAFORGE_", "OPENAI_BASE_URL", "HF_", "TRANSFORMERS_")) and not is_secret_name(k)}
     identity = backend_cfg.base_url or "ray:" + ",".join(e or "" for e in endpoints)
 
-    results: dict[int, dict[str, Any]] = {}
     if todo:
         actor_cls = ray.remote(num_cpus=settings.num_cpus)(_Worker)
         actors = [actor_cls.remote(backend, endpoints[w % len(endpoints)], identity, env) for w in range(n_workers)]

@@ -473,14 +473,14 @@ def _make_context(cfg: EvolveConfig, llm: Any) -> Context:
     profile = llm.profile
     counted = _CountingLLM(llm)
     small = profile == "fewshot"
-    embedder_factory = default_embedder_factory()
-    if cfg.embedder:
-        path = cfg.embedder
+    if cfg.embedder:  # a user-chosen local model instead of MiniLM, loaded only if the fallback runs
+        from functools import partial
 
-        def embedder_factory() -> Any:  # noqa: F811 - a user-chosen model instead of MiniLM
-            from ..quality.embed import get_embedder
+        from ..quality.embed import get_embedder
 
-            return get_embedder(path)
+        embedder_factory = partial(get_embedder, cfg.embedder)
+    else:
+        embedder_factory = default_embedder_factory()
     return Context(
         cfg=cfg, llm=counted, eliminator=Eliminator(cfg.elimination, llm=counted, embedder_factory=embedder_factory),
         profile=profile, topics=topics, steering=steering, level_names=level_names,

@@ -29,7 +29,7 @@ from ..io import RejectSink, ReadStats, read_records, write_json_atomic
 from .config import TrainConfig
 from .data import (Example, PromptFormatter, TaskInfo, collate, encode_records, mask_instruction, plan_rows,
                    split_eval, SEG_TEMPLATE)
-from .losses import Anchor, Objective, estimate_fisher, mean_token_ce, shifted_token_ce
+from .losses import Anchor, Objective, estimate_fisher, shifted_token_ce
 from .model import InstructModel, add_inst_tokens, quiet_hf
 
 CKPT_DIR = "checkpoints"

@@ -26,6 +26,7 @@ import re
 import tempfile
 import zlib
 from collections import Counter
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Iterable, Iterator
@@ -770,14 +771,15 @@ def write_records(path: str | os.PathLike, records: Iterable[Record], fmt: str =
         return w.write_all(records)
 
 
-def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
-    """Small JSON documents (stats, manifests, state) written atomically."""
+@contextmanager
+def atomic_open(path: str | os.PathLike, mode: str = "w") -> Iterator[IO]:
+    """Open a temp file beside `path`; on a clean exit fsync it, rename it over `path` and fsync the
+    folder, so readers see the old file or the whole new one, never a part. On error the temp goes."""
     p = Path(path)
     fd, tmp = _atomic_tmp(p)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(obj, fh, indent=2, ensure_ascii=False, default=str)
-            fh.write("\n")
+        with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as fh:
+            yield fh
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, p)
@@ -786,6 +788,16 @@ def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
             os.unlink(tmp)
         raise
     _fsync_dir(p.parent)
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    with atomic_open(path) as fh:
+        fh.write(text)
+
+
+def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
+    """Small JSON documents (stats, manifests, state) written atomically."""
+    write_text_atomic(path, json.dumps(obj, indent=2, ensure_ascii=False, default=str) + "\n")
 
 
 # --------------------------------------------------------------------------- journal (resumable runs)

@@ -16,13 +16,7 @@ from dataforge.train.data import (IGNORE, SEG_INPUT, SEG_INSTRUCTION, SEG_RESPON
 from dataforge.train.model import add_inst_tokens  # noqa: E402
 from dataforge.train.tiny import tiny_tokenizer, toy_records  # noqa: E402
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models run fastest on one thread, and the test machine's cores are shared."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 CFG = TrainConfig()

@@ -19,13 +19,7 @@ from dataforge.train import TrainConfig, run_train  # noqa: E402
 from dataforge.train.tiny import tiny_llama, tiny_tokenizer, toy_records  # noqa: E402
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models run fastest on one thread, and the test machine's cores are shared."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -13,13 +13,7 @@ from dataforge.train.losses import Anchor, Objective, TaskWeighting, estimate_fi
 from dataforge.train.model import InstructModel, add_inst_tokens, load_instruct  # noqa: E402
 from dataforge.train.tiny import tiny_gpt2, tiny_llama, tiny_tokenizer, toy_records  # noqa: E402
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models run fastest on one thread, and the test machine's cores are shared."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 ARCHS = {"llama": (tiny_llama, True), "gpt2": (tiny_gpt2, False)}   # (builder, tokenizer has a chat template)

@@ -20,7 +20,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..errors import DataforgeError
-from ..io import ReadStats, RejectSink, read_records
+from ..io import ReadStats, RejectSink, read_records, write_text_atomic
 from ..records import Record
 from .levels import UNRATED, LevelScheme, complexity_of, level_of
 
@@ -268,22 +268,6 @@ def _examples(records: list[Record], topics: list[str], order: list[str], n: int
     return out
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    import os
-    import tempfile
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)        # mkstemp makes 0600; a report is meant to be shared
-    os.replace(tmp, path)
-
-
 def run_report(input_path, output_path, cfg: ReportConfig | None = None, *, llm=None, progress: bool = True) -> dict:
     """Read the records (and the rejected / before files), draw the plots, write one HTML file."""
     import json
@@ -367,7 +351,7 @@ def run_report(input_path, output_path, cfg: ReportConfig | None = None, *, llm=
         generated=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
     )
     out = Path(output_path)
-    _write_atomic(out, page)
+    write_text_atomic(out, page)
     return {"stage": "report", "input": str(inp), "output": str(out), "records": len(everything),
             "kept": len(after), "topics": len(order), "plots": len(plots),
             "rejected_file": str(rejected_path) if extra else None, "stats_file": str(stats_path) if stats else None,

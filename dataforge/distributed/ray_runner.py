@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import DataforgeError
-from ..io import Journal, RecordWriter, read_records, write_json_atomic
+from ..io import Journal, RecordWriter, atomic_open, read_records, write_json_atomic, write_text_atomic
 from ..progress import Bar, progress_bar
 
 _LOCAL = ("local", "", None)
@@ -80,9 +80,7 @@ class _Worker:
         work.mkdir(parents=True, exist_ok=True)
         src = work / "input.jsonl"
         if not src.is_file():
-            tmp = work / ".input.jsonl.tmp"
-            tmp.write_text("".join(line if line.endswith("\n") else line + "\n" for line in lines), encoding="utf-8")
-            os.replace(tmp, src)
+            write_text_atomic(src, "".join(line if line.endswith("\n") else line + "\n" for line in lines))
         out = work / "output.jsonl"
         llm = self._llm()
         try:
@@ -218,11 +216,7 @@ def _remove_other_batches(root: Path, keep: set[str]) -> None:
 
 
 def _write_batch(path: Path, res: dict[str, Any]) -> None:
-    tmp = path.with_suffix(".jsonl.tmp")
-    with open(tmp, "w", encoding="utf-8") as fh:
+    with atomic_open(path) as fh:
         for line in res["lines"]:
             fh.write(line + "\n")
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
     write_json_atomic(f"{path}.json", {k: res[k] for k in ("summary", "usage", "endpoint", "rejects")})

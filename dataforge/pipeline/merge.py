@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import heapq
 import json
-import os
 import shutil
 from collections import Counter
 from pathlib import Path
 from typing import Any, Iterator
 
 from ..errors import DataforgeError
+from ..io import atomic_open
 from . import order
 from .manifest import MANIFEST, Manifest, file_hash
 
@@ -71,20 +71,13 @@ def merge_files(parts: list[Path], out: Path) -> dict[str, Any]:
         except (OSError, ValueError):
             infos.append({})
     _check_shards(infos, [str(p) for p in parts])
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.merge.tmp")
     keys: list[int] = []
-    per_part = []
-    with open(tmp, "wb") as fh:
+    with atomic_open(out, "wb") as fh:
         streams = [_keyed_lines(p) for p in parts]
         for key, raw in heapq.merge(*streams, key=lambda kv: kv[0]):
             fh.write(raw)
             keys.append(key)
-        fh.flush()
-        os.fsync(fh.fileno())
-    for p in parts:
-        per_part.append(len(order.read_keys(p) or []))
-    os.replace(tmp, out)
+    per_part = [len(order.read_keys(p) or []) for p in parts]
     stage = next((i.get("stage") for i in infos if i.get("stage")), None)
     order.write_keys(out, keys, shard=None, stage=stage)
     return {"records": len(keys), "parts": per_part}

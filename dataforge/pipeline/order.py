@@ -86,19 +86,10 @@ def canonicalize(output: str | os.PathLike, ids: list[str], keys: list[int], **i
 
 
 def _rewrite(out: Path, spans: Iterable[tuple[int, int, int, int]]) -> None:
-    import tempfile
+    from ..io import atomic_open
 
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    try:
-        with open(out, "rb") as src, os.fdopen(fd, "wb") as dst:
-            for _, _, offset, length in spans:
-                src.seek(offset)
-                line = src.read(length)
-                dst.write(line if line.endswith(b"\n") else line + b"\n")
-            dst.flush()
-            os.fsync(dst.fileno())
-        os.replace(tmp, out)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with open(out, "rb") as src, atomic_open(out, "wb") as dst:
+        for _, _, offset, length in spans:
+            src.seek(offset)
+            line = src.read(length)
+            dst.write(line if line.endswith(b"\n") else line + b"\n")

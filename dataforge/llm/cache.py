@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from ..sqlite_store import connect_shared
 from .base import LLM, Choice, Completion, GenParams, Usage
 
 log = logging.getLogger("dataforge.llm")
@@ -76,12 +77,7 @@ class RequestCache:
             self._local, self._pid = threading.local(), os.getpid()
         conn = getattr(self._local, "conn", None)
         if conn is None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            conn = sqlite3.connect(str(self.path), timeout=60, isolation_level=None)
-            conn.execute("PRAGMA busy_timeout=60000")
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=NORMAL")
-            conn.execute(SCHEMA)
+            conn = connect_shared(self.path, SCHEMA)
             self._local.conn = conn
         return conn
 

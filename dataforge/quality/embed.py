@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import sqlite3
 import threading
 from pathlib import Path
 from typing import Sequence
@@ -25,6 +24,7 @@ import numpy as np
 
 from ..errors import DataforgeError
 from ..paths import default_cache_dir
+from ..sqlite_store import connect_shared
 
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
 _SQL_CHUNK = 500  # SQLite host-parameter limit is 999 on old builds
@@ -59,13 +59,10 @@ class EmbeddingCache:
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(str(self.path), timeout=60, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute("CREATE TABLE IF NOT EXISTS emb (model TEXT NOT NULL, key TEXT NOT NULL, "
-                         "vec BLOB NOT NULL, PRIMARY KEY (model, key)) WITHOUT ROWID")
+        self._db = connect_shared(self.path, "CREATE TABLE IF NOT EXISTS emb (model TEXT NOT NULL, key TEXT NOT NULL, "
+                                  "vec BLOB NOT NULL, PRIMARY KEY (model, key)) WITHOUT ROWID",
+                                  check_same_thread=False)
 
     def get_many(self, model: str, keys: Sequence[str]) -> dict[str, np.ndarray]:
         found: dict[str, np.ndarray] = {}

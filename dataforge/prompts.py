@@ -45,6 +45,16 @@ class RenderedPrompt:
     system: str | None = None
     stop: tuple[str, ...] = ()
     meta: dict[str, Any] = field(default_factory=dict)
+    # what it was rendered from, so it can be rendered again for the other profile (`as_profile`)
+    variables: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+    library: Any = field(default=None, compare=False, repr=False)
+
+    def as_profile(self, profile: str) -> "RenderedPrompt":
+        """The same template and variables rendered for `profile` (e.g. chat, when a server refuses raw
+        completions)."""
+        if profile == self.profile:
+            return self
+        return (self.library or default_library()).render(self.name, profile, **self.variables)
 
     @property
     def is_chat(self) -> bool:
@@ -121,7 +131,7 @@ class PromptLibrary:
             system = self._compiled(str(system)).render(**variables)
         stop = tuple(tpl.front.get("stop") or ())
         return RenderedPrompt(tpl.name, tpl.profile, tpl.hash, text.strip("\n") + ("\n" if tpl.front.get("trailing_newline") else ""),
-                              system, stop, dict(tpl.front))
+                              system, stop, dict(tpl.front), dict(variables), self)
 
     def hashes(self) -> dict[str, str]:
         """`name.profile` -> hash for every template, for run manifests."""

@@ -96,6 +96,12 @@ def test_auto_backend_and_env(monkeypatch):
 @pytest.mark.parametrize("name,profile", [("SmolLM2-135M-Instruct", "fewshot"), ("gemma-3-270m", "fewshot"),
                                           ("TinyLlama-1.1B-Chat", "fewshot"), ("Qwen2.5-0.5B-Instruct", "fewshot"),
                                           ("meta-llama/Llama-3.1-8B-Instruct", "chat"), ("gpt-4o", "chat"),
-                                          ("MiniMax-M1", "chat"), (None, "chat")])
+                                          ("MiniMax-M1", "chat"), (None, "chat"),
+                                          # no substring matching: these are capable chat models
+                                          ("gpt-4o-mini", "chat"), ("o4-mini", "chat"), ("gemini-2.5-flash", "chat"),
+                                          ("gemini-1.5-flash-8b", "chat"), ("Phi-3-mini-4k-instruct", "chat"),
+                                          ("Ministral-8B-Instruct-2410", "chat"), ("HuggingFaceTB/SmolLM2-1.7B-Instruct", "chat"),
+                                          ("mixtral-8x7b-instruct", "chat"), ("smollm2", "fewshot"), ("gpt2", "fewshot"),
+                                          ("pythia-70m", "fewshot"), ("Qwen3-30B-A3B", "chat")])
 def test_profile_rule(name, profile):
     assert profile_for_model(name) == profile

@@ -44,6 +44,8 @@ class Choice:
     finish_reason: str = "stop"  # "stop" | "length" (cut off at max_tokens) | "error"
     # per generated token: {token: logprob} of the top alternatives (None where the backend has none)
     logprobs: list[dict[str, float]] | None = None
+    # a reasoning model's thinking, taken out of `text` (see llm/reasoning.py); never part of the data
+    reasoning: str | None = None
 
     @property
     def truncated(self) -> bool:
@@ -74,6 +76,7 @@ class Completion:
     model: str = ""
     usage: Usage = field(default_factory=Usage)
     cached: bool = False
+    profile: str | None = None  # the profile of the prompt actually sent (chat after a refused /completions)
 
     @property
     def text(self) -> str:
@@ -86,6 +89,12 @@ class Completion:
 
 class LLMError(Exception):
     """A request that failed for good (after retries); carries the last cause."""
+
+
+class EndpointRefused(LLMError):
+    """The server refuses raw completions (hosted chat APIs do): `generate` re-sends the prompt as chat."""
+
+    reason, status, attempts = "endpoint_refused", None, 1
 
 
 class LLM(ABC):
@@ -105,11 +114,37 @@ class LLM(ABC):
     @property
     def profile(self) -> Profile:
         """Which prompt profile suits this model: small models get few-shot completion prompts."""
-        return getattr(self, "_profile", None) or "chat"
+        return self.profile_decision.profile  # type: ignore[return-value]
 
     @profile.setter
     def profile(self, value: Profile) -> None:
-        self._profile = value
+        from .profile import Decision
+
+        self._decision = Decision(value, "set by the caller")
+
+    @property
+    def profile_decision(self):
+        """The profile and the evidence it rests on (`llm/profile.py`), decided once, on first use."""
+        decision = getattr(self, "_decision", None)
+        if decision is None:
+            decision = self._decision = self._decide_profile()
+        return decision
+
+    def _decide_profile(self):
+        from .profile import Decision
+
+        return Decision("chat", "default")
+
+    def switch_to_chat(self, why: str) -> None:
+        """Fall back to chat prompts for the rest of the run (e.g. the server refused /completions)."""
+        from .profile import Decision
+
+        if self.profile != "chat":
+            import logging
+
+            logging.getLogger("dataforge.llm").warning("%s: %s; switching to chat prompts for the rest of the run",
+                                                       self.model_id, why)
+        self._decision = Decision("chat", why)
 
     @abstractmethod
     async def chat(self, messages: list[dict[str, str]], params: GenParams = GenParams()) -> Completion: ...
@@ -119,12 +154,19 @@ class LLM(ABC):
 
     async def generate(self, prompt: RenderedPrompt, params: GenParams = GenParams()) -> Completion:
         """Send a rendered template: chat messages for chat profiles, raw text for few-shot ones.
-        The template's stop sequences are added to the params'."""
-        if prompt.stop:
-            params = params.replace(stop=tuple(dict.fromkeys((*params.stop, *prompt.stop))))
-        if prompt.is_chat:
-            return await self.chat(prompt.messages, params)
-        return await self.complete(prompt.text, params)
+        The template's stop sequences are added to the params'. A server that refuses raw
+        completions gets the template's chat version instead (`Completion.profile` says which went)."""
+        if not prompt.is_chat:
+            try:
+                comp = await self.complete(prompt.text, _with_stops(params, prompt))
+                comp.profile = prompt.profile
+                return comp
+            except EndpointRefused as exc:
+                self.switch_to_chat(str(exc))
+                prompt = prompt.as_profile("chat")
+        comp = await self.chat(prompt.messages, _with_stops(params, prompt))
+        comp.profile = prompt.profile
+        return comp
 
     async def generate_many(self, prompts: Iterable[RenderedPrompt], params: GenParams = GenParams()) -> list[Completion]:
         """Concurrently; the backend bounds how many are in flight."""
@@ -134,4 +176,11 @@ class LLM(ABC):
         """Release connections/models; safe to call twice."""
 
     def describe(self) -> dict[str, Any]:
-        return {"backend": self.backend, "model": self.model, "profile": self.profile}
+        d = self.profile_decision
+        return {"backend": self.backend, "model": self.model, "profile": d.profile, "profile_reason": d.reason}
+
+
+def _with_stops(params: GenParams, prompt: RenderedPrompt) -> GenParams:
+    if not prompt.stop:
+        return params
+    return params.replace(stop=tuple(dict.fromkeys((*params.stop, *prompt.stop))))

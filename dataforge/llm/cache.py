@@ -86,7 +86,7 @@ class RequestCache:
         if row is None:
             return None
         data = json.loads(row[0])
-        return Completion(choices=[Choice(**c) for c in data["choices"]], model=data.get("model", ""),
+        return Completion(choices=[_clean(Choice(**c)) for c in data["choices"]], model=data.get("model", ""),
                           usage=Usage(cached=1), cached=True)
 
     def put(self, key: str, backend: str, model: str, request: str, completion: Completion) -> None:
@@ -105,6 +105,15 @@ class RequestCache:
         if conn is not None:
             conn.close()
             self._local.conn = None
+
+
+def _clean(choice: Choice) -> Choice:
+    """An answer stored before reasoning was split off still gets its <think> block removed."""
+    if choice.reasoning is None and "think>" in choice.text.lower():
+        from .reasoning import split_reasoning
+
+        choice.text, choice.reasoning, _ = split_reasoning(choice.text)
+    return choice
 
 
 class CachedLLM(LLM):
@@ -129,6 +138,13 @@ class CachedLLM(LLM):
     @profile.setter
     def profile(self, value):  # type: ignore[override]
         self.inner.profile = value
+
+    @property
+    def profile_decision(self):  # type: ignore[override]
+        return self.inner.profile_decision
+
+    def switch_to_chat(self, why: str) -> None:
+        self.inner.switch_to_chat(why)
 
     def __getstate__(self) -> dict[str, Any]:  # in-flight futures belong to this process's event loop
         return {**self.__dict__, "_inflight": {}}

@@ -7,7 +7,6 @@ a dumped config (run manifests, logs) cannot leak it.
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
 from typing import Any, Literal, Optional
 
@@ -18,13 +17,13 @@ from ..errors import DataforgeError
 BackendName = Literal["auto", "openai", "local", "vllm"]
 DEFAULT_GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
-# Small models follow few-shot raw completions better than meta-instructions.
-_SMALL_MODEL = re.compile(r"(?i)(smol|tiny|mini(?!max)|135m|270m|360m|350m|500m|0\.5b|125m|160m|gpt2|pythia-(70|160|410)m|opt-(125|350)m)")
-
-
 def profile_for_model(model: str | None) -> str:
-    """`fewshot` for small models (by name pattern), `chat` for everything else."""
-    return "fewshot" if model and _SMALL_MODEL.search(model) else "chat"
+    """The name rule alone (`llm/profile.py`): `fewshot` for a name that says it is small, else `chat`.
+    Backends weigh more evidence than the name; see `LLM.profile_decision`."""
+    from .profile import by_name
+
+    d = by_name(model)
+    return d.profile if d else "chat"
 
 
 def default_local_model() -> Path:
@@ -62,7 +61,12 @@ class BackendConfig(BaseModel):
     tpm: Optional[float] = Field(None, gt=0, description="tokens-per-minute limit (estimated prompt + max_tokens)")
     cache_path: Optional[str] = Field(None, description="SQLite request cache (default: <cache dir>/requests.sqlite)")
     no_cache: bool = Field(False, description="send every request, read and write no cache")
-    profile: Optional[Literal["chat", "fewshot"]] = Field(None, description="prompt profile; None = by model name")
+    profile: Optional[Literal["chat", "fewshot"]] = Field(None, description="prompt profile; None = by the evidence "
+                                                          "(server-reported size, then name; see llm/profile.py)")
+    keep_reasoning: bool = Field(False, description="keep a reasoning model's thinking in lineage.history "
+                                 "(it never enters instruction or output)")
+    reasoning_tokens: int = Field(2048, ge=0, description="extra token allowance for a reasoning model's thinking, "
+                                  "so the answer keeps its own budget after it")
     seed: Optional[int] = Field(None, description="vllm backend engine seed")
     gpu_memory_utilization: float = Field(0.85, gt=0, le=1, description="vllm backend")
 

@@ -17,7 +17,8 @@ from typing import Any, Iterator
 
 from ..errors import DataforgeError
 from .base import LLM, Choice, Completion, GenParams, LLMError, Usage
-from .config import BackendConfig, default_local_model, profile_for_model
+from .config import BackendConfig, default_local_model
+from .reasoning import split_reasoning, with_reasoning_budget
 
 
 class LocalBackend(LLM):
@@ -30,13 +31,19 @@ class LocalBackend(LLM):
         if not self.path.is_file():
             raise DataforgeError(f"--local-model {self.path}: no such GGUF file")
         self.model = self.path.name.removesuffix(".gguf")  # --model names a server's model, not this file
-        # SmolLM2 (and other small models) follow few-shot completions better than meta-instructions
-        self.profile = cfg.profile or profile_for_model(self.model)  # type: ignore[assignment]
         # two GGUFs with the same file name must not share cache entries
         self.cache_identity = f"{self.path.resolve()}:{self.path.stat().st_size}"
         self._models: dict[bool, Any] = {}  # logits_all -> Llama (a second instance only if logprobs are asked)
         self._lock = threading.Lock()
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llama.cpp")
+
+    def _decide_profile(self):
+        """--profile, else the GGUF's own size label, else its file name (SmolLM2-135M: few-shot)."""
+        from .profile import decide, from_gguf
+
+        if self.cfg.profile:
+            return decide(self.cfg.profile, (), self.model, remote=False)
+        return decide(None, [from_gguf(str(self.path))], self.model, remote=False)
 
     def __getstate__(self) -> dict[str, Any]:  # picklable for worker processes: reload lazily there
         return {"cfg": self.cfg}
@@ -102,8 +109,9 @@ class LocalBackend(LLM):
             if content:
                 lps = [{t["token"]: t["logprob"] for t in tok.get("top_logprobs") or []} or {tok["token"]: tok["logprob"]}
                        for tok in content]
-            choices.append(Choice(text=c["message"].get("content") or "", finish_reason=c.get("finish_reason") or "stop",
-                                  logprobs=lps))
+            text, reasoning, _ = split_reasoning(c["message"].get("content"), c["message"])
+            choices.append(Choice(text=text, finish_reason=c.get("finish_reason") or "stop", logprobs=lps,
+                                  reasoning=reasoning))
             self._add_usage(usage, out, first=(i == 0))
         return Completion(choices=choices, model=self.model, usage=usage)
 
@@ -123,7 +131,9 @@ class LocalBackend(LLM):
             lps = None
             if want_lp and c.get("logprobs"):
                 lps = [dict(d or {}) for d in c["logprobs"].get("top_logprobs") or []]
-            choices.append(Choice(text=c.get("text") or "", finish_reason=c.get("finish_reason") or "stop", logprobs=lps))
+            text, reasoning, _ = split_reasoning(c.get("text"))
+            choices.append(Choice(text=text, finish_reason=c.get("finish_reason") or "stop", logprobs=lps,
+                                  reasoning=reasoning))
             self._add_usage(usage, out, first=(i == 0))
         return Completion(choices=choices, model=self.model, usage=usage)
 
@@ -135,10 +145,10 @@ class LocalBackend(LLM):
         usage.completion_tokens += int(u.get("completion_tokens") or 0)
 
     async def chat(self, messages: list[dict[str, str]], params: GenParams = GenParams()) -> Completion:
-        return await self._call(self._chat_sync, messages, params)
+        return await with_reasoning_budget(self, lambda p: self._call(self._chat_sync, messages, p), params)
 
     async def complete(self, prompt: str, params: GenParams = GenParams()) -> Completion:
-        return await self._call(self._complete_sync, prompt, params)
+        return await with_reasoning_budget(self, lambda p: self._call(self._complete_sync, prompt, p), params)
 
     async def _call(self, fn, payload: Any, params: GenParams) -> Completion:
         try:

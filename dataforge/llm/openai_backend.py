@@ -11,13 +11,15 @@ import asyncio
 import json
 import logging
 import random
+import re
 import weakref
 from dataclasses import dataclass
 from typing import Any
 
 from ..errors import DataforgeError
-from .base import LLM, Choice, Completion, GenParams, LLMError, Usage
-from .config import BackendConfig, profile_for_model
+from .base import LLM, Choice, Completion, EndpointRefused, GenParams, LLMError, Usage
+from .config import BackendConfig
+from .reasoning import split_reasoning, with_reasoning_budget
 from .retry import TokenBucket, backoff_delay, parse_retry_after, redact
 
 log = logging.getLogger("dataforge.llm")
@@ -53,6 +55,7 @@ class _LoopState:
     tpm: TokenBucket | None
     model_lock: asyncio.Lock
     in_flight: list[int]
+    endpoint_lock: asyncio.Lock  # the first /completions request goes alone: is the endpoint there at all?
 
     @property
     def client(self) -> Any:
@@ -74,8 +77,8 @@ class OpenAIBackend(LLM):
         self.cfg = cfg
         self.base_url = cfg.base_url
         self.model = cfg.model or ""
-        if cfg.profile:
-            self.profile = cfg.profile
+        self._completions_ok: bool | None = None  # None: not tried yet; False: the server refuses it
+        self._refused_why = ""
         self._state: _LoopState | None = None
         self._rng = random.Random()
         _INSTANCES.add(self)
@@ -91,13 +94,18 @@ class OpenAIBackend(LLM):
         _INSTANCES.add(self)
 
     # -- plumbing ---------------------------------------------------------------------------------
-    @property
-    def profile(self):  # type: ignore[override]
-        return getattr(self, "_profile", None) or profile_for_model(self.model)
+    def _decide_profile(self):
+        """--profile, else what the server says about its model (`/v1/models`, `/props`), else the name."""
+        from .profile import decide, probe_server
 
-    @profile.setter
-    def profile(self, value):  # type: ignore[override]
-        self._profile = value
+        if self.cfg.profile:
+            return decide(self.cfg.profile, (), self.model, remote=True)
+        key = self.cfg.api_key()
+        evidence, ids = probe_server(self.base_url or "", self.model or None,
+                                     {"Authorization": f"Bearer {key}"} if key else {}, min(self.cfg.timeout, 10.0))
+        if not self.model and ids:
+            self.model = ids[0]  # what `resolve_model` would pick
+        return decide(None, evidence, self.model, remote=True)
 
     def _loop_state(self) -> _LoopState:
         loop = asyncio.get_running_loop()
@@ -119,7 +127,7 @@ class OpenAIBackend(LLM):
                 http_client=openai.DefaultAsyncHttpxClient(limits=limits, timeout=self.cfg.timeout),
             ) for _ in range(shards)]
             self._state = _LoopState(loop, clients, asyncio.Semaphore(self.cfg.concurrency), self._rpm, self._tpm,
-                                     asyncio.Lock(), [0] * shards)
+                                     asyncio.Lock(), [0] * shards, asyncio.Lock())
         return self._state
 
     async def resolve_model(self) -> str:
@@ -196,6 +204,9 @@ class OpenAIBackend(LLM):
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:  # noqa: BLE001 - classified below; nothing escapes unrecorded
+                    if kind == "complete" and _refuses_completions(exc):
+                        raise EndpointRefused(f"{self.base_url} refuses /completions for {self.model!r} "
+                                              f"({self._describe(exc)[:200]})") from None
                     retry, retry_after = self._retryable(exc)
                     if not retry or attempt >= self.cfg.max_retries:
                         self.usage.errors += 1
@@ -222,10 +233,38 @@ class OpenAIBackend(LLM):
         if params.seed is not None:
             p["seed"] = params.seed
         if params.json_schema is not None:  # vLLM / llama.cpp server accept it on /completions too
-            p["response_format"] = {"type": "json_schema", "json_schema": {"name": "output", "schema": params.json_schema}}
+            from .structured import strict_variant
+
+            strict = strict_variant(params.json_schema)  # hosted APIs follow a strict schema exactly
+            spec = {"name": "output", "schema": strict, "strict": True} if strict else {"name": "output",
+                                                                                       "schema": params.json_schema}
+            p["response_format"] = {"type": "json_schema", "json_schema": spec}
         return p
 
     async def chat(self, messages: list[dict[str, str]], params: GenParams = GenParams()) -> Completion:
+        return await with_reasoning_budget(self, lambda p: self._chat_once(messages, p), params)
+
+    async def complete(self, prompt: str, params: GenParams = GenParams()) -> Completion:
+        if self._completions_ok is False:
+            raise EndpointRefused(self._refused_why)
+        if self._completions_ok is None:
+            async with self._loop_state().endpoint_lock:  # one request finds out; the others wait for it
+                if self._completions_ok is None:
+                    try:
+                        comp = await self._complete_budgeted(prompt, params)
+                    except EndpointRefused as exc:
+                        self._completions_ok, self._refused_why = False, str(exc)
+                        raise
+                    self._completions_ok = True
+                    return comp
+            if self._completions_ok is False:
+                raise EndpointRefused(self._refused_why)
+        return await self._complete_budgeted(prompt, params)
+
+    async def _complete_budgeted(self, prompt: str, params: GenParams) -> Completion:
+        return await with_reasoning_budget(self, lambda p: self._complete_once(prompt, p), params)
+
+    async def _chat_once(self, messages: list[dict[str, str]], params: GenParams) -> Completion:
         await self.resolve_model()
         payload = self._common(params)
         payload["messages"] = messages
@@ -242,11 +281,12 @@ class OpenAIBackend(LLM):
                 lps = [({t["token"]: t["logprob"] for t in tok["top_logprobs"]} if tok.get("top_logprobs")
                         else {tok["token"]: tok["logprob"]}) for tok in content]
             message = c.get("message") or {}
-            choices.append(Choice(text=message.get("content") or "", finish_reason=c.get("finish_reason") or "stop",
-                                  logprobs=lps))
+            text, reasoning, _ = split_reasoning(message.get("content"), message)
+            choices.append(Choice(text=text, finish_reason=c.get("finish_reason") or "stop", logprobs=lps,
+                                  reasoning=reasoning))
         return self._finish(data, choices, retries)
 
-    async def complete(self, prompt: str, params: GenParams = GenParams()) -> Completion:
+    async def _complete_once(self, prompt: str, params: GenParams) -> Completion:
         await self.resolve_model()
         payload = self._common(params)
         payload["prompt"] = prompt
@@ -258,7 +298,9 @@ class OpenAIBackend(LLM):
         for c in sorted(data["choices"], key=lambda c: c.get("index", 0)):
             top = (c.get("logprobs") or {}).get("top_logprobs")
             lps = [dict(d) if d else {} for d in top] if top else None
-            choices.append(Choice(text=c.get("text") or "", finish_reason=c.get("finish_reason") or "stop", logprobs=lps))
+            text, reasoning, _ = split_reasoning(c.get("text"), c)
+            choices.append(Choice(text=text, finish_reason=c.get("finish_reason") or "stop", logprobs=lps,
+                                  reasoning=reasoning))
         return self._finish(data, choices, retries)
 
     def _finish(self, data: dict[str, Any], choices: list[Choice], retries: int) -> Completion:
@@ -290,6 +332,23 @@ def _reason(exc: BaseException) -> str:
     if isinstance(exc, openai.APIConnectionError):
         return "connection"
     return "malformed"
+
+
+_REFUSAL_WORDS = re.compile(r"(?i)chat model|not supported|unsupported|chat/completions|does not support|"
+                            r"only.*chat|legacy|not (?:available|enabled|implemented)")
+
+
+def _refuses_completions(exc: BaseException) -> bool:
+    """Does this error mean the server offers no raw completions for this model? Hosted chat APIs answer
+    404 ("This is a chat model and not supported in the v1/completions endpoint"), gateways 404/405/501
+    for a route they lack, others 400 naming the endpoint."""
+    import openai
+
+    if not isinstance(exc, openai.APIStatusError):
+        return False
+    if exc.status_code in (404, 405, 501):
+        return True
+    return exc.status_code in (400, 422) and bool(_REFUSAL_WORDS.search(str(exc)))
 
 
 def check_base_url(url: str) -> None:

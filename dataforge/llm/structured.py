@@ -92,6 +92,29 @@ def _matching(s: str, start: int, opener: str, closer: str) -> int | None:
     return None
 
 
+def strict_variant(schema: dict[str, Any]) -> dict[str, Any] | None:
+    """`schema` as OpenAI's strict ``json_schema`` mode takes it (every object closed with
+    ``additionalProperties: false``), or None when strict mode cannot express it (an object with
+    optional properties). Strict mode makes hosted models follow the schema exactly."""
+    def close(node: Any) -> Any:
+        if isinstance(node, list):
+            return [close(n) for n in node]
+        if not isinstance(node, dict):
+            return node
+        out = {k: close(v) for k, v in node.items() if k != "default"}
+        if node.get("type") == "object" or "properties" in node:
+            props = node.get("properties") or {}
+            if set(props) - set(node.get("required") or []):
+                raise ValueError("optional property")
+            out["additionalProperties"] = False
+        return out
+
+    try:
+        return close(schema)
+    except ValueError:
+        return None
+
+
 def parse_as(text: str, model: type[M]) -> M:
     """Extract JSON from `text` and validate it; ValueError/ValidationError on failure."""
     return model.model_validate(extract_json(text))

@@ -13,7 +13,8 @@ from typing import Any
 
 from ..errors import DataforgeError
 from .base import LLM, Choice, Completion, GenParams, LLMError, Usage
-from .config import BackendConfig, profile_for_model
+from .config import BackendConfig
+from .reasoning import split_reasoning, with_reasoning_budget
 
 
 def _import_vllm() -> Any:
@@ -35,9 +36,16 @@ class VLLMBackend(LLM):
         self._vllm = _import_vllm()  # fail fast, before any work is scheduled
         self.cfg = cfg
         self.model = cfg.model
-        self.profile = cfg.profile or profile_for_model(self.model)  # type: ignore[assignment]
         self._engine: Any = None
         self._lock = threading.Lock()
+
+    def _decide_profile(self):
+        """--profile, else the size from the model folder's config.json, else the name."""
+        from .profile import decide, from_hf_config
+
+        if self.cfg.profile:
+            return decide(self.cfg.profile, (), self.model, remote=False)
+        return decide(None, [from_hf_config(self.model)], self.model, remote=False)
 
     def _llm(self) -> Any:
         """Load on first use (called under the lock)."""
@@ -68,13 +76,20 @@ class VLLMBackend(LLM):
             lps = None
             if o.logprobs:
                 lps = [{(lp.decoded_token or str(tid)): lp.logprob for tid, lp in step.items()} for step in o.logprobs]
-            choices.append(Choice(text=o.text, finish_reason=o.finish_reason or "stop", logprobs=lps))
+            text, reasoning, _ = split_reasoning(o.text)
+            choices.append(Choice(text=text, finish_reason=o.finish_reason or "stop", logprobs=lps, reasoning=reasoning))
         usage = Usage(prompt_tokens=len(out.prompt_token_ids or []),
                       completion_tokens=sum(len(o.token_ids) for o in out.outputs), requests=1)
         self.usage.add(usage)
         return Completion(choices=choices, model=self.model, usage=usage)
 
     async def chat(self, messages: list[dict[str, str]], params: GenParams = GenParams()) -> Completion:
+        return await with_reasoning_budget(self, lambda p: self._chat_once(messages, p), params)
+
+    async def complete(self, prompt: str, params: GenParams = GenParams()) -> Completion:
+        return await with_reasoning_budget(self, lambda p: self._complete_once(prompt, p), params)
+
+    async def _chat_once(self, messages: list[dict[str, str]], params: GenParams) -> Completion:
         try:
             outs = await asyncio.to_thread(self._locked, lambda: self._llm().chat(messages, self._sampling(params), use_tqdm=False))
         except Exception as exc:  # noqa: BLE001
@@ -82,7 +97,7 @@ class VLLMBackend(LLM):
             raise LLMError(f"vllm: {type(exc).__name__}: {exc}") from None
         return self._convert(outs[0])
 
-    async def complete(self, prompt: str, params: GenParams = GenParams()) -> Completion:
+    async def _complete_once(self, prompt: str, params: GenParams) -> Completion:
         try:
             outs = await asyncio.to_thread(self._locked, lambda: self._llm().generate([prompt], self._sampling(params), use_tqdm=False))
         except Exception as exc:  # noqa: BLE001

@@ -53,6 +53,7 @@ class Scored:
     scores: dict[str, float] = field(default_factory=dict)
     details: dict[str, str] = field(default_factory=dict)
     domains: list[str] = field(default_factory=list)
+    unjudged: list[str] = field(default_factory=list)  # model checks whose judge gave no verdict
 
 
 def group_key(r: Record) -> str:
@@ -252,10 +253,14 @@ class Checker:
             if judge_complexity:
                 tasks.append(judge.complexity(sc.record))
             res = await asyncio.gather(*tasks)
-            if res[0] is not None:
-                sc.scores["alignment"] = round(res[0], 4)
-            if res[1] is not None:
-                sc.scores["contradiction"] = round(res[1], 4)
+            for check, j in (("alignment", res[0]), ("contradiction", res[1])):
+                if j.score is None:
+                    sc.unjudged.append(check)  # no verdict is not a pass: the gate sends it to review
+                    continue
+                sc.scores[check] = round(j.score, 4)
+                failed = j.score < 0.5 if check == "alignment" else j.score > 0.5
+                if failed and j.reason:
+                    sc.details[check] = j.reason
             if judge_complexity and res[2] is not None:
                 sc.scores["complexity_judge"] = res[2]
                 sc.scores["complexity"] = round((sc.scores["complexity"] + res[2]) / 2, 3)

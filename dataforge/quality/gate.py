@@ -182,7 +182,7 @@ def run_filter(input_path: str | Path, output_path: str | Path, cfg: FilterConfi
             scored = list(await asyncio.gather(*(refiner.refine(sc) for sc in scored)))
         results = list(arrived_rejected)
         for (i, _), sc in zip(batch, scored):
-            status, reasons = decide(sc.scores, rules)
+            status, reasons = decide(sc.scores, rules, [(f"{c}:unjudged", "review") for c in sc.unjudged])
             reasons = [f"{name}:{sc.details[name]}" if name in sc.details else reason
                        for reason, name in ((x, x.split(":", 1)[0]) for x in reasons)]
             meta = dict(sc.record.meta)

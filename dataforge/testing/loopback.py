@@ -10,6 +10,13 @@ gives deterministic, plausible text derived from a hash of the prompt.
 
 Speaks ``POST /v1/chat/completions``, ``POST /v1/completions`` and ``GET /v1/models`` with usage
 counts, ``finish_reason``, ``n`` > 1, ``stop``, ``max_tokens`` (cut off → ``"length"``) and logprobs.
+
+A `HostedAPI` makes it behave like the hosted APIs and reasoning servers users point dataforge at, as
+strictly as they do: a chat-only model (``/v1/completions`` answered 404 with OpenAI's own message),
+no log-probabilities (ignored, or refused with 400), thinking (``<think>…</think>`` in the content,
+or a ``reasoning_content`` / ``reasoning`` field) that counts against ``max_tokens`` like real
+thinking does, and ``json_schema`` strict mode (a schema that strict mode does not accept is refused
+with 400, as OpenAI refuses it). 429s carry ``Retry-After`` and ``retry-after-ms`` (see `Fault`).
 Run standalone: ``python -m dataforge.testing.loopback --port 8000 --latency 0.1``.
 """
 
@@ -26,6 +33,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable, Union
+
+from .hosted import HostedAPI
 
 FAULT_KINDS = ("429", "500", "slow", "malformed", "truncated")
 ALL_FAULT_KINDS = (*FAULT_KINDS, "disconnect", "400", "401")
@@ -49,6 +58,12 @@ class Fault:
     kind: str
     retry_after: float = 0.05
     slow_seconds: float = 5.0
+    retry_headers: tuple[str, ...] = ("Retry-After", "retry-after-ms")  # which a 429 carries
+
+
+def _thinking(body: dict[str, Any], words: int) -> str:
+    rng = _rng_for(body, 7777)
+    return "Okay, let me think. " + " ".join(rng.choice(_WORDS) for _ in range(max(words - 4, 1)))
 
 
 @dataclass
@@ -112,6 +127,9 @@ def _json_for_schema(schema: dict[str, Any], rng: random.Random, depth: int = 0)
     """A value that satisfies a (simple) JSON schema: enough for structured-output round trips."""
     if "enum" in schema:
         return rng.choice(schema["enum"])
+    if "anyOf" in schema:  # e.g. a nullable field: the first real alternative
+        options = [o for o in schema["anyOf"] if o.get("type") != "null"] or schema["anyOf"]
+        return _json_for_schema(options[0], rng, depth + 1)
     typ = schema.get("type", "object")
     if isinstance(typ, list):
         typ = next((t for t in typ if t != "null"), "string")
@@ -215,8 +233,10 @@ class _Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:  # noqa: N802
         owner = self.server.owner
         if self.path.rstrip("/") in ("/v1/models", "/models"):
-            self._json(200, {"object": "list", "data": [{"id": m, "object": "model", "created": 0, "owned_by": "loopback"}
-                                                          for m in owner.models]})
+            self._json(200, {"object": "list", "data": [{"id": m, "object": "model", "created": 0, "owned_by": "loopback",
+                                                           **owner.hosted.models.get(m, {})} for m in owner.models]})
+        elif self.path.rstrip("/") == "/props" and owner.hosted.props is not None:
+            self._json(200, owner.hosted.props)
         elif self.path.rstrip("/") in ("/health", "/v1/health"):
             self._json(200, {"status": "ok"})
         else:
@@ -235,6 +255,7 @@ class _Handler(BaseHTTPRequestHandler):
         if path not in ("/v1/chat/completions", "/v1/completions"):
             self._error(404, f"no route {self.path}", "not_found")
             return
+        owner._seen(path)
         chat = path.endswith("chat/completions")
         if chat and not isinstance(body.get("messages"), list):
             self._error(400, "'messages' is required", "invalid_request_error")
@@ -244,6 +265,12 @@ class _Handler(BaseHTTPRequestHandler):
             return
         if body.get("stream"):
             self._error(400, "streaming is not supported by the loopback server", "invalid_request_error")
+            return
+        refusal = owner.hosted.refusal(body, chat)
+        if refusal is not None:
+            owner._enter(body)
+            owner._leave()
+            self._error(*refusal)
             return
         owner._enter(body)
         try:
@@ -265,8 +292,9 @@ class _Handler(BaseHTTPRequestHandler):
                 owner._count_fault(fault.kind)
         if fault is not None:
             if fault.kind == "429":
+                values = {"Retry-After": f"{fault.retry_after:g}", "retry-after-ms": str(int(fault.retry_after * 1000))}
                 self._error(429, "rate limited (injected)", "rate_limit_error",
-                            {"Retry-After": f"{fault.retry_after:g}", "retry-after-ms": str(int(fault.retry_after * 1000))})
+                            {k: v for k, v in values.items() if k in fault.retry_headers})
                 return
             if fault.kind == "401":
                 key = (self.headers.get("Authorization") or "").removeprefix("Bearer ")
@@ -304,7 +332,9 @@ class LoopbackServer:
     """
 
     def __init__(self, responder: Responder | None = None, latency: float = 0.0, faults: FaultSource = None,
-                 port: int = 0, host: str = "127.0.0.1", models: tuple[str, ...] = ("test", "loopback")):
+                 port: int = 0, host: str = "127.0.0.1", models: tuple[str, ...] = ("test", "loopback"),
+                 hosted: HostedAPI | None = None):
+        self.hosted = hosted or HostedAPI()
         self.responder: Responder = responder or (lambda body: [default_responder(body, i) for i in range(int(body.get("n") or 1))])
         self.latency = latency
         self.faults = faults
@@ -312,6 +342,7 @@ class LoopbackServer:
         self._lock = threading.Lock()
         self._requests: list[dict[str, Any]] = []
         self.fault_counts: Counter[str] = Counter()
+        self.paths: Counter[str] = Counter()  # POSTs per route, refused ones included
         self.in_flight = 0
         self.max_in_flight = 0
         self._httpd = _Server((host, port), _Handler)
@@ -367,6 +398,7 @@ class LoopbackServer:
         with self._lock:
             self._requests.clear()
             self.fault_counts.clear()
+            self.paths.clear()
             self.max_in_flight = 0
 
     # -- internals used by the handler ------------------------------------------------------------
@@ -379,6 +411,10 @@ class LoopbackServer:
     def _leave(self) -> None:
         with self._lock:
             self.in_flight -= 1
+
+    def _seen(self, path: str) -> None:
+        with self._lock:
+            self.paths[path] += 1
 
     def _count_fault(self, kind: str) -> None:
         with self._lock:
@@ -412,15 +448,31 @@ class LoopbackServer:
         max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
         prompt_tokens = count_tokens(prompt_of(body))
         choices, completion_tokens = [], 0
+        think = self.hosted.think
         for i, full in enumerate(texts):
+            reasoning = None
+            if think and (think == "inline" or not chat):  # completions have no reasoning field: always inline
+                full = f"<think>\n{_thinking(body, self.hosted.think_words)}\n</think>\n\n{full}"
+            elif think:
+                reasoning = _thinking(body, self.hosted.think_words)
             if truncate:  # injected: cut in the middle, as a server that hit its token budget would
                 words = full.split()
                 text, finish = " ".join(words[: max(1, len(words) // 2)]), "length"
+            elif reasoning is not None:  # the thinking spends the budget first, as real thinking does
+                used = count_tokens(reasoning)
+                if max_tokens is not None and used >= max_tokens:
+                    reasoning, text, finish = " ".join(reasoning.split()[:max_tokens]), "", "length"
+                else:
+                    text, finish = _cut(full, stops, None if max_tokens is None else max_tokens - used)
+                completion_tokens += count_tokens(reasoning)
             else:
                 text, finish = _cut(full, stops, max_tokens)
             finish = finish_override or finish
             completion_tokens += count_tokens(text)
-            choices.append(self._choice(body, chat, i, text, finish))
+            choice = self._choice(body, chat, i, text, finish)
+            if reasoning is not None:
+                choice["message"][think] = reasoning
+            choices.append(choice)
         model = body.get("model") or self.models[0]
         return {
             "id": f"{'chatcmpl' if chat else 'cmpl'}-loop{self._next_id()}",
@@ -438,7 +490,7 @@ class LoopbackServer:
         if chat:
             choice: dict[str, Any] = {"index": i, "message": {"role": "assistant", "content": text},
                                       "finish_reason": finish, "logprobs": None}
-            if body.get("logprobs"):
+            if body.get("logprobs") and self.hosted.logprobs == "yes":
                 k = int(body.get("top_logprobs") or 1)
                 choice["logprobs"] = {"content": [
                     {"token": tok, "logprob": lp, "bytes": list(tok.encode()),
@@ -446,7 +498,7 @@ class LoopbackServer:
                     for tok, lp, alts in _token_logprobs(text, k, rng)]}
             return choice
         choice = {"index": i, "text": text, "finish_reason": finish, "logprobs": None}
-        if body.get("logprobs") is not None and body.get("logprobs") is not False:
+        if body.get("logprobs") is not None and body.get("logprobs") is not False and self.hosted.logprobs == "yes":
             k = int(body["logprobs"])
             toks = _token_logprobs(text, k, rng)
             offsets, pos = [], 0

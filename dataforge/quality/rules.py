@@ -65,11 +65,39 @@ class DedupRule(BaseModel):
     semantic: SemanticDedup = Field(default_factory=SemanticDedup)
 
 
+class ExecutionSignal(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    enabled: bool = True
+    timeout: float = Field(5.0, gt=0, le=120)
+    memory_mb: int = Field(512, ge=64)
+    max_blocks: int = Field(4, ge=1)
+
+
+class ConsistencySignal(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    enabled: Literal["auto", "on", "off"] = "auto"
+    samples: int = Field(5, ge=2, le=32)
+    temperature: float = Field(0.7, gt=0, le=2)
+    max_tokens: int | None = Field(None, ge=8)
+
+
+class Signals(BaseModel):
+    """Correctness signals that need no strong judge (quality/reference_answers.py, arithmetic.py,
+    execution.py, consistency.py)."""
+
+    model_config = ConfigDict(extra="forbid")
+    reference_answer: bool = True
+    arithmetic: bool = True
+    execution: ExecutionSignal = Field(default_factory=ExecutionSignal)
+    consistency: ConsistencySignal = Field(default_factory=ConsistencySignal)
+
+
 class GateRules(BaseModel):
     """Everything `default_gate.yaml` documents."""
 
     model_config = ConfigDict(extra="forbid")
     checks: dict[str, CheckRule]
+    signals: Signals = Field(default_factory=Signals)
     refine: RefineRule = Field(default_factory=RefineRule)
     judges: Literal["auto", "on", "off"] = "auto"
     high_stakes: HighStakes = Field(default_factory=HighStakes)

@@ -12,9 +12,9 @@ import ast
 import operator
 import re
 
-_NUM = r"\$?\d[\d,]*(?:\.\d+)?"
+_NUM = r"\$?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?"  # 1,250 but not the comma after "54,"
 _OPERAND = rf"(?:\(\s*)?{_NUM}(?:\s*\))?"
-_STATEMENT = re.compile(rf"({_OPERAND}(?:\s*[-+*/×÷x]\s*{_OPERAND})+)\s*=\s*(-?{_NUM})(?![\d,]*\.?\d)(?!\s*[-+*/×÷x]\s*\d)")
+_STATEMENT = re.compile(rf"({_OPERAND}(?:\s*[-+*/×÷x]\s*{_OPERAND})+)\s*=\s*(-?{_NUM})(?![\d.]*\d)(?!\s*[-+*/×÷x]\s*\d)")
 _ANNOTATION = re.compile(r"<<([^<>=]+)=([^<>]+)>>")
 _OPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv}
 

@@ -49,6 +49,6 @@ class SelfConsistency:
         score = agree / max(len(answers), 1)
         if score >= 0.5:
             return score, None
-        others = sorted({a.value for a in answers if a is not None and a.value != own.value})
+        others = sorted({a.value for a in answers if a is not None and a.kind == own.kind and a.value != own.value})
         return score, f"{agree}/{len(answers)} samples agree with {own.value}" + (
             f" (others: {', '.join(others[:3])})" if others else "")

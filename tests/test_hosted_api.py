@@ -4,7 +4,7 @@ client does about them: chat-only models, no log-probabilities, thinking in the 
 
 from __future__ import annotations
 
-import asyncio
+import json
 import logging
 import time
 
@@ -118,8 +118,6 @@ def test_json_schema_strict_mode_is_checked_like_openai():
                 "type": "json_schema", "json_schema": {"schema": closed}})
         ok = c.chat.completions.create(model="t", messages=msgs, response_format={
             "type": "json_schema", "json_schema": {"name": "out", "schema": closed, "strict": True}})
-        import json
-
         value = json.loads(ok.choices[0].message.content)
         assert set(value) == {"a", "b"} and isinstance(value["b"], int)
 
@@ -223,3 +221,21 @@ def test_judge_without_logprobs_gives_a_generated_verdict_or_none():
     with LoopbackServer(hosted=HostedAPI(think="inline")) as srv:  # logprobs there, but of the thinking
         j = run_sync(Judge(_llm(srv, model="qwen3-8b")).alignment(rec))
         assert j.how == "verdict"
+
+
+def test_local_and_in_process_evidence(tmp_path):
+    from dataforge.llm.profile import from_hf_config
+
+    local = make_llm(BackendConfig(backend="local", no_cache=True))  # the embedded GGUF: its header says 135M
+    assert local.profile_decision.as_dict() == {"profile": "fewshot",
+                                                "reason": "the GGUF's general.size_label '135M' reports 135M parameters"}
+    folder = tmp_path / "my-model"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"hidden_size": 576, "num_hidden_layers": 30, "vocab_size": 49152}))
+    # 49152*576 + 12*30*576**2 = 147,750,912
+    assert from_hf_config(str(folder)).as_dict() == {"profile": "fewshot",
+                                                     "reason": "config.json of 'my-model' reports 148M parameters"}
+    (folder / "config.json").write_text(json.dumps({"text_config": {"hidden_size": 4096, "num_hidden_layers": 32,
+                                                                    "vocab_size": 128256}}))
+    assert from_hf_config(str(folder)).profile == "chat"
+    assert from_hf_config(str(tmp_path / "missing")) is None

@@ -36,4 +36,7 @@ if ! command -v chromium >/dev/null; then
          "(the HTML report's browser test is skipped without it)" >&2
   fi
 fi
+# vLLM on CPU in its own venv (.venv-vllm) for tests/test_vllm_cpu.py: ~3 min and 3.6 GB the first time,
+# seconds after that. DATAFORGE_SKIP_VLLM=1 skips it (those tests then skip and say why).
+bash scripts/setup_vllm_cpu.sh
 say "ready: . .venv/bin/activate && dataforge --help"

@@ -8,11 +8,7 @@ from __future__ import annotations
 
 import json
 import os
-import socket
-import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -24,52 +20,22 @@ from dataforge.llm import BackendConfig, GenParams, make_llm, run_sync
 from dataforge.llm.config import default_local_model
 
 from conftest import EXAMPLES, REPO
+from server_helpers import free_port, served
 
 pytestmark = pytest.mark.slow
 ALIAS = "smollm2-135m-instruct"
 runner = CliRunner()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def llama_server(tmp_path_factory):
-    port = _free_port()
-    log = tmp_path_factory.mktemp("llama-server") / "server.log"
+    port = free_port()
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_WAIT_POLICY": "PASSIVE"}
-    with open(log, "wb") as fh:
-        proc = subprocess.Popen([sys.executable, "-m", "dataforge.testing.llama_server", "--model",
-                                 str(default_local_model()), "--model_alias", ALIAS, "--host", "127.0.0.1",
-                                 "--port", str(port), "--n_ctx", "2048", "--n_threads", "1", "--n_threads_batch", "1"],
-                                stdout=fh, stderr=subprocess.STDOUT, env=env)
-    base = f"http://127.0.0.1:{port}/v1"
-    try:
-        deadline = time.time() + 120
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"llama.cpp server exited with {proc.returncode}:\n{log.read_text()[-2000:]}")
-            try:
-                with urllib.request.urlopen(f"{base}/models", timeout=2) as r:
-                    if json.loads(r.read())["data"][0]["id"] == ALIAS:
-                        break
-            except OSError:
-                pass
-            if time.time() > deadline:
-                pytest.fail(f"llama.cpp server not up after 120 s:\n{log.read_text()[-2000:]}")
-            time.sleep(0.5)
+    cmd = [sys.executable, "-m", "dataforge.testing.llama_server", "--model", str(default_local_model()),
+           "--model_alias", ALIAS, "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "2048", "--n_threads", "1",
+           "--n_threads_batch", "1"]
+    with served(cmd, port, ALIAS, tmp_path_factory.mktemp("llama-server") / "server.log", env, 120) as base:
         yield base
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-    assert proc.returncode in (0, -15), log.read_text()[-2000:]  # it never crashed under the tests
 
 
 def _backend(base: str, **kw) -> list[str]:

@@ -10,11 +10,8 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
-import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -25,6 +22,7 @@ from dataforge.io import read_records
 from dataforge.llm import BackendConfig, GenParams, make_llm, run_sync
 
 from conftest import EXAMPLES, REPO
+from server_helpers import free_port, served
 
 VENV = Path(os.environ.get("DATAFORGE_VLLM_VENV", REPO / ".venv-vllm"))
 VPY = VENV / "bin" / "python"
@@ -71,48 +69,13 @@ def test_in_process_backend(tmp_path):
     assert all(a is not None and 0.0 <= a <= 1.0 for a in f["alignment"])
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def vllm_server(tmp_path_factory):
-    port = _free_port()
-    log = tmp_path_factory.mktemp("vllm") / "server.log"
-    t0 = time.perf_counter()
-    with open(log, "wb") as fh:
-        proc = subprocess.Popen([str(VPY), "-m", "vllm.entrypoints.openai.api_server", "--model", str(MODEL),
-                                 "--served-model-name", NAME, "--enforce-eager", "--max-model-len", "2048",
-                                 "--host", "127.0.0.1", "--port", str(port)],
-                                stdout=fh, stderr=subprocess.STDOUT, env=_env(), start_new_session=True)
-    base = f"http://127.0.0.1:{port}/v1"
-    try:
-        deadline = time.time() + 600
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"vllm server exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
-            try:
-                with urllib.request.urlopen(f"{base}/models", timeout=2) as r:
-                    if json.loads(r.read())["data"][0]["id"] == NAME:
-                        break
-            except OSError:
-                pass
-            if time.time() > deadline:
-                pytest.fail(f"vllm server not up after 600 s:\n{log.read_text()[-3000:]}")
-            time.sleep(1)
-        print(f"\nvLLM server up in {time.perf_counter() - t0:.0f} s")
+    port = free_port()
+    cmd = [str(VPY), "-m", "vllm.entrypoints.openai.api_server", "--model", str(MODEL), "--served-model-name", NAME,
+           "--enforce-eager", "--max-model-len", "2048", "--host", "127.0.0.1", "--port", str(port)]
+    with served(cmd, port, NAME, tmp_path_factory.mktemp("vllm") / "server.log", _env(), 600) as base:
         yield base
-    finally:
-        import signal
-
-        try:
-            os.killpg(proc.pid, signal.SIGTERM)  # the server and the engine processes it started
-            proc.wait(timeout=60)
-        except (ProcessLookupError, subprocess.TimeoutExpired):
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
 
 
 def _opts(base: str) -> list[str]:

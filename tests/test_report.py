@@ -132,3 +132,17 @@ def test_report_renders_in_headless_chromium(report, tmp_path):
     assert colours is not None and len(colours) > 200              # plots, not a blank page
     most = max(n for n, _ in colours)
     assert most < 0.9 * img.size[0] * img.size[1]
+
+
+def test_report_says_when_correctness_was_not_checked(report):
+    html_path, summary = report
+    html = html_path.read_text()
+    from dataforge.io import read_records
+
+    final = html_path.parent / "final.jsonl"
+    everything = list(read_records(final)) + list(read_records(f"{final}.rejected.jsonl"))
+    accepted = sum(r.status == "accepted" for r in everything)
+    # no record of this corpus went through a model judge: the page and the summary say so, with the count
+    note = f"correctness was not checked by a model judge for {accepted} of {accepted} accepted records"
+    assert accepted > 0 and summary["correctness"].startswith(note)
+    assert 'id="correctness"' in html and note in html

@@ -141,3 +141,24 @@ def test_gate_applies_the_signals(tmp_path):
     assert recs["sum"].status == "review" and "arithmetic:wrong: 7 x 8 = 54" in recs["sum"].reasons
     assert recs["broken"].status == "review" and any(x.startswith("execution:block 1: SyntaxError")
                                                      for x in recs["broken"].reasons)
+
+
+def test_provenance_says_who_judged():
+    from dataforge.quality.provenance import correctness_summary, gate_meta, judged_by
+
+    assert judged_by({"alignment": 1.0, "coherence": 0.5}, "gpt-4o") == "model:gpt-4o"
+    assert judged_by({"alignment_emb": 0.99}, None) == "embedding"
+    assert judged_by({"alignment_emb": 0.99}, "gpt-4o") == "embedding"  # the judge gave no verdict here
+    assert judged_by({"structure": 1.0}, None) == "heuristics"
+    assert gate_meta({"arithmetic": 1.0, "alignment_emb": 1.0}, None) == {
+        "judged_by": "embedding", "signals": ["arithmetic"], "unjudged": []}
+    recs = [Record(instruction=f"t{i}", status=s, meta={"gate": g}) for i, (s, g) in enumerate([
+        ("accepted", {"judged_by": "model:gpt-4o", "signals": []}),
+        ("accepted", {"judged_by": "embedding", "signals": ["arithmetic"]}),
+        ("accepted", {"judged_by": "heuristics", "signals": []}),
+        ("review", {"judged_by": "heuristics", "unjudged": ["alignment", "contradiction"]})])]
+    s = correctness_summary(recs)
+    assert s["accepted_judged_by"] == {"model:gpt-4o": 1, "embedding": 1, "heuristics": 1}
+    assert s["accepted_without_model_judge"] == 2 and s["unjudged"] == {"alignment": 1, "contradiction": 1}
+    assert s["note"].startswith("correctness was not checked by a model judge for 2 of 3 accepted records")
+    assert correctness_summary(recs[:1])["note"] is None

@@ -336,6 +336,9 @@ def run_report(input_path, output_path, cfg: ReportConfig | None = None, *, llm=
         add("acceptance", "Acceptance per topic and level", "Share of records kept in each (topic, level) cell.",
             plot_acceptance, everything, topics, order, scheme)
 
+    from ..quality.provenance import correctness_summary
+
+    correctness = correctness_summary(everything)
     env = Environment(autoescape=select_autoescape(default=True, default_for_string=True), trim_blocks=True,
                       lstrip_blocks=True)
     page = env.from_string(TEMPLATE.read_text(encoding="utf-8")).render(
@@ -343,7 +346,7 @@ def run_report(input_path, output_path, cfg: ReportConfig | None = None, *, llm=
         summary={"records": len(everything), "kept": len(after), "dropped": len(everything) - len(after),
                  "topics": len(order), "before_balancing": len(before)},
         thin_topics=stats.get("thin_topics", []), thin_levels=stats.get("thin_levels", []),
-        plots=plots,
+        correctness=correctness, plots=plots,
         topics=[{"key": t, "label": labels.get(t, t), "size": sizes[t],
                  "kept": sum(1 for r, tt in zip(everything, topics) if tt == t and r.status != "rejected")}
                 for t in order],
@@ -355,4 +358,5 @@ def run_report(input_path, output_path, cfg: ReportConfig | None = None, *, llm=
     return {"stage": "report", "input": str(inp), "output": str(out), "records": len(everything),
             "kept": len(after), "topics": len(order), "plots": len(plots),
             "rejected_file": str(rejected_path) if extra else None, "stats_file": str(stats_path) if stats else None,
+            "correctness": correctness["note"] or "every accepted record was judged by a model",
             "bytes": out.stat().st_size, "wall_s": round(time.perf_counter() - t0, 2)}

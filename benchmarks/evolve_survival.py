@@ -53,11 +53,11 @@ def main() -> None:
         cfg = EvolveConfig(rounds=1, ops=[op], verifiable_share=0.0, keep_failed=True,
                            answer_max_tokens=args.answer_max_tokens)
         s = run_evolve(seeds, out, cfg, llm=llm, progress=False)
-        o = s["operations"][op]
+        o = s.details["operations"][op]
         total_t += o["tried"]
         total_k += o["survived"]
         print(f"{op:<20}{o['tried']:>6}{o['survived']:>6}{o['survival_rate']:>7.0%}{time.time() - t:>8.1f}  "
-              f"{json.dumps(s['eliminated'])}", flush=True)
+              f"{json.dumps(s.details['eliminated'])}", flush=True)
         if args.show:
             for r in read_records(out):
                 print(f"    {r.status[:3]} {r.reasons} {r.instruction[:140]!r}")

@@ -172,13 +172,13 @@ def run_dataforge(base_url: str, seeds: Path, n_evol: int, max_tokens: int, conc
     if proc.returncode != 0:
         raise RuntimeError(f"dataforge failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
     records = [json.loads(line) for line in out.read_text().splitlines() if line.strip()]
-    summary = json.loads(proc.stdout[proc.stdout.index("{"):])
+    summary = json.loads(proc.stdout)
     evolved = sum(1 for r in records if (r.get("lineage") or {}).get("generator") == "evolve")
     answers = sum(1 for r in records if r.get("output"))
-    spec = summary.get("speculative_discarded") or {}
+    spec = summary["details"].get("speculative_discarded") or {}
     return {"wall": wall, "rows": len(records), "evolved": evolved, "answers": answers,
             "client_requests": summary["tokens"]["requests"], "discarded": spec.get("requests", 0),
-            "kept": summary["output"].get("pending", 0)}
+            "kept": summary["out"].get("pending", 0)}
 
 
 # dataforge's own extra work beyond distilabel's (the model judge of elimination rule 1) is switched

@@ -8,9 +8,19 @@ import pkgutil
 import sys
 
 import typer
+from typer.core import TyperCommand
 
 from . import __version__, commands
 from .errors import DataforgeError
+
+
+class _Command(TyperCommand):
+    """Usage lines name arguments as they are documented (``dataforge filter [OPTIONS] IN``), not
+    ``{input}`` as typer writes a required argument's Python name."""
+
+    def collect_usage_pieces(self, ctx) -> list[str]:
+        return [p.replace("{", "").replace("}", "").upper() if p.startswith("{") else p
+                for p in super().collect_usage_pieces(ctx)]
 
 app = typer.Typer(
     name="dataforge",
@@ -40,6 +50,9 @@ def _register_all() -> None:
             continue
         module = importlib.import_module(f"{commands.__name__}.{info.name}")
         module.register(app)
+    for command in app.registered_commands:
+        if command.cls in (None, TyperCommand):
+            command.cls = _Command
 
 
 _register_all()

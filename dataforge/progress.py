@@ -59,8 +59,11 @@ class Bar:
 
 
 @contextmanager
-def progress_bar(description: str, total: float | None = None, unit: str = "rec") -> Iterator[Bar]:
-    if not _enabled():
+def progress_bar(description: str, total: float | None = None, unit: str = "rec", *,
+                 enabled: bool = True) -> Iterator[Bar]:
+    """A bar on stderr; a silent stand-in when `enabled` is false (tests, a pipeline's inner stages) or
+    bars are off (not a terminal, DATAFORGE_PROGRESS=0)."""
+    if not enabled or not _enabled():
         yield Bar(None, None)
         return
     columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TaskProgressColumn(),

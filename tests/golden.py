@@ -29,8 +29,10 @@ REPO = HERE.parent
 GOLDEN = HERE / "data" / "golden"
 SEEDS = REPO / "examples" / "seeds.jsonl"
 CASES = ("evolve", "self_instruct", "filter", "filter_judged", "balance", "export", "pipeline")
-# output files named on purpose differently since the golden files were recorded (see test_golden.py)
-RENAMED: dict[str, str] = {}
+# output files named on purpose differently since the golden files were recorded (the content is
+# compared byte for byte as ever): unreadable input lines went to `<out>.rejects.jsonl`, two letters from
+# `<out>.rejected.jsonl` (rejected records); the stage contract calls them `<out>.bad-lines.jsonl`
+RENAMED: dict[str, str] = {".rejects.jsonl": ".bad-lines.jsonl"}
 _WALL_TIME = re.compile(r'("(?:embed_s|cluster_s)": )[0-9.]+')
 
 

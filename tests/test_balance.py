@@ -79,8 +79,8 @@ def test_uniform_target_on_skewed_corpus(corpus, tmp_path):
     # the scarce level limits the output: all of its candidates are kept
     high_candidates = [r for r in records if r.status != "rejected" and level_of(r) == "high"]
     assert sum(1 for r in kept if level_of(Record.model_validate(r)) == "high") == len(high_candidates)
-    assert summary["kept"] == len(kept) and summary["dropped_by_balance"] + summary["arrived_rejected"] == len(dropped)
-    assert summary["by_reason"]["balance"] == summary["dropped_by_balance"] > 0
+    assert summary.details["kept"] == len(kept) and summary.details["dropped_by_balance"] + summary.details["arrived_rejected"] == len(dropped)
+    assert summary.details["by_reason"]["balance"] == summary.details["dropped_by_balance"] > 0
 
 
 def test_given_target_and_best_scores_kept(corpus, tmp_path):
@@ -113,7 +113,7 @@ def test_topic_cap_and_fair_spread(corpus, tmp_path):
     summary = run_balance(path, out, BalanceConfig(reuse_topics=True, topic_cap=60), progress=False)
     kept = read_jsonl(out)
     per_topic = Counter(r["topic"] for r in kept)
-    assert max(per_topic.values()) <= 60 and summary["topic_cap"] == 60
+    assert max(per_topic.values()) <= 60 and summary.details["topic_cap"] == 60
     assert set(per_topic) == set(TOPICS)                     # even the smallest topic keeps records
     shares = level_shares(kept)
     assert all(abs(s - 1 / 3) <= 0.02 for s in shares.values()), shares
@@ -129,7 +129,7 @@ def test_keep_dropped_and_size(corpus, tmp_path):
     assert not Path(f"{out}.rejected.jsonl").exists()
     assert len(rows) == len(records) and [r["id"] for r in rows] == [r.id for r in records]   # input order kept
     kept = [r for r in rows if r["status"] != "rejected"]
-    assert len(kept) == 90 == summary["kept"]
+    assert len(kept) == 90 == summary.details["kept"]
     check_accounting(records, kept, [r for r in rows if r["status"] == "rejected"])
 
 
@@ -203,12 +203,12 @@ def test_gate_side_files_count_in_stats_only(corpus, tmp_path):
     write_records(Path(f"{clean}.review.jsonl"), review)
     out = tmp_path / "final.jsonl"
     summary = run_balance(clean, out, BalanceConfig(reuse_topics=True), progress=False)
-    assert summary["upstream_counted"] == len(gate_rejected) + len(review)
+    assert summary.details["upstream_counted"] == len(gate_rejected) + len(review)
     kept, dropped = read_jsonl(out), read_jsonl(Path(f"{out}.rejected.jsonl"))
     check_accounting(accepted, kept, dropped)                     # outputs hold exactly the input's records
     stats = json.loads(Path(f"{out}.stats.json").read_text())
     assert stats["total"] == len(records) + len(review)
-    assert stats["rejected_by_stage"] == {"balance": summary["dropped_by_balance"], "gate": len(gate_rejected),
+    assert stats["rejected_by_stage"] == {"balance": summary.details["dropped_by_balance"], "gate": len(gate_rejected),
                                           "review": len(review)}
     assert stats["topics"]["poetry"]["rejected_by_stage"]["review"] == 7
 
@@ -247,7 +247,7 @@ def test_empty_gate_side_files_are_no_error(corpus, tmp_path):
     Path(f"{path}.review.jsonl").write_text("")
     out = tmp_path / "final.jsonl"
     summary = run_balance(path, out, BalanceConfig(reuse_topics=True, topic_cap_ratio=None), progress=False)
-    assert summary["upstream_counted"] == 0
+    assert summary.details["upstream_counted"] == 0
     check_accounting(records, read_jsonl(out), read_jsonl(Path(f"{out}.rejected.jsonl")))
 
 
@@ -266,7 +266,7 @@ def test_an_empty_level_leaves_the_target_instead_of_emptying_the_output(tmp_pat
     check_accounting(records, kept, read_jsonl(Path(f"{out}.rejected.jsonl")))
     shares = level_shares(kept)
     assert shares.get("high", 0) == 0 and abs(shares["low"] - 0.5) <= 0.01 and abs(shares["mid"] - 0.5) <= 0.01, shares
-    assert summary["kept"] == 2 * sum(1 for r in records if r.status != "rejected" and level_of(r) == "mid")
+    assert summary.details["kept"] == 2 * sum(1 for r in records if r.status != "rejected" and level_of(r) == "mid")
 
 
 def test_cap_mode_keeps_thin_levels_whole_and_caps_the_rest(corpus, tmp_path):

@@ -54,7 +54,7 @@ def test_convert_writes_output_rejects_and_summary(tmp_path, capsys):
     assert summary["bad_by_reason"] == {"not JSON": 2, "invalid": 1, "not UTF-8": 1}
     assert summary["wall_s"] > 0 and summary["records_per_s"] > 0
     rejects = Path(summary["rejects"])
-    assert rejects == Path(f"{out}.rejects.jsonl")
+    assert rejects == Path(f"{out}.bad-lines.jsonl")
     assert [json.loads(x)["line"] for x in rejects.read_text(encoding="utf-8").splitlines()] == [2, 3, 6, 7]
     assert [r.output for r in read_records(out)] == ["tac", "5", "Hello."]
 
@@ -85,7 +85,7 @@ def test_convert_errors_are_clear(tmp_path, capsys):
     code, _, err = run(["convert", str(tmp_path / "missing.jsonl"), "-o", str(tmp_path / "o.jsonl")], capsys)
     assert code == 2 and "missing.jsonl: no such file" in err
     code, _, err = run(["convert", str(SEEDS), "-o", str(tmp_path / "o.jsonl"), "--to", "csv"], capsys)
-    assert code == 2 and "unknown output format 'csv'" in err
+    assert code == 2 and "'csv' is not one of" in err and "--to" in err
     code, _, err = run(["convert", str(SEEDS), "-o", str(tmp_path / "o.jsonl"), "--shard", "3/2"], capsys)
     assert code == 2 and "--shard" in err
     assert not (tmp_path / "o.jsonl").exists()

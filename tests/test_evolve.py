@@ -17,8 +17,9 @@ from evolve_script import SEEDS, responder  # noqa: E402
 from dataforge.errors import DataforgeError
 from dataforge.generate.elimination import COPIED_PROMPT, NO_INFO_GAIN, SORRY_SHORT, STOPWORDS_ONLY
 from dataforge.generate.evolve import (OPERATIONS, Context, EvolveConfig, Slot, choose_operation,
-                                       extract_instruction, journal_path_for, run_evolve)
+                                       extract_instruction, run_evolve)
 from dataforge.io import read_records
+from dataforge.stage import SideFiles
 from dataforge.llm import BackendConfig
 from dataforge.records import Record
 from dataforge.testing.loopback import LoopbackServer
@@ -35,15 +36,14 @@ def seeds(tmp_path):
     return p
 
 
-def _cfg(srv, **kw):
-    backend = BackendConfig(backend="openai", base_url=srv.base_url, model="test", no_cache=True)
-    return EvolveConfig(backend=backend, **kw)
+def _backend(srv):
+    return BackendConfig(backend="openai", base_url=srv.base_url, model="test", no_cache=True)
 
 
 def test_end_to_end_lineage_elimination_and_retries(seeds, tmp_path):
     out = tmp_path / "evolved.jsonl"
     with LoopbackServer(responder, latency=0.005) as srv:
-        summary = run_evolve(seeds, out, _cfg(srv, rounds=4, keep_failed=True), progress=False)
+        summary = run_evolve(seeds, out, EvolveConfig(rounds=4, keep_failed=True), backend=_backend(srv), progress=False)
         n_requests = len(srv.requests)
     recs = list(read_records(out))
     seed_ids = {r.id for r in read_records(seeds)}
@@ -67,13 +67,14 @@ def test_end_to_end_lineage_elimination_and_retries(seeds, tmp_path):
             assert r.status == "rejected" and r.reasons == [FAILS_BY[L.operation]]
 
     # elimination counted by reason, all four rules fired, counts match the records
-    elim = summary["eliminated"]
+    elim = summary.details["eliminated"]
     assert set(elim) == set(FAILS_BY.values())
     rejected = [r for r in recs if r.status == "rejected"]
-    assert sum(elim.values()) == len(rejected) + summary["duplicates_dropped"]
-    assert summary["rounds"]["1"]["evolved"] == len(SEEDS) and len(summary["rounds"]) == 4
-    assert summary["operations"]["deepen"]["survival_rate"] == 1.0
-    assert summary["tokens"]["this_run"] > 0 and summary["tokens"]["requests"] == n_requests
+    assert sum(elim.values()) == len(rejected) + summary.details["duplicates_dropped"]
+    assert summary.details["rounds"]["1"]["evolved"] == len(SEEDS) and len(summary.details["rounds"]) == 4
+    assert summary.details["operations"]["deepen"]["survival_rate"] == 1.0
+    assert summary.tokens.total > 0 and summary.tokens.requests == n_requests and summary.tokens.failed == 0
+    assert summary.out == {"pending": len(recs) - len(rejected), "rejected": len(rejected)}
 
     # a failed evolution returns its parent to the pool, evolved next round with another operation
     retried = 0
@@ -87,15 +88,16 @@ def test_end_to_end_lineage_elimination_and_retries(seeds, tmp_path):
 
 def test_survivors_only_by_default_and_deterministic(seeds, tmp_path):
     with LoopbackServer(responder) as srv:
-        s1 = run_evolve(seeds, tmp_path / "a.jsonl", _cfg(srv, rounds=2, seed=5), progress=False)
-        s2 = run_evolve(seeds, tmp_path / "b.jsonl", _cfg(srv, rounds=2, seed=5), progress=False)
-        s3 = run_evolve(seeds, tmp_path / "c.jsonl", _cfg(srv, rounds=2, seed=6, include_seeds=True), progress=False)
+        def run(name: str, **kw):
+            return run_evolve(seeds, tmp_path / name, EvolveConfig(rounds=2, **kw), backend=_backend(srv), progress=False)
+
+        s1, _, s3 = run("a.jsonl", seed=5), run("b.jsonl", seed=5), run("c.jsonl", seed=6, include_seeds=True)
     a = [r.id for r in read_records(tmp_path / "a.jsonl")]
     assert a == [r.id for r in read_records(tmp_path / "b.jsonl")]
     assert all(r.status == "pending" for r in read_records(tmp_path / "a.jsonl"))
-    assert s1["output"]["records"] == len(a) == sum(v["survived"] for v in s1["rounds"].values())
-    assert s3["output"]["seed"] == len(SEEDS)
-    assert not journal_path_for(tmp_path / "a.jsonl").exists()
+    assert s1.out["pending"] == len(a) == sum(v["survived"] for v in s1.details["rounds"].values())
+    assert s3.out["pending"] == len(SEEDS) + sum(v["survived"] for v in s3.details["rounds"].values())
+    assert not SideFiles(tmp_path / "a.jsonl").journal.exists()
 
 
 def test_fewshot_profile_uses_completion_templates(seeds, tmp_path):
@@ -114,12 +116,11 @@ def test_fewshot_profile_uses_completion_templates(seeds, tmp_path):
     backend = BackendConfig(backend="openai", base_url="", model="test", no_cache=True, profile="fewshot")
     with LoopbackServer(small_model) as srv:
         backend = backend.model_copy(update={"base_url": srv.base_url})
-        summary = run_evolve(seeds, tmp_path / "o.jsonl", EvolveConfig(rounds=2, backend=backend,
-                                                                       ops=["deepen", "breadth"], weights=[1, 3],
-                                                                       elimination={"judge": "off"}),
-                             progress=False)
+        summary = run_evolve(seeds, tmp_path / "o.jsonl", EvolveConfig(rounds=2, ops=["deepen", "breadth"],
+                                                                       weights=[1, 3], elimination={"judge": "off"}),
+                             backend=backend, progress=False)
         completions = [b for b in srv.requests if "prompt" in b]
-    assert summary["profile"] == "fewshot" and completions
+    assert summary.profile == "fewshot" and completions
     assert all(b["stop"] for b in completions)  # the templates' stop sequences are sent
     recs = list(read_records(tmp_path / "o.jsonl"))
     assert recs and all(r.lineage.template in (f"evol_{r.lineage.operation}.fewshot", "constraint_library")
@@ -127,15 +128,15 @@ def test_fewshot_profile_uses_completion_templates(seeds, tmp_path):
     breadth = [r for r in recs if r.lineage.operation == "breadth"]
     assert breadth and all(r.instruction == "How do cave divers plan their air supply?" for r in breadth)
     assert all(r.meta["evol"]["rare_topic"] == "cave diving" for r in breadth)
-    assert summary["eliminated"].get("copied_evolving_prompt", 0) >= 1  # the poem seed's ghazal
+    assert summary.details["eliminated"].get("copied_evolving_prompt", 0) >= 1  # the poem seed's ghazal
 
 
 def test_journal_from_other_settings_is_refused(seeds, tmp_path):
     out = tmp_path / "o.jsonl"
-    journal_path_for(out).write_text(json.dumps({"header": "something-else"}) + "\n")
+    SideFiles(out).journal.write_text(json.dumps({"header": "something-else"}) + "\n")
     with LoopbackServer(responder) as srv:
-        with pytest.raises(DataforgeError, match="different settings"):
-            run_evolve(seeds, out, _cfg(srv, rounds=1), progress=False)
+        with pytest.raises(DataforgeError, match="other settings"):
+            run_evolve(seeds, out, EvolveConfig(rounds=1), backend=_backend(srv), progress=False)
 
 
 def test_bad_config_is_a_clear_error():
@@ -190,8 +191,8 @@ def test_steer_file_aims_breadth_at_thin_topics(seeds, tmp_path):
     stats = tmp_path / "stats.json"
     write_json_atomic(stats, compute_stats(items))
     with LoopbackServer(responder) as srv:
-        run_evolve(seeds, tmp_path / "o.jsonl", _cfg(srv, rounds=1, ops=["breadth"], steer=str(stats),
-                                                     keep_failed=True), progress=False)
+        run_evolve(seeds, tmp_path / "o.jsonl", EvolveConfig(rounds=1, ops=["breadth"], steer=str(stats),
+                                                     keep_failed=True), backend=_backend(srv), progress=False)
         prompts = [b["messages"][-1]["content"] for b in srv.requests if "brand-new task" in json.dumps(b)]
     recs = list(read_records(tmp_path / "o.jsonl"))
     assert recs and all(r.topic == "astronomy" and r.task is None for r in recs)
@@ -212,10 +213,10 @@ def test_shards_together_equal_the_whole_run(seeds, tmp_path):
         return sorted(r.id for r in read_records(p))
 
     with LoopbackServer(responder) as srv:
-        run_evolve(seeds, tmp_path / "all.jsonl", _cfg(srv, rounds=3), progress=False)
+        run_evolve(seeds, tmp_path / "all.jsonl", EvolveConfig(rounds=3), backend=_backend(srv), progress=False)
         for i in (1, 2):
-            run_evolve(seeds, tmp_path / f"s{i}.jsonl", _cfg(srv, rounds=3, shard=f"{i}/2"),
-                       progress=False)
+            run_evolve(seeds, tmp_path / f"s{i}.jsonl", EvolveConfig(rounds=3, shard=f"{i}/2"),
+                       backend=_backend(srv), progress=False)
     s1, s2 = ids(tmp_path / "s1.jsonl"), ids(tmp_path / "s2.jsonl")
     assert s1 and s2 and not set(s1) & set(s2)
     assert sorted(s1 + s2) == ids(tmp_path / "all.jsonl")

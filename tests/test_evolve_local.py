@@ -26,8 +26,8 @@ def test_deepen_and_breadth_on_the_embedded_model(tmp_path):
     cfg = EvolveConfig(rounds=1, ops=["deepen", "breadth"], answer_max_tokens=24, keep_failed=True)
     summary = run_evolve(seeds, tmp_path / "out.jsonl", cfg, llm=llm, progress=False)
     recs = list(read_records(tmp_path / "out.jsonl"))
-    assert summary["rounds"]["1"]["evolved"] == 2 and len(recs) == 2
-    assert summary["speculative_discarded"] is None  # one request at a time: speculation stays off
+    assert summary.details["rounds"]["1"]["evolved"] == 2 and len(recs) == 2
+    assert summary.details["speculative_discarded"] is None  # one request at a time: speculation stays off
     parents = {r["instruction"] for r in SEEDS}
     for r in recs:
         assert r.lineage.template == f"evol_{r.lineage.operation}.fewshot"
@@ -35,4 +35,4 @@ def test_deepen_and_breadth_on_the_embedded_model(tmp_path):
         if r.status == "pending":  # a survivor is a new one-line instruction with an answer
             assert r.instruction not in parents and "\n" not in r.instruction and r.output
         else:
-            assert r.reasons and r.reasons[0] in summary["eliminated"]
+            assert r.reasons and r.reasons[0] in summary.details["eliminated"]

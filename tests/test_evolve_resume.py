@@ -14,7 +14,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 from evolve_script import SEEDS, responder  # noqa: E402
 
-from dataforge.generate.evolve import journal_path_for
+from dataforge.stage import SideFiles
 from dataforge.testing.loopback import LoopbackServer
 
 REPO = Path(__file__).resolve().parent.parent
@@ -55,7 +55,7 @@ def test_sigkill_mid_run_then_resume_equals_uninterrupted(tmp_path):
         full_summary = json.loads(full.stdout)
 
         # the same command, killed once a dozen steps are journaled (mid round 2 or 3)
-        journal = journal_path_for(out_b)
+        journal = SideFiles(out_b).journal
         proc = subprocess.Popen(_command(seeds, out_b, srv.base_url), cwd=REPO, env=_env(),
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.time() + 60
@@ -76,13 +76,14 @@ def test_sigkill_mid_run_then_resume_equals_uninterrupted(tmp_path):
         resumed = json.loads(again.stdout)
         resumed_requests = len(srv.requests) - requests_before
 
-    assert resumed["resumed_steps"] >= min(journaled, 12) > 0
+    assert resumed["resumed"] >= min(journaled, 12) > 0
     assert not journal.exists()
     a, b = _without_timestamps(out_a), _without_timestamps(out_b)
     assert a == b  # same records, same order
     ids = [r["id"] for r in b]
     assert len(ids) == len(set(ids))
-    for key in ("rounds", "operations", "eliminated", "output"):
-        assert resumed[key] == full_summary[key]
+    assert resumed["out"] == full_summary["out"]
+    for key in ("rounds", "operations", "eliminated"):
+        assert resumed["details"][key] == full_summary["details"][key]
     # finished work was not redone: fewer requests than the full run needed
     assert resumed_requests < full_summary["tokens"]["requests"]

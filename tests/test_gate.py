@@ -11,8 +11,9 @@ from conftest import EXAMPLES
 from dataforge.cli import main
 from dataforge.constraints import make_spec
 from dataforge.io import read_records, write_records
-from dataforge.quality.gate import FilterConfig, journal_path_for, run_filter
+from dataforge.quality.gate import FilterConfig, run_filter
 from dataforge.records import Record
+from dataforge.stage import SideFiles
 
 SEEDS = EXAMPLES / "seeds.jsonl"
 
@@ -57,9 +58,11 @@ def test_planted_problems_are_routed_with_reasons(tmp_path):
     out = tmp_path / "clean.jsonl"
     summary = run_filter(src, out, FilterConfig(no_llm=True), progress=False)
     n = len(seeds) + len(PLANTED) + 1
-    st = summary["status"]
-    assert summary["in"] == n and st["accepted"] + st["review"] + st["rejected"] == n
-    assert summary["bad_lines"] == 1 and (tmp_path / "clean.jsonl.rejects.jsonl").exists()
+    st = summary.out
+    assert summary.records_in == n and st["accepted"] + st["review"] + st["rejected"] == n
+    assert summary.bad_lines == 1 and (tmp_path / "clean.jsonl.bad-lines.jsonl").exists()
+    assert summary.files == {"output": str(out), "review": f"{out}.review.jsonl", "rejected": f"{out}.rejected.jsonl",
+                             "bad_lines": f"{out}.bad-lines.jsonl"}
     rejected = _by_instruction(f"{out}.rejected.jsonl")
     review = _by_instruction(f"{out}.review.jsonl")
     accepted = _by_instruction(out)
@@ -72,14 +75,14 @@ def test_planted_problems_are_routed_with_reasons(tmp_path):
     assert review[PLANTED["health"].instruction].reasons == ["high_stakes:health"]
     # the upper-cased copy of a seed is a duplicate of the (better or earlier) kept one
     dups = [r for r in rejected.values() if any(x.startswith("duplicate_of:") for x in r.reasons)]
-    assert len(dups) == 1 and summary["dedup"]["exact"] == 1
+    assert len(dups) == 1 and summary.details["dedup"]["exact"] == 1
     kept_id = dups[0].reasons[-1].split(":", 1)[1]
     assert kept_id in {r.id for r in [*accepted.values(), *review.values()]}
     # every record carries its scores; accepted seeds passed the embedding checks
     for r in accepted.values():
         assert r.status == "accepted" and {"structure", "format", "truncation", "complexity"} <= set(r.scores)
-    assert summary["reasons"]["high_stakes"] == 1
-    assert not journal_path_for(out).exists()
+    assert summary.details["reasons"]["high_stakes"] == 1
+    assert not SideFiles(out).journal.exists()
 
 
 def test_single_file_keeps_everything_with_status(tmp_path):
@@ -87,7 +90,7 @@ def test_single_file_keeps_everything_with_status(tmp_path):
     out = tmp_path / "all.jsonl"
     summary = run_filter(src, out, FilterConfig(no_llm=True, single_file=True, dedup=False), progress=False)
     recs = list(read_records(out))
-    assert len(recs) == summary["in"] == len(seeds) + len(PLANTED) + 1
+    assert len(recs) == summary.records_in == len(seeds) + len(PLANTED) + 1
     assert {r.status for r in recs} == {"accepted", "review", "rejected"}
     assert not (tmp_path / "all.jsonl.review.jsonl").exists()
 
@@ -127,18 +130,18 @@ def test_interrupted_run_resumes_to_the_same_result(tmp_path):
         llm = make_llm(BackendConfig(backend="openai", base_url=srv.base_url, model="test", no_cache=True))
         with pytest.raises(KeyboardInterrupt):
             run_filter(src, out, cfg, llm=llm, progress=False)
-        journal = journal_path_for(out)
-        done = len(journal.read_text(encoding="utf-8").splitlines())
-        assert 0 < done < expected["in"] and not out.exists()
+        journal = SideFiles(out).journal
+        done = len(journal.read_text(encoding="utf-8").splitlines()) - 1  # the header line fingerprints the run
+        assert 0 < done < expected.records_in and not out.exists()
         with open(journal, "a", encoding="utf-8") as fh:
             fh.write('{"i": 999, "record": {"instruction": "half a li')  # a kill mid-write
         before = len(srv.requests)
         summary = run_filter(src, out, cfg, llm=llm, progress=False)
         again = len(srv.requests) - before
-    assert summary["resumed"] == done
+    assert summary.resumed == done
     assert again < full_requests  # finished records were not judged again
     assert [(r.id, r.status, r.reasons, r.output) for r in read_records(out)] == want
-    assert summary["status"] == expected["status"] and not journal.exists()
+    assert summary.out == expected.out and not journal.exists()
 
 
 def test_shards_partition_the_input(tmp_path):
@@ -149,7 +152,7 @@ def test_shards_partition_the_input(tmp_path):
         out = tmp_path / f"s{i}.jsonl"
         s = run_filter(src, out, FilterConfig(no_llm=True, single_file=True, dedup=False, shard=f"{i}/2"),
                        progress=False)
-        totals.append(s["in"])
+        totals.append(s.records_in)
         ids |= {r.id for r in read_records(out)}
     assert sum(totals) == len(ids) == len(list(read_records(src))) and min(totals) > 0
 
@@ -161,7 +164,7 @@ def test_embedded_small_model_falls_back_to_embedding_judges(tmp_path):
     src = tmp_path / "in.jsonl"
     write_records(src, list(read_records(SEEDS))[:5])
     summary = run_filter(src, tmp_path / "o.jsonl", FilterConfig(), llm=llm, progress=False)
-    assert summary["judges"] == "embedding" and "refine" not in summary
+    assert summary.details["judges"] == "embedding" and "refine" not in summary.details
 
 
 def test_cli_filter(tmp_path, capsys):
@@ -171,7 +174,7 @@ def test_cli_filter(tmp_path, capsys):
         main(["filter", str(src), "-o", str(out), "--no-llm", "--no-dedup"])
     assert ex.value.code in (0, None)
     captured = capsys.readouterr()
-    assert "status.accepted" in captured.out and "records in" in captured.err
+    assert "out.accepted" in captured.out and "records in" in captured.err
     assert out.exists() and (tmp_path / "cli.jsonl.review.jsonl").exists()
     with pytest.raises(SystemExit) as ex:
         main(["filter", str(src), "-o", str(out), "--judges", "maybe"])
@@ -194,7 +197,7 @@ def test_records_rejected_upstream_pass_through_untouched(tmp_path):
     out = tmp_path / "all.jsonl"
     summary = run_filter(src, out, FilterConfig(no_llm=True, single_file=True, dedup=False), progress=False)
     by_id = {r.id: r for r in read_records(out)}
-    assert summary["in"] == 6 and len(by_id) == 6
+    assert summary.records_in == 6 and len(by_id) == 6
     assert by_id["failed-evolution"].status == "rejected"
     assert by_id["failed-evolution"].reasons == ["elimination:sorry_short"]
     assert any(r.status == "accepted" for r in by_id.values())  # the others were judged as usual

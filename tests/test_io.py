@@ -12,7 +12,7 @@ import pytest
 from conftest import EXAMPLES, TEST_DATA, needs_shared
 from dataforge.errors import DataforgeError
 from dataforge.io import (Journal, ReadStats, RecordWriter, RejectSink, count_items, detect_format, read_records,
-                          rejects_path_for, repair_tail, write_json_atomic, write_records)
+                          repair_tail, write_json_atomic, write_records)
 from dataforge.records import Record
 
 SEEDS = EXAMPLES / "seeds.jsonl"
@@ -184,7 +184,7 @@ def test_seed_records_carry_task_metadata():
 
 def test_bad_lines_go_to_rejects_with_line_numbers(tmp_path):
     src = TEST_DATA / "mixed_bad.jsonl"
-    rej = rejects_path_for(tmp_path / "out.jsonl")
+    rej = tmp_path / "out.jsonl.bad-lines.jsonl"
     stats = ReadStats()
     with RejectSink(rej) as sink:
         good = list(read_records(src, rejects=sink, stats=stats))

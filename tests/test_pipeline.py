@@ -50,7 +50,7 @@ def test_run_writes_outputs_and_a_complete_manifest(tmp_path, monkeypatch):
         assert e["status"] == "done" and e["seconds"] >= 0 and e["output_hash"]
         assert e["counts"]["in"] == n_seed_records
         # every input record is accounted for: written, or left out with a counted reason
-        assert e["counts"]["out"] + sum(e["summary"]["left_out"].values()) == e["counts"]["in"]
+        assert e["counts"]["out"] + sum(e["summary"]["details"]["left_out"].values()) == e["counts"]["in"]
         assert (run_dir / name / "records.jsonl").is_file()
     assert m["config_hash"] and m["environment"]["versions"]["python"]
     assert m["environment"]["versions"]["dataforge"]
@@ -156,8 +156,9 @@ def test_a_changed_side_input_file_redoes_the_stage(tmp_path, monkeypatch):
     """A config option naming a file the stage reads (evolve's steer stats, the gate's reference set):
     its content is part of the stage key, not just its name."""
     import dataforge.pipeline.engine as engine_mod
+    from dataforge.curate.export import ExportStage
 
-    monkeypatch.setattr(engine_mod, "_SIDE_INPUTS", ("path",))  # export's `path` stands in for such an option
+    monkeypatch.setattr(ExportStage, "side_inputs", ("path",))  # export's `path` stands in for such an option
     side = tmp_path / "stats.json"
     side.write_text('{"a": 1}')
     eng = engine_mod.Engine(load_pipeline(_job(tmp_path)), RunOptions(run_dir=tmp_path / "run", progress=False))

@@ -80,7 +80,7 @@ def test_sigkill_mid_stage_then_rerun_equals_uninterrupted(tmp_path):
     m = json.loads((tmp_path / "killed" / "manifest.json").read_text())
     assert all(m["stages"][s]["status"] == "done" for s in STAGES)
     evolve, export = m["stages"]["evolve"], m["stages"]["export"]
-    assert evolve["summary"]["resumed_steps"] > 0  # the re-run picked up the killed run's journal
+    assert evolve["summary"]["resumed"] > 0  # the re-run picked up the killed run's journal
     # every seed record is accounted for: records descending from it are in the evolve output, each
     # with a status (and a reason where rejected)
     out = list(read_records(tmp_path / "killed" / "evolve" / "records.jsonl"))
@@ -92,8 +92,8 @@ def test_sigkill_mid_stage_then_rerun_equals_uninterrupted(tmp_path):
     assert evolve["counts"]["out"] == len(out) == sum(evolve["counts"]["by_status"].values())
     # export: written + left out (by counted reason) = what came in
     assert export["counts"]["in"] == evolve["counts"]["out"]
-    assert export["counts"]["out"] + sum(export["summary"]["left_out"].values()) == export["counts"]["in"]
-    assert export["summary"]["left_out"].get("status:rejected") == evolve["counts"]["by_status"]["rejected"]
+    assert export["counts"]["out"] + sum(export["summary"]["details"]["left_out"].values()) == export["counts"]["in"]
+    assert export["summary"]["details"]["left_out"].get("status:rejected") == evolve["counts"]["by_status"]["rejected"]
     assert m["totals"]["tokens"]["requests"] > 0
     # what shaped the output is on record: backend and model, template hashes, versions
     assert m["backend"]["model"] == "test" and m["backend"]["base_url"].startswith("http://127.0.0.1")

@@ -59,7 +59,7 @@ def test_ray_fan_out_uses_both_endpoints_and_equals_a_plain_run(tmp_path, ray_lo
         assert ray_info["batches"] >= 3 and len(ray_info["batches_per_endpoint"]) == 2
         # accounting: the usage of every batch is summed into the manifest
         assert entry["tokens"]["requests"] == n_a + n_b
-        assert entry["tokens"]["completion_tokens"] > 0
+        assert entry["tokens"]["completion"] > 0
         assert load_jsonl(tmp_path / "ray" / "evolve" / "records.jsonl") == \
             load_jsonl(tmp_path / "plain" / "evolve" / "records.jsonl")
 

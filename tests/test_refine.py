@@ -6,10 +6,13 @@ from __future__ import annotations
 import json
 import re
 
+import pytest
+
 from dataforge.io import read_records, write_records
 from dataforge.llm import BackendConfig, make_llm
 from dataforge.quality.gate import FilterConfig, run_filter
 from dataforge.records import Record
+from dataforge.stage import RequestsFailed
 from dataforge.testing.loopback import Fault, LoopbackServer, last_user_message
 
 COLOURS_Q = "Name the three primary colours of light. Answer in at most 10 words."
@@ -51,9 +54,9 @@ def test_refined_response_replaces_draft_and_history_is_kept(tmp_path):
         summary = run_filter(src, out, FilterConfig(judges="on", refine_rounds=2, dedup=False, no_reference=True),
                              llm=llm, progress=False)
         prompts = [last_user_message(b) for b in srv.requests]
-    assert summary["status"] == {"accepted": 2, "review": 0, "rejected": 0}
-    assert summary["refine"]["attempted"] == 1 and summary["refine"]["fixed"] == 1
-    assert summary["judges"] == "model"
+    assert summary.out == {"accepted": 2}
+    assert summary.details["refine"]["attempted"] == 1 and summary.details["refine"]["fixed"] == 1
+    assert summary.details["judges"] == "model"
     recs = {r.instruction: r for r in read_records(out)}
     fixed = recs[COLOURS_Q]
     assert fixed.output == FIXED                       # the draft was replaced
@@ -85,7 +88,7 @@ def test_unfixable_record_goes_to_review_after_all_rounds(tmp_path):
         llm = make_llm(BackendConfig(backend="openai", base_url=srv.base_url, model="test", no_cache=True))
         summary = run_filter(src, out, FilterConfig(judges="on", refine_rounds=2, dedup=False, no_reference=True),
                              llm=llm, progress=False)
-    assert summary["status"] == {"accepted": 1, "review": 1, "rejected": 0}
+    assert summary.out == {"accepted": 1, "review": 1}
     (rev,) = read_records(f"{out}.review.jsonl")
     assert [h["kind"] for h in rev.lineage.history] == ["draft", "critique", "draft", "critique", "final"]
     assert any(x.startswith("alignment") for x in rev.reasons) and any(x.startswith("format") for x in rev.reasons)
@@ -97,11 +100,11 @@ def test_failing_model_does_not_lose_records(tmp_path):
     with LoopbackServer(lambda body: Fault("500")) as srv:
         llm = make_llm(BackendConfig(backend="openai", base_url=srv.base_url, model="test", no_cache=True,
                                      max_retries=0))
-        summary = run_filter(src, out, FilterConfig(judges="on", refine_rounds=1, dedup=False, no_reference=True),
-                             llm=llm, progress=False)
-    assert summary["status"] == {"accepted": 0, "review": 2, "rejected": 0}  # unjudged is never a pass
-    assert summary["judge_errors"] > 0
-    recs = {r.output == BAD_DRAFT: r for r in read_records(f"{out}.review.jsonl")}
+        # every request failed and nothing was accepted: the run is refused (exit 2) ...
+        with pytest.raises(RequestsFailed, match="model requests failed and nothing was produced"):
+            run_filter(src, out, FilterConfig(judges="on", refine_rounds=1, dedup=False, no_reference=True),
+                       llm=llm, progress=False)
+    recs = {r.output == BAD_DRAFT: r for r in read_records(f"{out}.review.jsonl")}  # ... and nothing is lost
     # the format check needs no model: the over-long draft is still caught
     assert any(x.startswith("format") for x in recs[True].reasons)
     for r in recs.values():

@@ -149,8 +149,8 @@ def test_loopback_end_to_end(tmp_path, profile):
         summary = _run(srv, out, _cfg(), profile)
         kinds = {("messages" in b) for b in srv.requests}
     assert kinds == {profile == "chat"}
-    assert summary["new_tasks"] == 12 and summary["stopped"] == "reached target"
-    rej = summary["rejected_by_reason"]
+    assert summary.details["new_tasks"] == 12 and summary.details["stopped"] == "reached target"
+    rej = summary.details["rejected_by_reason"]
     # every planted bad candidate is caught by its own rule
     for reason in ("blacklisted_keyword", "write_a_program", "too_short", "too_similar"):
         assert rej.get(reason, 0) > 0, (reason, rej)
@@ -164,18 +164,19 @@ def test_loopback_end_to_end(tmp_path, profile):
         assert r.output and r.input != r.output
         assert r.task == ("classification" if r.meta["is_classification"] else "generation")
         assert max(rouge_l(r.instruction, s) for s in seeds) <= 0.7
-    assert len(tasks) == summary["tasks_written"] <= 12
+    assert len(tasks) == summary.details["tasks_written"] <= 12
     # classification tasks were asked output-first and got two differently-labelled instances
     cls = [r for r in recs if r.meta["is_classification"]]
     assert all(r.instruction.startswith("Classify") for r in cls)
     assert {r.output for r in cls} <= {"Positive", "Negative"}
     # instance post-filters dropped the planted empty output
-    assert summary["instances"]["dropped_by_reason"].get("empty_output", 0) > 0
+    assert summary.details["instances"]["dropped_by_reason"].get("empty_output", 0) > 0
     texts = list(tasks.values())
     for i, a in enumerate(texts):  # the sequential novelty rule holds inside the pool too
         for b in texts[:i]:
             assert rouge_l(a.instruction, b.instruction) <= 0.7
     assert not (tmp_path / "pool.jsonl.partial.jsonl").exists()
+    assert summary.out == {"pending": len(recs)} and summary.records_in == len(list(read_records(SEEDS)))
 
 
 def test_alpaca_variant(tmp_path):
@@ -183,11 +184,11 @@ def test_alpaca_variant(tmp_path):
     with LoopbackServer(responder) as srv:
         summary = _run(srv, out, _cfg(variant="alpaca", num_instructions=15, requests_per_batch=1))
     recs = list(read_records(out))
-    assert summary["new_tasks"] == 15 == len(recs)
+    assert summary.details["new_tasks"] == 15 == len(recs)
     assert all(r.output.startswith("An answer to:") and r.lineage.operation == "alpaca" and r.input == ""
                for r in recs)
     assert all(len(r.lineage.parents) == 3 for r in recs)
-    assert summary["rejected_by_reason"]["empty_output"] >= 1
+    assert summary.details["rejected_by_reason"]["empty_output"] >= 1
 
 
 class _Interrupt(Exception):
@@ -227,7 +228,8 @@ def test_resume_after_interruption_equals_uninterrupted(tmp_path):
         summary = _run(srv, part, cfg)
         asked_on_resume = len(srv.requests) - before
     kinds = {e["kind"] for e in entries}
-    assert "batch" in kinds and summary["resumed"]["batches"] == sum(e["kind"] == "batch" for e in entries)
+    assert "batch" in kinds and summary.details["resumed_by_kind"]["batches"] == sum(e["kind"] == "batch" for e in entries)
+    assert summary.resumed == len(entries)
     strip = lambda p: [(r.id, r.instruction, r.input, r.output, r.meta["task_id"], r.lineage.parents)  # noqa: E731
                        for r in read_records(p)]
     got = strip(part)
@@ -242,7 +244,7 @@ def test_bad_config_and_journal_mismatch(tmp_path):
     out = tmp_path / "o.jsonl"
     (tmp_path / "o.jsonl.partial.jsonl").write_text(json.dumps({"header": "someone-else"}) + "\n")
     with LoopbackServer(responder) as srv:
-        with pytest.raises(Exception, match="different settings"):
+        with pytest.raises(Exception, match="other settings"):
             _run(srv, out, _cfg())
 
 
@@ -256,12 +258,12 @@ def test_embedded_smollm2_on_real_seeds(tmp_path, shared_data):
     seeds = shared_data / "self_instruct_seed_tasks.jsonl"
     out = tmp_path / "smol.jsonl"
     cfg = SelfInstructConfig(num_instructions=1, requests_per_batch=1, max_tokens=48, instance_max_tokens=32,
-                             max_requests=2, instance_examples=1, cls_examples=4, temperature=0.9, top_p=0.95,
-                             backend=BackendConfig(backend="local", no_cache=True, n_threads=1))
-    summary = run_self_instruct(seeds, out, cfg, progress=False)
-    assert summary["model"].startswith("local:") and summary["profile"] == "fewshot"
-    assert summary["seed_tasks"] == 175 and summary["candidates"] > 0
-    assert summary["new_tasks"] >= 1, summary
+                             max_requests=2, instance_examples=1, cls_examples=4, temperature=0.9, top_p=0.95)
+    summary = run_self_instruct(seeds, out, cfg, backend=BackendConfig(backend="local", no_cache=True, n_threads=1),
+                                progress=False)
+    assert summary.model.startswith("local:") and summary.profile == "fewshot"
+    assert summary.details["seed_tasks"] == 175 and summary.details["candidates"] > 0
+    assert summary.details["new_tasks"] >= 1, summary
     seed_texts = [r.instruction for r in read_records(seeds)]
     new = [r for r in read_records(out)] if out.exists() else []
     for r in new:
@@ -280,9 +282,9 @@ def test_cli_command_writes_pool_and_json_summary(tmp_path):
                                        "-k", "2", "--base-url", srv.base_url, "--model", "test", "--no-cache",
                                        "--blacklist", "neighbourhood", "--json"])
     assert res.exit_code == 0, res.output
-    summary = json.loads(res.output[res.output.index("{"):])
-    assert summary["new_tasks"] == 6 and summary["records_written"] == len(list(read_records(out)))
-    assert "blacklisted_keyword" in summary["rejected_by_reason"]  # the custom list caught 'neighbourhood'
+    summary = json.loads(res.stdout)
+    assert summary["details"]["new_tasks"] == 6 and summary["out"]["pending"] == len(list(read_records(out)))
+    assert "blacklisted_keyword" in summary["details"]["rejected_by_reason"]  # the custom list caught 'neighbourhood'
     bad = CliRunner().invoke(app, ["self-instruct", str(SEEDS), "-o", str(out), "--variant", "nope"])
     assert bad.exit_code != 0
 
@@ -294,8 +296,9 @@ def test_keep_rejected_and_include_seeds(tmp_path):
     recs = list(read_records(out))
     seeds = [r for r in recs if r.lineage.generator == "seed"]
     rejected = [r for r in recs if r.status == "rejected"]
-    assert len(seeds) == summary["seed_records_written"] == len(list(read_records(SEEDS)))
-    assert len(rejected) == summary["rejected_written"] == sum(summary["rejected_by_reason"].values())
+    assert len(seeds) == len(list(read_records(SEEDS)))
+    assert len(rejected) == summary.out["rejected"] == sum(summary.details["rejected_by_reason"].values())
+    assert summary.out["pending"] == len(recs) - len(rejected)
     similar = [r for r in rejected if r.reasons == ["too_similar"]]
     assert similar and all(r.meta["rouge_l"] > 0.7 and r.meta["detail"] for r in similar)
     assert {r.reasons[0] for r in rejected} >= {"blacklisted_keyword", "write_a_program", "too_short"}

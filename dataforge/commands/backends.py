@@ -7,20 +7,13 @@ from typing import Annotated
 
 import typer
 
-from ._common import (BackendOpt, BaseUrlOpt, LocalModelOpt, ModelOpt, ProfileOpt, ThreadsOpt, TimeoutOpt,
-                      backend_config_from_options)
+from ._options import backend_config, config_command
 
 
 def backends(
     probe: Annotated[bool, typer.Option("--probe/--no-probe", help="Time a short generation (tokens/s).")] = True,
     probe_tokens: Annotated[int, typer.Option("--probe-tokens", min=1, help="Tokens to generate in the probe.")] = 32,
-    backend: BackendOpt = None,
-    base_url: BaseUrlOpt = None,
-    model: ModelOpt = None,
-    local_model: LocalModelOpt = None,
-    timeout: TimeoutOpt = None,
-    profile: ProfileOpt = None,
-    threads: ThreadsOpt = None,
+    *, backend: dict,
 ) -> None:
     """Show the configured backend (and the embedded default), check it answers, probe its speed."""
     from rich.console import Console
@@ -29,8 +22,7 @@ def backends(
 
     from ..llm.probe import probe_backends
 
-    cfg = backend_config_from_options(backend=backend, base_url=base_url, model=model, local_model=local_model,
-                                      timeout=timeout, profile=profile, threads=threads, no_cache=True)
+    cfg = backend_config({**backend, "no_cache": True})
     rows = probe_backends(cfg, probe=probe, probe_tokens=probe_tokens)
     table = Table(title="backends", title_justify="left", expand=False)
     for col in ("backend", "status", "model (profile)", "tok/s"):
@@ -50,4 +42,4 @@ def backends(
 
 
 def register(app: typer.Typer) -> None:
-    app.command("backends")(backends)
+    config_command(app, "backends", None, backend=True)(backends)

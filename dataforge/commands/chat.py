@@ -8,8 +8,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from ._common import (BackendOpt, BaseUrlOpt, CacheOpt, ConcurrencyOpt, LocalModelOpt, MaxRetriesOpt, ModelOpt,
-                      NoCacheOpt, ProfileOpt, ThreadsOpt, TimeoutOpt, backend_config_from_options, print_summary)
+from ._common import print_summary
+from ._options import backend_config, config_command
 
 
 def chat(
@@ -20,26 +20,13 @@ def chat(
     temperature: Annotated[float, typer.Option("--temperature", min=0.0, help="Sampling temperature.")] = 0.7,
     seed: Annotated[Optional[int], typer.Option("--seed", help="Sampling seed (part of the cache key).")] = None,
     n: Annotated[int, typer.Option("-n", min=1, help="Number of samples.")] = 1,
-    backend: BackendOpt = None,
-    base_url: BaseUrlOpt = None,
-    model: ModelOpt = None,
-    local_model: LocalModelOpt = None,
-    concurrency: ConcurrencyOpt = None,
-    timeout: TimeoutOpt = None,
-    max_retries: MaxRetriesOpt = None,
-    cache: CacheOpt = None,
-    no_cache: NoCacheOpt = False,
-    profile: ProfileOpt = None,
-    threads: ThreadsOpt = None,
+    *, backend: dict,
 ) -> None:
     """Send one prompt to the configured backend; print the reply and the token usage."""
     from ..llm import GenParams, LLMError, make_llm, run_sync
     from ..errors import DataforgeError
 
-    cfg = backend_config_from_options(backend=backend, base_url=base_url, model=model, local_model=local_model,
-                                      concurrency=concurrency, timeout=timeout, max_retries=max_retries, cache=cache,
-                                      no_cache=no_cache, profile=profile, threads=threads)
-    llm = make_llm(cfg)
+    llm = make_llm(backend_config(backend))
     params = GenParams(temperature=temperature, max_tokens=max_tokens, seed=seed, n=n)
 
     async def ask():
@@ -73,4 +60,4 @@ def chat(
 
 
 def register(app: typer.Typer) -> None:
-    app.command("chat")(chat)
+    config_command(app, "chat", None, backend=True)(chat)

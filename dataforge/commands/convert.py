@@ -1,6 +1,6 @@
 """`dataforge convert`: any supported input format to Record / Alpaca / chat JSONL or Parquet, streaming.
 
-Bad input items never stop the run and never vanish: they go to ``<OUT>.rejects.jsonl`` and are counted
+Bad input items never stop the run and never vanish: they go to ``<OUT>.bad-lines.jsonl`` and are counted
 by reason in the closing summary (``--strict`` stops at the first one instead, naming file and line).
 """
 
@@ -8,27 +8,27 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Annotated, Any, Optional
 
 import typer
-from pydantic import BaseModel, Field
+from pydantic import Field
 
 from ..errors import DataforgeError
-from ..io import IN_FORMATS, OUT_FORMATS, ReadStats, RecordWriter, RejectSink, count_items, read_records, \
-    rejects_path_for
+from ..io import OUT_FORMATS, ReadStats, RecordWriter, RejectSink, count_items, read_records
 from ..progress import progress_bar
-from ._common import FormatOpt, ShardOpt, StrictOpt, ToOpt
 from ..shard import parse_shard, select
+from ..stage import Cli, InputConfig, SideFiles
+from ..stage.config import IO_PANEL, OutFormat
+from ._common import emit_summary
+from ._options import config_command
 
 
-class ConvertConfig(BaseModel):
-    """Options of `dataforge convert` (also usable as a pipeline step)."""
+class ConvertConfig(InputConfig):
+    """Options of `dataforge convert`."""
 
-    format: str = Field("auto", description=f"input format: {'|'.join(IN_FORMATS)}")
-    to: Optional[str] = Field(None, description=f"output format: {'|'.join(OUT_FORMATS)}; "
-                                                 "default parquet for a .parquet output, else record")
-    strict: bool = Field(False, description="stop at the first bad input item with an error naming file:line")
-    shard: Optional[str] = Field(None, description="keep only shard i/n of the records (by record id)")
+    to: Annotated[Optional[OutFormat], Cli("--to", "--out-format", panel=IO_PANEL,
+                                           default_text="parquet for a *.parquet OUT, else record")] = Field(
+        None, description="output format")
 
 
 def output_format_for(output_path: str | Path, to: str | None) -> str:
@@ -41,13 +41,13 @@ def output_format_for(output_path: str | Path, to: str | None) -> str:
 
 
 def run_convert(input_path: str | Path, output_path: str | Path, cfg: ConvertConfig | None = None, *,
-                llm: Any = None, progress: bool = True) -> dict[str, Any]:
+                progress: bool = True) -> dict[str, Any]:
     """Stream `input_path` into `output_path` (atomic) and return a JSON-able summary."""
     cfg = cfg or ConvertConfig()
     out_fmt = output_format_for(output_path, cfg.to)
     shard = parse_shard(cfg.shard)
     stats = ReadStats()
-    rejects_path = rejects_path_for(output_path)
+    rejects_path = SideFiles(output_path).bad_lines
     started = time.perf_counter()
     with RejectSink(rejects_path) as sink, RecordWriter(output_path, out_fmt) as writer, \
             progress_bar("convert", total=count_items(input_path) if progress else None, unit="item") as bar:
@@ -77,28 +77,17 @@ def run_convert(input_path: str | Path, output_path: str | Path, cfg: ConvertCon
     }
 
 
-def print_summary(title: str, summary: dict[str, Any], as_json: bool = False) -> None:
-    """The closing summary (kept for `validate`, which shares it)."""
-    from ._common import emit_summary
-
-    emit_summary(summary, title, as_json)
-
-
 def register(app: typer.Typer) -> None:
-    @app.command("convert")
+    @config_command(app, "convert", ConvertConfig)
     def convert(
         input_path: Path = typer.Argument(..., metavar="IN", help="Input file or saved HF dataset folder."),
         output: Path = typer.Option(..., "-o", "--output", help="Output file (written atomically)."),
-        fmt: FormatOpt = "auto",
-        to: ToOpt = None,
-        strict: StrictOpt = False,
-        shard: ShardOpt = None,
         as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+        *, cfg: ConvertConfig,
     ) -> None:
         """Convert between formats: Record/Self-Instruct/Alpaca/chat JSONL, JSON arrays, Parquet, HF dirs.
 
-        The output format defaults to parquet for a *.parquet OUT, else Record JSONL. Bad items go to OUT.rejects.jsonl (file, line, raw text, reason) and are counted in the closing summary.
+        The output format defaults to parquet for a *.parquet OUT, else Record JSONL. Bad items go to
+        OUT.bad-lines.jsonl (file, line, raw text, reason) and are counted in the closing summary.
         """
-        cfg = ConvertConfig(format=fmt, to=to, strict=strict, shard=shard)
-        summary = run_convert(input_path, output, cfg)
-        print_summary("convert", summary, as_json)
+        emit_summary(run_convert(input_path, output, cfg), "convert", as_json)

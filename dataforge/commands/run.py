@@ -7,8 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from ._common import (BackendOpt, BaseUrlOpt, CacheOpt, ConcurrencyOpt, LocalModelOpt, ModelOpt, NoCacheOpt,
-                      ProfileOpt, ThreadsOpt)
+from ._options import config_command
 
 
 def run(
@@ -25,15 +24,7 @@ def run(
     from_stage: Annotated[Optional[str], typer.Option("--from", help="Redo this stage and everything after it, "
                                                       "even if done.")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Validate and show what would run; run nothing.")] = False,
-    backend: BackendOpt = None,
-    base_url: BaseUrlOpt = None,
-    model: ModelOpt = None,
-    local_model: LocalModelOpt = None,
-    concurrency: ConcurrencyOpt = None,
-    cache: CacheOpt = None,
-    no_cache: NoCacheOpt = False,
-    profile: ProfileOpt = None,
-    threads: ThreadsOpt = None,
+    *, backend: dict,
 ) -> None:
     """Run a pipeline YAML: every stage's output in its own folder under the run directory, a manifest
     after every stage; a re-run skips what is done and redoes only what changed."""
@@ -41,12 +32,8 @@ def run(
     from ..shard import parse_shard
 
     spec = load_pipeline(pipeline)
-    overrides = {"backend": backend, "base_url": base_url, "model": model, "local_model": local_model,
-                 "concurrency": concurrency, "cache_path": cache, "no_cache": no_cache or None,
-                 "profile": profile, "n_threads": threads}
     opts = RunOptions(run_dir=run_dir, shard=parse_shard(shard), ray_address=ray, from_stage=from_stage,
-                      dry_run=dry_run, backend_overrides=overrides,
-                      input=input)
+                      dry_run=dry_run, backend_overrides=backend, input=input)
     result = run_pipeline(spec, opts)
     _print_result(result, dry_run)
 
@@ -66,7 +53,7 @@ def _print_result(result: dict, dry_run: bool) -> None:
     for name, action in result["plan"]:
         e = stages.get(name, {})
         c = e.get("counts", {})
-        t = (e.get("tokens") or {}).get("total_tokens", "")
+        t = (e.get("tokens") or {}).get("total", "")
         table.add_row(name, action, str(c.get("in", "")), str(c.get("out", "")), str(e.get("seconds", "")), str(t))
     Console().print(table)
     if not dry_run:
@@ -74,4 +61,4 @@ def _print_result(result: dict, dry_run: bool) -> None:
 
 
 def register(app: typer.Typer) -> None:
-    app.command("run")(run)
+    config_command(app, "run", None, backend=True)(run)

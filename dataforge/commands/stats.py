@@ -14,22 +14,20 @@ from pathlib import Path
 from typing import Any
 
 import typer
-from pydantic import BaseModel, Field
 
-from ..io import IN_FORMATS, ReadStats, RejectSink, count_items, read_records
+from ..io import ReadStats, RejectSink, count_items, read_records
 from ..progress import progress_bar
-from ._common import FormatOpt, StrictOpt
+from ..shard import select
+from ..stage import InputConfig
+from ._options import config_command
 
 TEXT_FIELDS = ("instruction", "input", "output")
 PERCENTILES = (10, 25, 50, 75, 90, 99)
 NONE_LABEL = "(none)"
 
 
-class StatsConfig(BaseModel):
-    """Options of `dataforge stats`."""
-
-    format: str = Field("auto", description=f"input format: {'|'.join(IN_FORMATS)}")
-    strict: bool = Field(False, description="stop at the first bad input item with an error naming file:line")
+class StatsConfig(InputConfig):
+    """Options of `dataforge stats`: the input options every reader shares."""
 
 
 def length_summary(lengths: array) -> dict[str, float]:
@@ -54,7 +52,8 @@ def compute_stats(input_path: str | Path, cfg: StatsConfig | None = None, *, pro
     empty = Counter()
     with progress_bar("stats", total=count_items(input_path) if progress else None, unit="item") as bar:
         seen = 0
-        for r in read_records(input_path, cfg.format, rejects=RejectSink(None), strict=cfg.strict, stats=read):
+        for r in select(read_records(input_path, cfg.format, rejects=RejectSink(None), strict=cfg.strict, stats=read),
+                        cfg.shard):
             counters["status"][r.status] += 1
             counters["task"][r.task or NONE_LABEL] += 1
             counters["source"][str(r.meta.get("source") or NONE_LABEL)] += 1
@@ -123,16 +122,15 @@ def print_stats(s: dict[str, Any], top: int = 15) -> None:
 
 
 def register(app: typer.Typer) -> None:
-    @app.command("stats")
+    @config_command(app, "stats", StatsConfig)
     def stats(
         input_path: Path = typer.Argument(..., metavar="IN", help="Input file or saved HF dataset folder."),
-        fmt: FormatOpt = "auto",
-        strict: StrictOpt = False,
         as_json: bool = typer.Option(False, "--json", help="Print machine-readable JSON instead of tables."),
         top: int = typer.Option(15, "--top", min=1, help="Rows per count table (the rest are summed)."),
+        *, cfg: StatsConfig,
     ) -> None:
         """Counts by status, task, meta.source and generator; length percentiles of instruction/input/output."""
-        summary = compute_stats(input_path, StatsConfig(format=fmt, strict=strict))
+        summary = compute_stats(input_path, cfg)
         if as_json:
             typer.echo(json.dumps(summary, ensure_ascii=False, indent=2))
         else:

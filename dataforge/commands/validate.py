@@ -14,8 +14,10 @@ import typer
 
 from ..io import ReadStats, RejectSink, count_items, read_records
 from ..progress import progress_bar
-from ._common import FormatOpt, StrictOpt
-from .convert import print_summary
+from ..shard import select
+from ..stage import InputConfig
+from ._common import emit_summary
+from ._options import config_command
 
 
 class _ListingSink(RejectSink):
@@ -32,16 +34,16 @@ class _ListingSink(RejectSink):
             self.shown.append((file, line, reason))
 
 
-def run_validate(input_path: str | Path, fmt: str = "auto", *, strict: bool = False,
-                 rejects_path: str | Path | None = None, show: int = 20,
-                 progress: bool = True) -> tuple[dict[str, Any], list[tuple[str, int, str]]]:
+def run_validate(input_path: str | Path, cfg: InputConfig | None = None, *, rejects_path: str | Path | None = None,
+                 show: int = 20, progress: bool = True) -> tuple[dict[str, Any], list[tuple[str, int, str]]]:
     """Read all of `input_path`; return the summary and the first `show` bad items (file, line, reason)."""
+    cfg = cfg or InputConfig()
     stats = ReadStats()
     started = time.perf_counter()
     with _ListingSink(Path(rejects_path) if rejects_path else None, show) as sink, \
             progress_bar("validate", total=count_items(input_path) if progress else None, unit="item") as bar:
         seen = 0
-        for _ in read_records(input_path, fmt, rejects=sink, strict=strict, stats=stats):
+        for _ in select(read_records(input_path, cfg.format, rejects=sink, strict=cfg.strict, stats=stats), cfg.shard):
             if progress and stats.items != seen:
                 bar.advance(stats.items - seen)
                 seen = stats.items
@@ -61,23 +63,22 @@ def run_validate(input_path: str | Path, fmt: str = "auto", *, strict: bool = Fa
 
 
 def register(app: typer.Typer) -> None:
-    @app.command("validate")
+    @config_command(app, "validate", InputConfig)
     def validate(
         input_path: Path = typer.Argument(..., metavar="IN", help="Input file or saved HF dataset folder."),
-        fmt: FormatOpt = "auto",
-        strict: StrictOpt = False,
         rejects: Optional[Path] = typer.Option(None, "--rejects", help="Also write the bad items to this JSONL."),
         show: int = typer.Option(20, "--show", min=0, help="How many bad items to list."),
         as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+        *, cfg: InputConfig,
     ) -> None:
         """Check that every item of IN reads as a Record; exit 1 if any is bad."""
-        summary, shown = run_validate(input_path, fmt, strict=strict, rejects_path=rejects, show=show)
+        summary, shown = run_validate(input_path, cfg, rejects_path=rejects, show=show)
         if not as_json:
             for file, line, reason in shown:
                 typer.echo(f"{file}:{line}: {reason}")
             if summary["bad"] > len(shown):
                 typer.echo(f"... and {summary['bad'] - len(shown):,} more bad items"
                            + ("" if rejects else " (use --rejects FILE to list them all)"))
-        print_summary("validate", summary, as_json)
+        emit_summary(summary, "validate", as_json)
         if summary["bad"]:
             raise typer.Exit(1)

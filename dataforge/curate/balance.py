@@ -22,53 +22,61 @@ from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from typing import TYPE_CHECKING, Annotated, Any, Iterator
+
+from pydantic import Field
 
 from ..errors import DataforgeError
-from ..io import ReadStats, RecordWriter, RejectSink, read_records, rejects_path_for, write_json_atomic
+from ..io import RejectSink, read_records, write_json_atomic
 from ..progress import progress_bar
 from ..records import Record
+from ..stage import Cli, IOConfig, SideFiles, Stage, StageContext
 from .levels import DEFAULT_NAMES, UNRATED, LevelScheme, level_of, parse_edges, parse_target
 from .stats import compute_stats
 
+if TYPE_CHECKING:
+    from ..llm import LLM
 
-class BalanceConfig(BaseModel):
+
+class BalanceConfig(IOConfig):
     """Options of `dataforge balance` (one field per CLI option)."""
 
-    model_config = ConfigDict(extra="forbid")
-
-    levels_target: str | None = Field(None, description="target share per level, e.g. 'low=0.2,mid=0.5,high=0.3' "
-                                                         "(default: uniform)")
+    levels_target: Annotated[str | None, Cli(default_text="uniform")] = Field(
+        None, description="target share per level, e.g. 'low=0.2,mid=0.5,high=0.3'")
     level_names: str = Field(",".join(DEFAULT_NAMES), description="level names, lowest first")
-    level_edges: str | None = Field(None, description="complexity-score edges between levels (default 4,7 on 1-10)")
-    depth_edges: str | None = Field(None, description="evolution-round edges used where no score exists (default 1,2)")
+    level_edges: Annotated[str | None, Cli(default_text="4,7 on the 1-10 scale")] = Field(
+        None, description="complexity-score edges between levels")
+    depth_edges: Annotated[str | None, Cli(default_text="1,2")] = Field(
+        None, description="evolution-round edges used where no score exists")
     topic_cap: int | None = Field(None, ge=1, description="at most this many records per topic")
-    topic_cap_ratio: float | None = Field(2.0, gt=0, description="without --topic-cap: cap = ratio x mean "
-                                                                 "candidates per topic (None: no cap)")
+    topic_cap_ratio: float | None = Field(2.0, ge=0, description="without --topic-cap: cap = ratio x mean "
+                                                                 "candidates per topic (0 or None: no cap)")
     size: int | None = Field(None, ge=1, description="at most this many records in the output")
     level_mode: Literal["exact", "cap"] = Field(
         "exact", description="exact: the output meets the level target (the scarcest level sets the size); "
                              "cap: no level keeps more than its share of the candidates, thin levels keep all "
                              "they have (keeps more data when one level is nearly empty)")
     method: Literal["kmeans", "hdbscan"] = Field("kmeans", description="clustering algorithm")
-    k: int | None = Field(None, ge=1, description="number of topics (kmeans; default: chosen by silhouette)")
+    k: Annotated[int | None, Cli("--k", "--topics", default_text="chosen by silhouette")] = Field(
+        None, ge=1, description="number of topics (kmeans)")
     k_min: int = Field(2, ge=2, description="smallest k tried when choosing k")
     k_max: int = Field(30, ge=2, description="largest k tried when choosing k")
-    min_cluster_size: int | None = Field(None, ge=2, description="HDBSCAN minimum cluster size (default n/100)")
+    min_cluster_size: Annotated[int | None, Cli(default_text="n/100")] = Field(
+        None, ge=2, description="HDBSCAN minimum cluster size")
     reuse_topics: bool = Field(False, description="keep the `topic` already on records instead of clustering "
                                                   "(only when every record has one)")
     name_topics: bool = Field(False, description="ask the model for a short name per topic")
-    embedder: str | None = Field(None, description="local sentence-transformers folder (default: MiniLM-L6)")
+    embedder: Annotated[str | None, Cli(default_text="all-MiniLM-L6-v2")] = Field(
+        None, description="local sentence-transformers folder")
     keep_dropped: bool = Field(False, description="write dropped records into the output too (status=rejected)")
-    stats_path: str | None = Field(None, description="stats file (default: <out>.stats.json)")
+    stats_path: Annotated[str | None, Cli("--stats", default_text="<out>.stats.json")] = Field(
+        None, description="stats file")
     upstream: list[str] = Field(default_factory=list, description="more files whose records count in the stats only "
                                                                   "(e.g. evolve's eliminated records)")
-    auto_upstream: bool = Field(True, description="also count <in>.rejected.jsonl and <in>.review.jsonl "
-                                                  "(what the gate set aside) in the stats")
-    rejected_path: str | None = Field(None, description="dropped records (default: <out>.rejected.jsonl)")
-    in_format: str = Field("auto", description="input format")
-    out_format: str = Field("record", description="output format")
-    strict: bool = Field(False, description="stop at the first bad input line")
+    auto_upstream: Annotated[bool, Cli("--auto-upstream/--no-upstream")] = Field(
+        True, description="also count <in>.rejected.jsonl and <in>.review.jsonl (what the gate set aside) in the stats")
+    rejected_path: Annotated[str | None, Cli(default_text="<out>.rejected.jsonl")] = Field(
+        None, description="dropped records")
     seed: int = Field(0, description="seed for clustering and for breaking score ties")
 
     def scheme(self) -> LevelScheme:
@@ -79,14 +87,6 @@ class BalanceConfig(BaseModel):
         default_edges = base.score_edges if len(names) == 3 else tuple(1 + 9 * (i + 1) / len(names) for i in range(len(names) - 1))
         default_depth = base.depth_edges if len(names) == 3 else tuple(float(i + 1) for i in range(len(names) - 1))
         return LevelScheme(names, parse_edges(self.level_edges, default_edges), parse_edges(self.depth_edges, default_depth))
-
-
-def rejected_path_for(out: str | Path) -> Path:
-    return Path(f"{out}.rejected.jsonl")
-
-
-def stats_path_for(out: str | Path) -> Path:
-    return Path(f"{out}.stats.json")
 
 
 # --------------------------------------------------------------------------- scoring and selection
@@ -202,7 +202,8 @@ def plan_selection(
 # --------------------------------------------------------------------------- topics
 
 
-def assign_topics(records: list[Record], cfg: BalanceConfig, *, llm=None, progress: bool = True) -> tuple[list[str], dict]:
+def assign_topics(records: list[Record], cfg: BalanceConfig, *, llm: "LLM | None" = None,
+                  progress: bool = True) -> tuple[list[str], dict]:
     """Topic key per record plus {key: {"label", "terms", "name", "size"}} and clustering facts."""
     if cfg.reuse_topics and records and all(r.topic for r in records):
         keys = [r.topic or "" for r in records]
@@ -218,7 +219,7 @@ def assign_topics(records: list[Record], cfg: BalanceConfig, *, llm=None, progre
     t0 = time.perf_counter()
     vectors = []
     step = 2048
-    with optional_bar(progress, "embed", len(texts)) as bar:
+    with progress_bar("embed", total=len(texts), enabled=progress) as bar:
         for i in range(0, len(texts), step):
             vectors.append(embedder.encode(texts[i:i + step]))
             bar.advance(len(texts[i:i + step]))
@@ -250,15 +251,6 @@ def assign_topics(records: list[Record], cfg: BalanceConfig, *, llm=None, progre
 # --------------------------------------------------------------------------- the stage
 
 
-def optional_bar(progress: bool, name: str, total: int, unit: str = "rec"):
-    """A progress bar, or a silent stand-in when the caller (tests, `dataforge run`) asked for none."""
-    from contextlib import nullcontext
-
-    from ..progress import Bar
-
-    return progress_bar(name, total=total, unit=unit) if progress else nullcontext(Bar(None, None))
-
-
 def _read_upstream(input_path: Path, cfg: BalanceConfig) -> list[Record]:
     """Records earlier stages set aside (not candidates): they count in the acceptance-rate stats only.
 
@@ -270,7 +262,8 @@ def _read_upstream(input_path: Path, cfg: BalanceConfig) -> list[Record]:
         if not p.exists():
             raise DataforgeError(f"{p}: no such file (--upstream)")
     if cfg.auto_upstream:
-        paths += [p for p in (Path(f"{input_path}.rejected.jsonl"), Path(f"{input_path}.review.jsonl")) if p.is_file()]
+        beside = SideFiles(input_path)
+        paths += [p for p in (beside.rejected, beside.review) if p.is_file()]
     out: list[Record] = []
     for p in paths:
         if p.stat().st_size:  # an empty side file (a stage that set nothing aside) holds no records
@@ -278,110 +271,108 @@ def _read_upstream(input_path: Path, cfg: BalanceConfig) -> list[Record]:
     return out
 
 
-def run_balance(input_path, output_path, cfg: BalanceConfig | None = None, *, llm=None, progress: bool = True) -> dict:
-    """Cluster, level, balance; write kept records, dropped records and the stats file. Returns a summary."""
-    cfg = cfg or BalanceConfig()
-    t0 = time.perf_counter()
-    out = Path(output_path)
-    scheme = cfg.scheme()
-    target = parse_target(cfg.levels_target, scheme.names)
-    if cfg.keep_dropped and cfg.out_format not in ("record", "parquet"):
-        raise DataforgeError(f"--keep-dropped needs --to record or parquet: {cfg.out_format} has no status/reasons "
-                             "to tell dropped records from kept ones")
+class BalanceStage(Stage[BalanceConfig]):
+    """Cluster topics, bin complexity levels, keep the best records per (topic, level) cell to meet the
+    level target and the topic cap. Dropped records go to <out>.rejected.jsonl with reason
+    balance:<topic>/<level>; acceptance rates per topic and level go to <out>.stats.json (feed it to
+    `dataforge evolve --steer`)."""
 
-    read = ReadStats()
-    sink = RejectSink(rejects_path_for(out))
-    try:
-        records = list(read_records(input_path, cfg.in_format, rejects=sink, strict=cfg.strict, stats=read))
-    finally:
-        sink.close()
-    if not records:
-        raise DataforgeError(f"{input_path}: no readable records to balance")
-    ids = Counter(r.id for r in records)
-    upstream = _read_upstream(Path(input_path), cfg)
+    name = "balance"
+    Config = BalanceConfig
+    journaled = False  # embeddings are cached by text hash, so a re-run is quick and gives the same result
 
-    everything = records + upstream
-    all_topics, topic_info = assign_topics(everything, cfg, llm=llm, progress=progress)
-    all_levels = [level_of(r, scheme) for r in everything]
-    topics, levels = all_topics[: len(records)], all_levels[: len(records)]
+    def __init__(self, cfg: BalanceConfig):
+        super().__init__(cfg)
+        self.scheme = cfg.scheme()
+        self.target = parse_target(cfg.levels_target, self.scheme.names)
+        if cfg.keep_dropped and cfg.out_format not in ("record", "parquet"):
+            raise DataforgeError(f"--keep-dropped needs --to record or parquet: {cfg.out_format} has no "
+                                 "status/reasons to tell dropped records from kept ones")
+        self.records: list[Record] = []
 
-    cells: dict[tuple[str, str], list[int]] = defaultdict(list)
-    for i, r in enumerate(records):
-        if r.status != "rejected":
-            cells[(topics[i], levels[i])].append(i)
-    for members in cells.values():
-        members.sort(key=lambda i: (-quality_score(records[i]), _tiebreak(cfg.seed, records[i].id), i))
-    avail = {cell: len(m) for cell, m in cells.items()}
-    n_candidates = sum(avail.values())
-    n_topics = len({t for t, _ in avail}) or 1
-    cap = cfg.topic_cap
-    if cap is None and cfg.topic_cap_ratio is not None:
-        cap = max(1, math.ceil(cfg.topic_cap_ratio * n_candidates / n_topics))
-    plan = plan_selection(avail, target, cap, cfg.size, cfg.level_mode)
-    keep = {i for cell, members in cells.items() for i in members[: plan.get(cell, 0)]}
+    def needs_llm(self) -> bool:
+        return self.cfg.name_topics
 
-    final: list[Record] = []
-    for i, r in enumerate(records):
-        r = r.model_copy(update={"topic": topics[i]})
-        if r.status != "rejected" and i not in keep:
-            r = r.with_status("rejected", f"balance:{topics[i]}/{levels[i]}")
-        final.append(r)
+    def side_outputs(self, side: SideFiles) -> dict[str, Path]:
+        if self.cfg.keep_dropped:
+            return {}
+        return {"rejected": Path(self.cfg.rejected_path) if self.cfg.rejected_path else side.rejected}
 
-    rejected_path = Path(cfg.rejected_path) if cfg.rejected_path else rejected_path_for(out)
-    n_kept = n_dropped = 0
-    with optional_bar(progress, "write", len(final)) as bar:
-        with RecordWriter(out, cfg.out_format) as w:
-            rw = None if cfg.keep_dropped else RecordWriter(rejected_path, "record")
-            try:
-                for r in final:
-                    if r.status == "rejected" and rw is not None:
-                        rw.write(r)
-                    else:
-                        w.write(r)
-                    n_kept += r.status != "rejected"
-                    n_dropped += r.status == "rejected"
-                    bar.advance()
-            except BaseException:
-                if rw is not None:
-                    rw.abort()
-                raise
-            if rw is not None:
-                rw.close()
+    def process(self, records: Iterator[Record], ctx: StageContext) -> None:
+        self.records = list(records)
 
-    labels = {k: v["label"] for k, v in topic_info["topics"].items()}
-    names = {k: v.get("name") for k, v in topic_info["topics"].items()}
-    held = [r if r.status != "review" else r.with_status("rejected", "review:held by the gate") for r in upstream]
-    stats = compute_stats(zip(final + held, all_topics, all_levels), topic_labels=labels, topic_names=names,
-                          level_target=target)
-    stats["balance"] = {
-        "topic_cap": cap, "size": cfg.size, "levels": list(scheme.names),
-        "plan": [{"topic": t, "level": lv, "available": avail[(t, lv)], "kept": plan.get((t, lv), 0)}
-                 for (t, lv) in sorted(avail)],
-        "clustering": {k: v for k, v in topic_info.items() if k != "topics"},
-    }
-    stats_path = Path(cfg.stats_path) if cfg.stats_path else stats_path_for(out)
-    write_json_atomic(stats_path, stats)
+    def finish(self, ctx: StageContext) -> dict[str, Any]:
+        cfg, records, target = self.cfg, self.records, self.target
+        ids = Counter(r.id for r in records)
+        upstream = _read_upstream(ctx.input, cfg)
 
-    reasons = Counter(r.reasons[-1].split(":", 1)[0] if r.reasons else "unknown" for r in final if r.status == "rejected")
-    kept_levels = Counter(levels[i] for i in keep)
-    return {
-        "stage": "balance",
-        "input": str(input_path), "output": str(out),
-        "rejected_file": None if cfg.keep_dropped else str(rejected_path),
-        "stats_file": str(stats_path),
-        "read": len(records), "bad_lines": read.bad, "duplicate_ids": sum(n - 1 for n in ids.values() if n > 1),
-        "candidates": n_candidates, "kept": len(keep),
-        "dropped_by_balance": n_candidates - len(keep),
-        "arrived_rejected": len(records) - n_candidates,
-        "upstream_counted": len(upstream),
-        "written_output": (n_kept + n_dropped) if cfg.keep_dropped else n_kept,
-        "written_rejected": 0 if cfg.keep_dropped else n_dropped,
-        "by_status": dict(Counter(r.status for r in final)),
-        "by_reason": dict(reasons),
-        "topics": topic_info.get("k"), "topic_cap": cap,
-        "kept_by_level": {lv: kept_levels.get(lv, 0) for lv in [*scheme.names, UNRATED] if lv in kept_levels or lv in target},
-        "level_target": {k: round(v, 4) for k, v in target.items()},
-        "thin_topics": stats["thin_topics"], "thin_levels": stats["thin_levels"],
-        "tokens": llm.usage.total_tokens if llm is not None and hasattr(llm, "usage") else 0,
-        "wall_s": round(time.perf_counter() - t0, 2),
-    }
+        everything = records + upstream
+        all_topics, topic_info = assign_topics(everything, cfg, llm=ctx.llm if cfg.name_topics else None,
+                                               progress=ctx.progress)
+        all_levels = [level_of(r, self.scheme) for r in everything]
+        topics, levels = all_topics[: len(records)], all_levels[: len(records)]
+
+        cells: dict[tuple[str, str], list[int]] = defaultdict(list)
+        for i, r in enumerate(records):
+            if r.status != "rejected":
+                cells[(topics[i], levels[i])].append(i)
+        for members in cells.values():
+            members.sort(key=lambda i: (-quality_score(records[i]), _tiebreak(cfg.seed, records[i].id), i))
+        avail = {cell: len(m) for cell, m in cells.items()}
+        n_candidates = sum(avail.values())
+        n_topics = len({t for t, _ in avail}) or 1
+        cap = cfg.topic_cap
+        if cap is None and cfg.topic_cap_ratio:
+            cap = max(1, math.ceil(cfg.topic_cap_ratio * n_candidates / n_topics))
+        plan = plan_selection(avail, target, cap, cfg.size, cfg.level_mode)
+        keep = {i for cell, members in cells.items() for i in members[: plan.get(cell, 0)]}
+
+        final: list[Record] = []
+        for i, r in enumerate(records):
+            r = r.model_copy(update={"topic": topics[i]})
+            if r.status != "rejected" and i not in keep:
+                r = r.with_status("rejected", f"balance:{topics[i]}/{levels[i]}")
+            final.append(r)
+        with ctx.bar("write", total=len(final)) as bar:
+            for r in final:
+                ctx.out.write(r)
+                bar.advance()
+
+        labels = {k: v["label"] for k, v in topic_info["topics"].items()}
+        names = {k: v.get("name") for k, v in topic_info["topics"].items()}
+        held = [r if r.status != "review" else r.with_status("rejected", "review:held by the gate") for r in upstream]
+        stats = compute_stats(zip(final + held, all_topics, all_levels), topic_labels=labels, topic_names=names,
+                              level_target=target)
+        stats["balance"] = {
+            "topic_cap": cap, "size": cfg.size, "levels": list(self.scheme.names),
+            "plan": [{"topic": t, "level": lv, "available": avail[(t, lv)], "kept": plan.get((t, lv), 0)}
+                     for (t, lv) in sorted(avail)],
+            "clustering": {k: v for k, v in topic_info.items() if k != "topics"},
+        }
+        stats_path = Path(cfg.stats_path) if cfg.stats_path else ctx.side.stats
+        write_json_atomic(stats_path, stats)
+        ctx.files["stats"] = str(stats_path)
+
+        reasons = Counter(r.reasons[-1].split(":", 1)[0] if r.reasons else "unknown"
+                          for r in final if r.status == "rejected")
+        kept_levels = Counter(levels[i] for i in keep)
+        return {
+            "duplicate_ids": sum(n - 1 for n in ids.values() if n > 1),
+            "candidates": n_candidates, "kept": len(keep),
+            "dropped_by_balance": n_candidates - len(keep),
+            "arrived_rejected": len(records) - n_candidates,
+            "upstream_counted": len(upstream),
+            "by_reason": dict(reasons),
+            "topics": topic_info.get("k"), "topic_cap": cap,
+            "kept_by_level": {lv: kept_levels.get(lv, 0) for lv in [*self.scheme.names, UNRATED]
+                              if lv in kept_levels or lv in target},
+            "level_target": {k: round(v, 4) for k, v in target.items()},
+            "thin_topics": stats["thin_topics"], "thin_levels": stats["thin_levels"],
+        }
+
+
+def run_balance(input_path, output_path, cfg: BalanceConfig | None = None, **kwargs: Any):
+    """Python entry point: `run_stage` for this stage (same keyword arguments)."""
+    from ..stage import run_stage
+
+    return run_stage(BalanceStage, input_path, output_path, cfg, **kwargs)

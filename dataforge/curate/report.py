@@ -16,33 +16,40 @@ import re
 import time
 from collections import Counter, defaultdict
 from pathlib import Path
+from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AliasChoices, Field
 
 from ..errors import DataforgeError
 from ..io import ReadStats, RejectSink, read_records, write_text_atomic
 from ..records import Record
+from ..stage import Cli, StageConfig
+from ..stage.config import InFormat
 from .levels import UNRATED, LevelScheme, complexity_of, level_of
 
 TEMPLATE = Path(__file__).with_name("report.html.j2")
 MAX_LEGEND = 14
 
 
-class ReportConfig(BaseModel):
+class ReportConfig(StageConfig):
     """Options of `dataforge report`."""
 
-    model_config = ConfigDict(extra="forbid")
-
-    before_path: str | None = Field(None, description="the file before balancing (default: kept + rejected file)")
-    rejected_path: str | None = Field(None, description="dropped records (default: <in>.rejected.jsonl if present)")
-    stats_path: str | None = Field(None, description="stats file for topic labels (default: <in>.stats.json if present)")
-    title: str | None = Field(None, description="page title (default: the input file name)")
+    before_path: Annotated[str | None, Cli("--before", default_text="the kept + rejected records")] = Field(
+        None, description="the file before balancing, for the before/after complexity plot")
+    rejected_path: Annotated[str | None, Cli("--rejected", default_text="<in>.rejected.jsonl if present")] = Field(
+        None, description="dropped records")
+    stats_path: Annotated[str | None, Cli("--stats", default_text="<in>.stats.json if present")] = Field(
+        None, description="stats file for topic labels")
+    title: Annotated[str | None, Cli(default_text="the input file name")] = Field(None, description="page title")
     examples: int = Field(3, ge=0, description="example records shown per topic")
     max_points: int = Field(5000, ge=100, description="points drawn on the embedding map (seeded sample)")
-    embedding_map: bool = Field(True, description="draw the 2-D embedding map (embeds the records; cached)")
-    embedder: str | None = Field(None, description="local sentence-transformers folder (default: MiniLM-L6)")
+    embedding_map: Annotated[bool, Cli("--map/--no-map")] = Field(
+        True, description="draw the 2-D embedding map (embeds the records; cached)")
+    embedder: Annotated[str | None, Cli(default_text="all-MiniLM-L6-v2")] = Field(
+        None, description="local sentence-transformers folder")
     k_max: int = Field(30, ge=2, description="largest k tried when records carry no topic and are clustered here")
-    in_format: str = Field("auto", description="input format")
+    format: Annotated[InFormat, Cli("--format")] = Field(
+        "auto", validation_alias=AliasChoices("format", "in_format"), description="input format (auto: detected)")
     seed: int = Field(0, description="seed for the map's sample and for clustering")
 
 
@@ -268,7 +275,7 @@ def _examples(records: list[Record], topics: list[str], order: list[str], n: int
     return out
 
 
-def run_report(input_path, output_path, cfg: ReportConfig | None = None, *, llm=None, progress: bool = True) -> dict:
+def run_report(input_path, output_path, cfg: ReportConfig | None = None, *, progress: bool = True) -> dict:
     """Read the records (and the rejected / before files), draw the plots, write one HTML file."""
     import json
 
@@ -277,15 +284,16 @@ def run_report(input_path, output_path, cfg: ReportConfig | None = None, *, llm=
     matplotlib.use("Agg")
     from jinja2 import Environment, select_autoescape
 
-    from .balance import optional_bar
+    from ..progress import progress_bar
+    from ..stage import SideFiles
 
     cfg = cfg or ReportConfig()
     t0 = time.perf_counter()
     inp = Path(input_path)
-    records = _read(inp, cfg.in_format)
+    records = _read(inp, cfg.format)
     if not records:
         raise DataforgeError(f"{inp}: no records to report on")
-    rejected_path = Path(cfg.rejected_path) if cfg.rejected_path else Path(f"{inp}.rejected.jsonl")
+    rejected_path = Path(cfg.rejected_path) if cfg.rejected_path else SideFiles(inp).rejected
     if cfg.rejected_path and not rejected_path.exists():
         raise DataforgeError(f"{rejected_path}: no such file (--rejected)")
     seen = {r.id for r in records}
@@ -297,7 +305,7 @@ def run_report(input_path, output_path, cfg: ReportConfig | None = None, *, llm=
     else:   # the balancer's candidates: what it kept plus what it dropped
         before = [r for r in everything if r.status != "rejected" or _last_stage(r) == "balance"]
 
-    stats_path = Path(cfg.stats_path) if cfg.stats_path else Path(f"{inp}.stats.json")
+    stats_path = Path(cfg.stats_path) if cfg.stats_path else SideFiles(inp).stats
     stats = json.loads(stats_path.read_text(encoding="utf-8")) if stats_path.exists() else {}
     labels = {k: (v.get("name") or v.get("label") or k) for k, v in (stats.get("topics") or {}).items()}
 
@@ -315,7 +323,7 @@ def run_report(input_path, output_path, cfg: ReportConfig | None = None, *, llm=
 
     plots: list[dict] = []
     steps = ["map", "topics", "complexity", "status", "lengths", "lineage", "acceptance"]
-    with optional_bar(progress, "report", len(steps), "plot") as bar:
+    with progress_bar("report", total=len(steps), unit="plot", enabled=progress) as bar:
         def add(key: str, title: str, caption: str, fn, *args) -> None:
             plots.append({"key": key, "title": title, "caption": caption, "png": fn(*args)})
             bar.advance()

@@ -18,12 +18,16 @@ import functools
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Callable, Literal
 
 from pydantic import BaseModel, Field
 
 from ..constraints.text import STOP_WORDS, content_words, word_count, words
 from ..paths import resource_dir
+from ..stage import Cli
+
+if TYPE_CHECKING:
+    from ..llm import LLM
 
 NO_INFO_GAIN = "no_information_gain"
 SORRY_SHORT = "sorry_short_response"
@@ -40,7 +44,7 @@ JudgeMode = Literal["auto", "model", "embedding", "off"]
 class EliminationConfig(BaseModel):
     """Thresholds of the four rules."""
 
-    judge: JudgeMode = Field("auto", description="info-gain judge: model (ask the LLM), embedding (similarity "
+    judge: Annotated[JudgeMode, Cli("--judge", panel="Evolution")] = Field("auto", description="info-gain judge: model (ask the LLM), embedding (similarity "
                              "only), auto (model for chat-profile models, embedding for small few-shot ones), off")
     similarity_threshold: float = Field(0.96, description="embedding cosine at or above which the evolved "
                                         "instruction counts as no information gain")
@@ -145,7 +149,7 @@ class Eliminator:
     """Applies the rules to one evolution at a time. Needs the LLM only for the model judge and the
     embedder (created lazily by `embedder_factory`) only when similarity has to decide."""
 
-    def __init__(self, cfg: EliminationConfig | None = None, *, llm: Any = None,
+    def __init__(self, cfg: EliminationConfig | None = None, *, llm: "LLM | None" = None,
                  embedder_factory: Callable[[], Any] | None = None, judge_params: Any = None):
         self.cfg = cfg or EliminationConfig()
         self.llm = llm

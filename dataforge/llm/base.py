@@ -184,3 +184,37 @@ def _with_stops(params: GenParams, prompt: RenderedPrompt) -> GenParams:
     if not prompt.stop:
         return params
     return params.replace(stop=tuple(dict.fromkeys((*params.stop, *prompt.stop))))
+
+
+class WrappedLLM(LLM):
+    """A model that adds something around another one (the request cache, a stage's meter) and is
+    otherwise that one: same backend, model, profile and extras (`resolve_model`, `cfg`, ...)."""
+
+    def __init__(self, inner: LLM):
+        self.inner = inner  # `usage` is the wrapper's to define: its own counter, or the inner one's
+
+    backend = property(lambda self: self.inner.backend)  # type: ignore[assignment]
+    model = property(lambda self: self.inner.model)  # type: ignore[assignment]
+
+    @property
+    def profile(self):  # type: ignore[override]
+        return self.inner.profile
+
+    @profile.setter
+    def profile(self, value):  # type: ignore[override]
+        self.inner.profile = value
+
+    @property
+    def profile_decision(self):  # type: ignore[override]
+        return self.inner.profile_decision
+
+    def switch_to_chat(self, why: str) -> None:
+        self.inner.switch_to_chat(why)
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "inner":
+            raise AttributeError(name)
+        return getattr(self.inner, name)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()

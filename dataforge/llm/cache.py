@@ -23,7 +23,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from ..sqlite_store import connect_shared
-from .base import LLM, Choice, Completion, GenParams, Usage
+from .base import LLM, Choice, Completion, GenParams, Usage, WrappedLLM
 
 log = logging.getLogger("dataforge.llm")
 
@@ -116,46 +116,23 @@ def _clean(choice: Choice) -> Choice:
     return choice
 
 
-class CachedLLM(LLM):
+class CachedLLM(WrappedLLM):
     """Wraps a backend: answers from the cache when it can, coalesces identical in-flight requests,
     stores every successful answer. `usage` counts cache hits in `cached` and backend work as usual."""
 
     def __init__(self, inner: LLM, cache: RequestCache, base_url: str | None = None):
-        super().__init__()
-        self.inner = inner
+        super().__init__(inner)
+        self.usage = Usage()
         self.cache = cache
         # where the answers come from: the server (host, never credentials) or e.g. the GGUF file
         self.host = server_host(base_url) or getattr(inner, "cache_identity", "")
         self._inflight: dict[str, asyncio.Future] = {}
-
-    backend = property(lambda self: self.inner.backend)  # type: ignore[assignment]
-    model = property(lambda self: self.inner.model)  # type: ignore[assignment]
-
-    @property
-    def profile(self):  # type: ignore[override]
-        return self.inner.profile
-
-    @profile.setter
-    def profile(self, value):  # type: ignore[override]
-        self.inner.profile = value
-
-    @property
-    def profile_decision(self):  # type: ignore[override]
-        return self.inner.profile_decision
-
-    def switch_to_chat(self, why: str) -> None:
-        self.inner.switch_to_chat(why)
 
     def __getstate__(self) -> dict[str, Any]:  # in-flight futures belong to this process's event loop
         return {**self.__dict__, "_inflight": {}}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
-
-    def __getattr__(self, name: str) -> Any:  # backend extras (resolve_model, list_models, cfg, ...)
-        if name == "inner":
-            raise AttributeError(name)
-        return getattr(self.inner, name)
 
     async def _cached(self, kind: str, payload: Any, params: GenParams) -> Completion:
         resolve = getattr(self.inner, "resolve_model", None)
@@ -213,9 +190,6 @@ class CachedLLM(LLM):
 
     async def complete(self, prompt: str, params: GenParams = GenParams()) -> Completion:
         return await self._cached("complete", prompt, params)
-
-    async def aclose(self) -> None:
-        await self.inner.aclose()
 
     def describe(self) -> dict[str, Any]:
         return {**self.inner.describe(), "cache": str(self.cache.path)}

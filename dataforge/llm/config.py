@@ -50,7 +50,8 @@ class BackendConfig(BaseModel):
     model: Optional[str] = Field(None, description="model name (env DATAFORGE_MODEL); openai: first of /v1/models if unset")
     api_key_env: str = Field("OPENAI_API_KEY", description="name of the env var holding the API key (the key is never stored)")
     local_model: Optional[str] = Field(None, description="GGUF path for the local backend (default: embedded SmolLM2-135M-Instruct)")
-    n_threads: Optional[int] = Field(None, ge=1, description="llama.cpp CPU threads (local backend); None = CPUs - 1 (at least 1, at most 8)")
+    n_threads: Optional[int] = Field(None, ge=1, description="llama.cpp CPU threads (local backend); None = all "
+                                     "cores when the machine is idle, one fewer when it is busy (at most 8)")
     n_ctx: int = Field(2048, ge=256, description="llama.cpp context window (local backend)")
     concurrency: int = Field(32, ge=1, description="requests in flight at once (openai backend)")
     timeout: float = Field(120.0, gt=0, description="seconds per request attempt")

@@ -20,7 +20,8 @@ from typing import Any, Iterator
 from ..errors import DataforgeError
 from ..io import atomic_open
 from . import order
-from .manifest import MANIFEST, Manifest, file_hash
+from ..hashing import file_hash
+from .manifest import MANIFEST, Manifest
 
 # --------------------------------------------------------------------------- files
 

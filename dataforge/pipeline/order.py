@@ -15,12 +15,13 @@ import os
 from pathlib import Path
 from typing import Iterable
 
-from ..io import read_records, write_json_atomic
+from ..io import atomic_open, read_records, write_json_atomic
 from ..records import Record
+from ..stage import SideFiles
 
 
 def order_path(out: str | os.PathLike) -> Path:
-    return Path(f"{out}.order.json")
+    return SideFiles(out).order
 
 
 def read_keys(path: str | os.PathLike) -> list[int] | None:
@@ -86,8 +87,6 @@ def canonicalize(output: str | os.PathLike, ids: list[str], keys: list[int], **i
 
 
 def _rewrite(out: Path, spans: Iterable[tuple[int, int, int, int]]) -> None:
-    from ..io import atomic_open
-
     with open(out, "rb") as src, atomic_open(out, "wb") as dst:
         for _, _, offset, length in spans:
             src.seek(offset)

@@ -9,7 +9,6 @@ the YAML node marks, so a typo in line 23 says "line 23" rather than "stages.2.r
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import re
 from dataclasses import dataclass, field
@@ -112,12 +111,6 @@ class PipelineSpec:
             "stages": [{"stage": s.kind, "name": s.name, "input": s.input,
                         "config": s.config.model_dump(mode="json")} for s in self.stages],
         }
-
-
-def stable_hash(obj: Any) -> str:
-    """16-hex hash of JSON-able data, independent of dict order."""
-    blob = json.dumps(obj, sort_keys=True, ensure_ascii=False, default=str).encode("utf-8")
-    return hashlib.sha256(blob).hexdigest()[:16]
 
 
 # --------------------------------------------------------------------------- YAML with line numbers
@@ -226,7 +219,7 @@ def load_pipeline(path: str | os.PathLike) -> PipelineSpec:
 
 
 def parse_pipeline(text: str, where: str = "<pipeline>", path: Path | None = None) -> PipelineSpec:
-    from .stages import canonical_kind, get_adapter, stage_kinds
+    from .stages import canonical_kind, stage_class, stage_kinds
 
     data, loc = _compose(text, where)
     if not isinstance(data, dict):
@@ -265,17 +258,14 @@ def parse_pipeline(text: str, where: str = "<pipeline>", path: Path | None = Non
         src = raw.get("input")
         if src is not None and not isinstance(src, str):
             raise DataforgeError(f"{where}:{loc.line((*base, 'input'))}: input must be a stage name or a path")
-        adapter = get_adapter(kind)
         fields = {k: v for k, v in raw.items() if k not in STAGE_KEYS}
-        try:
-            cfg_cls = adapter.config_class()
-        except DataforgeError as exc:
-            raise DataforgeError(f"{where}:{loc.line((*base, 'stage'))}: {exc}") from None
+        cfg_cls = stage_class(kind).Config
         for key, why in _ENGINE_OWNED.items():
             if key in fields and fields[key] not in (None, "record"):
                 raise DataforgeError(f"{where}:{loc.line((*base, key))}: '{key}' is set by the pipeline, "
                                      f"not per stage: {why}")
-        fields = adapter.fill_defaults(fields, header)
+        if "seed" in cfg_cls.model_fields and "seed" not in fields:
+            fields = {**fields, "seed": header.seed}  # the pipeline-wide seed, unless the stage sets its own
         try:
             cfg = cfg_cls.model_validate(fields)
         except ValidationError as exc:

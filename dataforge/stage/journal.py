@@ -1,0 +1,67 @@
+"""The journal of a stage run, whose first line fingerprints what decides the output.
+
+Why: a killed run resumes from its journal, and resuming is only right with the same settings. The
+header holds, separately, the stage and its journal version, the config fields that shape the output,
+the input's content hash, side files the config names (their content), the model and prompt profile,
+and the hash of the prompt templates. On reopen, any difference is refused with a message that names
+what changed; ``restart=True`` (``--restart``) throws the journal away and starts over instead.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ..errors import DataforgeError
+from ..io import Journal
+
+
+def _differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """What changed between two headers, in words: config fields by name, the other parts by part."""
+    changed = []
+    for part in new:
+        if old.get(part) == new[part]:
+            continue
+        if part == "config" and isinstance(old.get(part), dict):
+            fields = sorted(k for k in {*old[part], *new[part]} if old[part].get(k) != new[part].get(k))
+            changed.append("options " + ", ".join(fields))
+        else:
+            changed.append({"input": "the input", "side_inputs": "a file the options name",
+                            "model": "the model", "prompts": "the prompt templates", "stage": "the stage",
+                            "version": "the journal version (another dataforge version)"}.get(part, part))
+    return changed
+
+
+class StageJournal(Journal):
+    """A `Journal` whose first line is the run's header; `entries` are what an earlier run finished."""
+
+    def __init__(self, path: str | Path, header: dict[str, Any], *, restart: bool = False):
+        path = Path(path)
+        if restart:
+            path.unlink(missing_ok=True)
+        super().__init__(path)  # repairs a line torn by a kill
+        lines = list(self.existing())
+        if lines and lines[0].get("header") != header:
+            self.close()
+            old = lines[0].get("header")
+            what = ", ".join(_differences(old, header)) if isinstance(old, dict) else "everything (an older format)"
+            raise DataforgeError(
+                f"{path}: an unfinished {header.get('stage', 'stage')} run with other settings left this journal "
+                f"(changed: {what}); re-run with the same settings to resume it, or pass --restart to start over")
+        self.entries: list[dict[str, Any]] = lines[1:]
+        self._appended = 0
+        if not lines:
+            super().append({"header": header})
+            self.sync()
+
+    def append(self, item: Any) -> None:
+        super().append(item)
+        self._appended += 1
+
+    def holds_work(self) -> bool:
+        """Whether any finished work is in it (from an earlier run or this one), beyond the header."""
+        return bool(self.entries) or self._appended > 0
+
+    def discard(self) -> None:
+        """Remove the journal (the run finished, or its work must not be resumed)."""
+        self.remove()

@@ -1,0 +1,102 @@
+"""`MeteredLLM`: the model as a stage sees it, counting what the stage asked of it.
+
+Why: the runner needs to know, for every stage alike, how many requests were sent, how many failed
+and why (a run where most failed and nothing came out must say so and exit non-zero), and what they
+cost. Counting here, at the one boundary every request crosses, means no stage counts for itself.
+
+Requests are counted per *operation*: by default the stage's name; a stage that wants finer figures
+wraps a step in ``with operation("answer"):`` (a context variable, so concurrent tasks keep their own).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from contextlib import contextmanager
+from contextvars import ContextVar
+from typing import Any, Awaitable, Iterator
+
+from ..llm import LLM, Completion, GenParams, LLMError, Usage
+from ..llm.base import WrappedLLM
+from ..prompts import RenderedPrompt
+from .summary import Tokens
+
+_OPERATION: ContextVar[str | None] = ContextVar("dataforge_operation", default=None)
+_TALLY: ContextVar[list[int] | None] = ContextVar("dataforge_tally", default=None)
+
+
+@contextmanager
+def operation(name: str) -> Iterator[None]:
+    """Count the requests made inside this block (and the tasks it starts) under `name`."""
+    token = _OPERATION.set(name)
+    try:
+        yield
+    finally:
+        _OPERATION.reset(token)
+
+
+@contextmanager
+def tally() -> Iterator[list[int]]:
+    """``[n]``: the requests made by the current task inside this block (e.g. a speculative step, to
+    report what a discarded one cost). Tasks started inside inherit it."""
+    counter = [0]
+    token = _TALLY.set(counter)
+    try:
+        yield counter
+    finally:
+        _TALLY.reset(token)
+
+
+def _cause(exc: BaseException) -> str:
+    """One line that names why a request failed (messages are already free of credentials)."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return text[:200]
+
+
+class MeteredLLM(WrappedLLM):
+    """Delegates every call to `inner` (the backend, usually behind the request cache) and counts it."""
+
+    def __init__(self, inner: LLM, default_operation: str):
+        super().__init__(inner)
+        self.default_operation = default_operation
+        self.by_operation: dict[str, Tokens] = {}
+        self.failures: Counter[str] = Counter()
+
+    usage = property(lambda self: self.inner.usage)  # type: ignore[assignment]
+
+    async def generate(self, prompt: RenderedPrompt, params: GenParams = GenParams()) -> Completion:
+        return await self._count(self.inner.generate(prompt, params))
+
+    async def chat(self, messages: list[dict[str, str]], params: GenParams = GenParams()) -> Completion:
+        return await self._count(self.inner.chat(messages, params))
+
+    async def complete(self, prompt: str, params: GenParams = GenParams()) -> Completion:
+        return await self._count(self.inner.complete(prompt, params))
+
+    def describe(self) -> dict[str, Any]:
+        return self.inner.describe()
+
+    async def _count(self, call: Awaitable[Completion]) -> Completion:
+        tokens = self.by_operation.setdefault(_OPERATION.get() or self.default_operation, Tokens())
+        tokens.requests += 1
+        counter = _TALLY.get()
+        if counter is not None:
+            counter[0] += 1
+        try:
+            comp = await call
+        except LLMError as exc:
+            tokens.failed += 1
+            self.failures[_cause(exc)] += 1
+            raise
+        usage = comp.usage if isinstance(comp.usage, Usage) else Usage()
+        if comp.cached:
+            tokens.cached += 1
+        tokens.prompt += usage.prompt_tokens
+        tokens.completion += usage.completion_tokens
+        return comp
+
+    def tokens(self) -> Tokens:
+        """All operations together."""
+        total = Tokens()
+        for t in self.by_operation.values():
+            total.add(t)
+        return total

@@ -1,0 +1,139 @@
+"""`run_stage`: the one runner behind every stage, whether a command, a pipeline step or a Ray batch.
+
+It owns, once, what every stage needs and no stage writes again: reading the input (format, shard,
+bad lines), the fingerprinted journal (a resume with other settings is refused, ``restart`` starts
+over), the model's lifetime (it closes what it opened) and its metering, the outputs (written
+atomically together), and the typed `StageSummary`.
+
+A run in which more than half of the model requests failed and nothing was produced is refused
+(`RequestsFailed`, one line naming the most common cause): a job never "succeeds" with nothing made. What
+it did decide is still written (nothing is lost), and its journal is dropped so a re-run retries every
+request instead of resuming the failures.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+from ..errors import DataforgeError
+from ..hashing import file_hash, stable_hash
+from ..io import check_input
+from ..llm import LLM, BackendConfig, run_sync, stage_llm
+from .base import Stage, StageContext
+from .journal import StageJournal
+from .meter import MeteredLLM
+from .outputs import Outputs
+from .sidefiles import SideFiles
+from .summary import StageSummary, Tokens
+
+
+class RequestsFailed(DataforgeError):
+    """Most model requests failed and the stage produced nothing."""
+
+
+@contextmanager
+def _model(stage: Stage, llm: LLM | None, backend: BackendConfig | dict | None) -> Iterator[MeteredLLM | None]:
+    """The stage's model, metered: the caller's (left open) or one made from `backend` (closed at the end)."""
+    if not stage.needs_llm():
+        yield None
+        return
+    with stage_llm(llm, backend) as inner:
+        yield MeteredLLM(inner, stage.name)
+
+
+def _prompt_hashes() -> dict[str, str]:
+    from ..prompts import default_library
+
+    return default_library().hashes()
+
+
+def journal_header(stage: Stage, input_path: Path, model: LLM | None) -> dict[str, Any]:
+    """Everything that decides the output of `stage` on `input_path` (see `journal`)."""
+    cfg = stage.cfg.model_dump(mode="json")
+    return {
+        "stage": stage.name,
+        "version": stage.version,
+        "config": stage.fingerprint(),
+        "input": file_hash(input_path),
+        "side_inputs": {f: file_hash(cfg[f]) for f in stage.side_inputs if isinstance(cfg.get(f), str)},
+        "model": f"{model.model_id} ({model.profile})" if model is not None else None,
+        "prompts": stable_hash(_prompt_hashes()) if model is not None else None,
+    }
+
+
+def _refuse_if_requests_failed(name: str, model: MeteredLLM | None, outputs: Outputs) -> None:
+    if model is None:
+        return
+    t = model.tokens()
+    if t.requests and 2 * t.failed > t.requests and outputs.produced() == 0:
+        cause = model.failures.most_common(1)[0][0] if model.failures else "unknown"
+        raise RequestsFailed(f"{name}: {t.failed} of {t.requests} model requests failed and nothing was produced "
+                             f"(most common cause: {cause})")
+
+
+def run_stage(stage: Stage | type[Stage], input_path: str | os.PathLike, output_path: str | os.PathLike,
+              cfg: Any = None, *, llm: LLM | None = None, backend: BackendConfig | dict | None = None,
+              progress: bool = True, restart: bool = False, empty_ok: bool = False) -> StageSummary:
+    """Run `stage` over `input_path` into `output_path` (and its side files); returns the summary.
+
+    `llm`: a model to borrow (left open); without it the stage opens one from `backend` (a BackendConfig,
+    its fields, or None for the environment) if it needs one. `restart`: drop an unfinished run's journal
+    instead of resuming it. `empty_ok`: an empty input is zero records, not an error (a pipeline's empty
+    shard)."""
+    if not isinstance(stage, Stage):
+        stage = stage(cfg if cfg is not None else stage.Config())
+    input_path, side = Path(input_path), SideFiles(output_path)
+    t0 = time.time()
+    if stage.owns_run:
+        check_input(input_path)
+        details = stage.run_alone(input_path, Path(output_path), progress=progress)
+        return StageSummary(stage=stage.name, input=str(input_path), output=str(output_path),
+                            records_in=int(details.get("records_in") or 0), details=details,
+                            wall_s=round(time.time() - t0, 2))
+    if not (empty_ok and input_path.is_file() and input_path.stat().st_size == 0):
+        check_input(input_path)
+    side.check_writable(*stage.side_outputs(side).values(), *(p for p, _ in stage.copies()))
+    with _model(stage, llm, backend) as model:
+        journal = None
+        if stage.journaled:
+            journal = StageJournal(side.journal, journal_header(stage, input_path, model), restart=restart)
+        outputs = Outputs(side.output, stage.cfg.output_format(), stage.side_outputs(side), stage.copies())
+        ctx = StageContext(stage.name, input_path, side, stage.cfg, progress=progress, llm=model, journal=journal,
+                           outputs=outputs, empty_ok=empty_ok)
+        side.legacy_bad_lines.unlink(missing_ok=True)  # a stale one from before the rename would mislead
+        try:
+            pending = stage.process(ctx.records(), ctx)
+            if inspect.isawaitable(pending):
+                run_sync(pending)
+            details = stage.finish(ctx)
+            outputs.commit()  # a refused run below still leaves its (complete, truthful) outputs: nothing lost
+        except BaseException:
+            outputs.abort()
+            if journal is not None:
+                journal.close() if journal.holds_work() else journal.discard()
+            raise
+        if journal is not None:
+            journal.discard()  # finished (or refused: then a re-run retries every request)
+        _refuse_if_requests_failed(stage.name, model, outputs)
+        return _summary(stage, ctx, outputs, model, details, time.time() - t0)
+
+
+def _summary(stage: Stage, ctx: StageContext, outputs: Outputs, model: MeteredLLM | None,
+             details: dict[str, Any], wall: float) -> StageSummary:
+    files = {**outputs.paths(), **ctx.files}
+    if ctx.read_stats.bad:
+        files["bad_lines"] = str(ctx.side.bad_lines)
+    return StageSummary(
+        stage=stage.name, input=str(ctx.input), output=str(ctx.side.output), records_in=ctx.records_in,
+        out=outputs.by_status(), files=files, bad_lines=ctx.read_stats.bad,
+        bad_by_reason=dict(ctx.read_stats.reasons.most_common()), resumed=ctx.resumed,
+        model=model.model_id if model is not None else None, profile=model.profile if model is not None else None,
+        profile_reason=model.profile_decision.reason if model is not None else None,
+        tokens=model.tokens() if model is not None else Tokens(),
+        tokens_by_operation=dict(model.by_operation) if model is not None else {},
+        failures=dict(model.failures) if model is not None else {}, wall_s=round(wall, 2), details=details)

@@ -20,7 +20,7 @@ runner = CliRunner()
 
 def _summary(result) -> dict:
     assert result.exit_code == 0, result.output
-    return json.loads(result.stdout[result.stdout.index("{"):])
+    return json.loads(result.stdout)
 
 
 @pytest.mark.parametrize("model", ["gpt-4o-mini", "gemini-2.5-flash", "Phi-3-mini-4k-instruct"])
@@ -31,7 +31,7 @@ def test_evolve_with_a_hosted_chat_model_sends_nothing_to_completions(tmp_path, 
                                          "--model", model, "--base-url", srv.base_url, "--no-cache", "--json"]))
         paths = dict(srv.paths)
     assert paths.get("/v1/completions", 0) == 0 and paths["/v1/chat/completions"] >= 25
-    assert s["output"]["records"] == len(list(read_records(out))) >= 20
+    assert sum(s["out"].values()) == len(list(read_records(out))) >= 20
     assert s["profile"] == "chat" and s["profile_reason"] == "remote server, model size unknown"
 
 
@@ -42,7 +42,7 @@ def test_evolve_with_a_small_name_on_a_chat_only_server_switches_once(tmp_path):
                                          "--model", "smollm2-135m", "--base-url", srv.base_url, "--no-cache", "--json"]))
         paths = dict(srv.paths)
     assert paths["/v1/completions"] == 1  # one request found out; everything else went to chat
-    assert s["output"]["records"] >= 20 and s["profile"] == "chat" and "refuses /completions" in s["profile_reason"]
+    assert sum(s["out"].values()) >= 20 and s["profile"] == "chat" and "refuses /completions" in s["profile_reason"]
 
 
 @pytest.mark.parametrize("think", ["inline", "reasoning_content", "reasoning"])
@@ -54,7 +54,7 @@ def test_no_think_text_in_any_record(tmp_path, think):
                                          "--keep-reasoning"]))
     text = out.read_text()
     recs = list(read_records(out))
-    assert s["output"]["records"] == len(recs) >= 20
+    assert sum(s["out"].values()) == len(recs) >= 20
     for r in recs:  # the thinking is nowhere in the data ...
         assert "think>" not in r.instruction + r.input + r.output and "let me think" not in r.output
     # ... and kept, on request, in the lineage only

@@ -73,9 +73,9 @@ def test_evolve_one_round(llama_server, tmp_path):
                               "--evolve-max-tokens", "48", "--answer-max-tokens", "48", "--judge", "embedding",
                               *_backend(llama_server), "--cache", str(tmp_path / "c.sqlite")])
     assert res.exit_code == 0, res.output
-    s = json.loads(res.stdout[res.stdout.index("{"):])
+    s = json.loads(res.stdout)
     recs = list(read_records(out))
-    assert s["rounds"]["1"]["evolved"] == 3 and len(recs) == 3 and s["tokens"]["errors"] == 0
+    assert s["details"]["rounds"]["1"]["evolved"] == 3 and len(recs) == 3 and s["tokens"]["failed"] == 0
     assert s["profile"] == "fewshot" and all(r.lineage.model == f"openai:{ALIAS}" for r in recs)
     assert all(r.lineage.parents and r.lineage.round == 1 for r in recs)
 
@@ -105,7 +105,7 @@ def test_self_instruct_small(llama_server, tmp_path):
                               "--temperature", "0.9", "--top-p", "0.95", "--json", *_backend(llama_server),
                               "--cache", str(tmp_path / "c.sqlite")])
     assert res.exit_code == 0, res.output
-    s = json.loads(res.stdout[res.stdout.index("{"):])
-    assert s["profile"] == "fewshot" and s["candidates"] >= 1, s
+    s = json.loads(res.stdout)
+    assert s["profile"] == "fewshot" and s["details"]["candidates"] >= 1, s
     for r in (read_records(out) if out.exists() and out.stat().st_size else []):
         assert r.lineage.model == f"openai:{ALIAS}" and r.instruction.strip()

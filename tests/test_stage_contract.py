@@ -62,8 +62,7 @@ def test_side_files_are_named_in_one_place_and_old_bad_lines_are_still_found(tmp
 
 
 def test_a_run_where_every_request_fails_exits_non_zero_with_one_line(tmp_path, capsys):
-    """A server that refuses every request: no output, no journal left behind, exit 2, one line naming
-    the cause (with the key never in it)."""
+    """A server that refuses every request: exit 2 and one line naming the cause."""
     out = tmp_path / "evolved.jsonl"
     with LoopbackServer(lambda body: Fault("400")) as srv:
         with pytest.raises(SystemExit) as ex:
@@ -75,7 +74,9 @@ def test_a_run_where_every_request_fails_exits_non_zero_with_one_line(tmp_path, 
     assert len(err) == 1 and err[0].startswith(f"error: evolve: {sent} of {sent} model requests failed and "
                                                "nothing was produced (most common cause:")
     assert "400" in err[0]
-    assert not out.exists() and not SideFiles(out).journal.exists()
+    # what was decided is written (nothing: every evolution failed), and the journal is dropped so that a
+    # re-run retries every request instead of resuming the failures
+    assert out.exists() and out.stat().st_size == 0 and not SideFiles(out).journal.exists()
 
 
 def test_a_run_that_produced_records_is_not_refused_for_some_failures(tmp_path):

@@ -39,7 +39,7 @@ def main(model_dir: str, work: str, seeds: str) -> dict:
     s = run_evolve(seeds, evo, EvolveConfig(rounds=1, keep_failed=True, evolve_max_tokens=48, answer_max_tokens=48,
                                             elimination=EliminationConfig(judge="embedding")), llm=llm, progress=False)
     recs = list(read_records(evo))
-    out["evolve"] = {"evolved": s["rounds"]["1"]["evolved"], "records": len(recs), "errors": s["tokens"]["errors"],
+    out["evolve"] = {"evolved": s.details["rounds"]["1"]["evolved"], "records": len(recs), "errors": s.tokens.failed,
                      "models": sorted({r.lineage.model for r in recs})}
     out["timings"]["evolve_s"] = round(time.perf_counter() - t, 1)
 
@@ -52,7 +52,7 @@ def main(model_dir: str, work: str, seeds: str) -> dict:
     fs = run_filter(src, clean, FilterConfig(judges="on", refine_rounds=0, dedup=False), llm=llm, progress=False)
     decided = [r for p in (clean, Path(f"{clean}.review.jsonl"), Path(f"{clean}.rejected.jsonl"))
                if p.exists() and p.stat().st_size for r in read_records(p)]
-    out["filter"] = {"status": fs["status"], "judges": fs["judges"],
+    out["filter"] = {"status": fs.out, "judges": fs.details["judges"],
                      "alignment": [r.scores.get("alignment") for r in decided],
                      "unjudged": [x for r in decided for x in r.reasons if x.endswith(":unjudged")]}
     out["timings"]["filter_s"] = round(time.perf_counter() - t, 1)

@@ -15,12 +15,13 @@ REPO = Path(__file__).resolve().parent.parent
 SEEDS = REPO / "examples" / "seeds.jsonl"
 
 
+def _yaml(path: Path, name: str, stages: str) -> Path:
+    path.write_text(f"name: {name}\ninput: {SEEDS}\nstages:\n{stages}")
+    return path
+
+
 def _job(tmp_path: Path, fmt: str = "chat", extra: str = "") -> Path:
-    p = tmp_path / "job.yaml"
-    p.write_text(f"""\
-name: exportjob
-input: {SEEDS}
-stages:
+    return _yaml(tmp_path / "job.yaml", "exportjob", f"""\
   - stage: export
     name: first
     format: record
@@ -31,7 +32,6 @@ stages:
     statuses: [pending]
     path: {tmp_path / 'final.jsonl'}
 {extra}""")
-    return p
 
 
 def _run(path: Path, run_dir: Path, **kw) -> dict:
@@ -169,3 +169,31 @@ def test_a_changed_side_input_file_redoes_the_stage(tmp_path, monkeypatch):
     side.write_text('{"a": 2}')
     after = eng.stage_key(st, "h")["config_hash"]
     assert len({without, before, after}) == 3
+
+
+def test_a_train_stage_runs_alone_through_the_same_runner(tmp_path, one_torch_thread):
+    """train owns its run (own reader, checkpoints): the engine still reaches it only through the registry,
+    and the manifest gets its summary, counts and folder output."""
+    from dataforge.train.tiny import tiny_llama, tiny_tokenizer
+
+    tok = tiny_tokenizer()
+    model_dir = tmp_path / "tiny"
+    tiny_llama(len(tok)).save_pretrained(model_dir)
+    tok.save_pretrained(model_dir)
+    job = _yaml(tmp_path / "train.yaml", "trainjob", f"""\
+  - stage: export
+    format: record
+    statuses: [pending]
+  - stage: train
+    model: {model_dir}
+    max_steps: 1
+    batch_size: 2
+    max_length: 64
+""")
+    res = _run(job, tmp_path / "run")
+    assert res["plan"] == [("export", "ran (new)"), ("train", "ran (new)")]
+    entry = res["manifest"]["stages"]["train"]
+    assert entry["status"] == "done" and entry["counts"]["in"] == sum(1 for _ in read_records(SEEDS))
+    assert entry["summary"]["stage"] == "train" and entry["summary"]["details"]["steps"] == 1
+    assert (tmp_path / "run" / "train" / "model" / "model" / "config.json").is_file()  # the run dir's model/
+    assert _run(job, tmp_path / "run")["plan"] == [("export", "skip (done)"), ("train", "skip (done)")]

@@ -91,6 +91,7 @@ def test_model_dependent_defaults_name_the_budgets_the_stage_uses():
     (["balance", "x.jsonl", "-o", "o.jsonl", "--level-mode", "wide"], "--level-mode"),
     (["evolve", "x.jsonl", "-o", "o.jsonl", "--ops", "deepen,teleport"], "--ops"),
     (["evolve", "x.jsonl", "-o", "o.jsonl", "--concurrency", "0"], "--concurrency"),
+    (["export", "README.md", "-o", "o.jsonl", "--restart"], "--restart"),  # no journal: refused, not ignored
 ])
 def test_a_bad_value_names_its_flag(argv, flag, capsys):
     from dataforge.cli import main

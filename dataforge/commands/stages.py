@@ -39,8 +39,11 @@ def _register(app: typer.Typer, cls: type[Stage]) -> None:
         as_json: bool = typer.Option(False, "--json", help="Print the summary as one JSON object."),
         *, cfg: Any, backend: dict[str, Any] | None = None,
     ) -> None:
+        from ..errors import DataforgeError
         from ..stage import run_stage
 
+        if restart and not cls.journaled:
+            raise DataforgeError(f"--restart: {cls.name} keeps no journal, so every run starts over anyway")
         summary = run_stage(cls, input_path, output, cfg, backend=backend_config(backend or {}) if uses_model
                             else None, restart=restart)
         emit_summary(summary.to_dict(), f"{cls.name} -> {output}", as_json)

@@ -50,6 +50,15 @@ CASES = [
     ("quotation", {}, '"Everything quoted."', 'Not quoted."'),
     ("postscript", {"marker": "P.S."}, "Main text.\n\nP.S. Remember the deadline.", "Main text. ps later"),
     ("postscript", {"marker": "P.P.S."}, "Body.\nP.P.S. extra note", "P.P.S. only a postscript"),
+    ("letter_frequency", {"letter": "z", "relation": "at_least", "n": 2}, "Zany zebras.", "A zebra."),
+    ("capital_word_frequency", {"relation": "at_least", "n": 2}, "VERY GOOD.", "Very GOOD. I"),
+    ("paragraph_dividers", {"relation": "exactly", "n": 2}, "One.\n***\nTwo.", "One.\n\nTwo."),
+    ("first_word", {"paragraphs": 2, "nth": 2, "word": "Finally"}, "A.\n\nFinally, b.", "A.\n\nThen b."),
+    ("repeat_prompt", {"request": "Name a river."}, "Name a river. The Nile.", "The Nile."),
+    ("two_responses", {}, "Rome.\n******\nParis.", "Rome.\n***\nParis."),
+    ("answer_choice", {"options": ["yes", "no"]}, "I would say yes", "I would say yes and no"),
+    ("response_language", {"language": "es"}, "Esta mañana fuimos al mercado para comprar pan fresco y fruta.",
+     "This morning we went to the market to buy fresh bread and fruit."),
 ]
 
 
@@ -66,7 +75,7 @@ def test_checker_accepts_good_and_rejects_bad(ctype, params, good, bad):
 
 def test_every_registered_type_has_a_case():
     assert {c[0] for c in CASES} == set(CONSTRAINTS)
-    assert len(CONSTRAINTS) >= 17
+    assert len(CONSTRAINTS) >= 27
 
 
 def test_sampling_is_seeded_and_phrases_match():
@@ -82,7 +91,8 @@ def test_sampling_is_seeded_and_phrases_match():
         assert spec["phrase"] == phrase(spec) and spec["phrase"].strip()
         json.dumps(spec)  # storable in record.meta
         assert isinstance(check(spec, "Some answer."), object)
-    assert seen == set(CONSTRAINTS)
+    # every type that fits the instruction is drawn; a yes/no verdict does not fit a "Describe ..." task
+    assert seen == set(CONSTRAINTS) - {"answer_choice"} == set(compatible_types(instruction=ins))
 
 
 def test_keywords_come_from_the_instruction_content():

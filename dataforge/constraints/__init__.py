@@ -17,8 +17,11 @@ import random
 from typing import Any, Iterable, Sequence
 
 from ..errors import DataforgeError
+from . import combined as _combined  # noqa: F401  (registers its types)
 from . import counts as _counts  # noqa: F401  (registers its types)
 from . import form as _form  # noqa: F401  (registers its types)
+from . import language as _language  # noqa: F401  (registers its types)
+from . import layout as _layout  # noqa: F401  (registers its types)
 from .base import CONSTRAINTS, RELATIONS, CheckResult, ConstraintType, Spec, conflicting, get_type
 
 __all__ = ["CONSTRAINTS", "RELATIONS", "CheckResult", "ConstraintType", "Spec", "sample_constraint", "phrase",
@@ -32,13 +35,16 @@ def make_spec(type_name: str, **params: Any) -> Spec:
     return spec
 
 
-def compatible_types(existing: Iterable[Spec | str] = (), types: Sequence[str] | None = None) -> list[str]:
-    """Types that could be added next to `existing` without contradicting them."""
+def compatible_types(existing: Iterable[Spec | str] = (), types: Sequence[str] | None = None,
+                     instruction: str | None = None) -> list[str]:
+    """Types that could be added next to `existing` without contradicting them (and, when
+    `instruction` is given, that fit it: a yes/no verdict only fits a question)."""
     have = [e if isinstance(e, str) else e["type"] for e in existing]
     names = list(types) if types is not None else sorted(CONSTRAINTS)
     for n in names:
         get_type(n)
-    return [n for n in names if not any(conflicting(n, h) for h in have)]
+    return [n for n in names if not any(conflicting(n, h) for h in have)
+            and (instruction is None or CONSTRAINTS[n].applies is None or CONSTRAINTS[n].applies(instruction))]
 
 
 def sample_constraint(rng: random.Random, instruction: str | None = None, *,
@@ -48,11 +54,13 @@ def sample_constraint(rng: random.Random, instruction: str | None = None, *,
     `instruction` lets keyword constraints pick words the task is about; `existing` are specs already on
     the record (conflicting types are skipped); `types` limits the choice.
     """
-    names = compatible_types(existing, types)
+    names = compatible_types(existing, types, instruction)
     if not names:
         raise DataforgeError("no constraint type is compatible with the ones already attached")
     name = rng.choices(names, weights=[CONSTRAINTS[n].weight for n in names])[0]
     params = CONSTRAINTS[name].sample(rng, instruction)
+    if CONSTRAINTS[name].forms > 1:
+        params["form"] = rng.randrange(CONSTRAINTS[name].forms)
     spec: Spec = {"type": name, "params": params}
     spec["phrase"] = phrase(spec)
     return spec

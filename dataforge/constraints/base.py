@@ -40,6 +40,10 @@ class ConstraintType:
     check: Callable[[dict[str, Any], str], tuple[bool, str]]
     conflicts: frozenset[str] = field(default_factory=frozenset)
     weight: float = 1.0
+    # how many wordings `phrase` knows; the sampler draws one into params["form"] so attached phrases vary
+    forms: int = 1
+    # whether the type makes sense for an instruction (a yes/no verdict only fits a question); None: always
+    applies: Callable[[str | None], bool] | None = None
 
 
 CONSTRAINTS: dict[str, ConstraintType] = {}
@@ -64,12 +68,17 @@ def conflicting(a: str, b: str) -> bool:
     return a == b or b in get_type(a).conflicts or a in get_type(b).conflicts
 
 
-# relations shared by the counting constraints
-RELATIONS = ("at_most", "at_least", "exactly")
+# relations shared by the counting constraints ("less than n" is stored as at_most n-1)
+RELATIONS = ("at_most", "at_least", "exactly", "around")
 
 
 def relation_words(relation: str) -> str:
     return relation.replace("_", " ")
+
+
+def around_tolerance(n: int) -> int:
+    """How far "around n" may stray: a fifth of n, at least one."""
+    return max(1, round(n / 5))
 
 
 def compare(value: int, relation: str, n: int) -> bool:
@@ -79,7 +88,14 @@ def compare(value: int, relation: str, n: int) -> bool:
         return value >= n
     if relation == "exactly":
         return value == n
+    if relation == "around":
+        return abs(value - n) <= around_tolerance(n)
     raise DataforgeError(f"unknown relation {relation!r}; use one of {', '.join(RELATIONS)}")
+
+
+def pick_form(templates: tuple[str, ...], p: dict[str, Any]) -> str:
+    """The wording `p["form"]` chose among `templates` (the first when the spec has none)."""
+    return templates[int(p.get("form", 0)) % len(templates)]
 
 
 def plural(n: int, word: str) -> str:

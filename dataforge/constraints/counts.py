@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 
 from . import text as T
-from .base import ConstraintType, compare, plural, register, relation_words
+from .base import ConstraintType, compare, pick_form, plural, register, relation_words
 
 _REL_WEIGHTS = {"at_most": 0.5, "at_least": 0.35, "exactly": 0.15}
 
@@ -73,3 +73,70 @@ register(ConstraintType(
     lambda p: f"Organise your answer into exactly {plural(int(p['n']), 'section')}, each starting with "
               "a Markdown header line such as '## Overview'.",
     _sections_check))
+
+
+# ---------------------------------------------------------------- letters and capitalised words
+
+def _rel_phrase(relation: str) -> str:
+    return {"at_most": "no more than", "around": "about"}.get(relation, relation_words(relation))
+
+
+_LETTER_TEMPLATES = (
+    "The letter '{letter}' must appear {rel} {count} in your reply (capital or small both count).",
+    "Make sure your answer uses the letter {letter} {rel} {count}, counting upper and lower case.",
+    "Count your '{letter}'s: the response should contain that letter {rel} {count}.",
+)
+
+
+def _letter_sample(rng: random.Random, instruction: str | None) -> dict:
+    if rng.random() < 0.6:
+        return {"letter": rng.choice("etaoinsrhl"), "relation": "at_least", "n": rng.randint(5, 15)}
+    return {"letter": rng.choice("zqxjkv"), "relation": "at_most", "n": rng.randint(1, 3)}
+
+
+def _letter_check(p: dict, response: str) -> tuple[bool, str]:
+    letter = str(p["letter"])
+    if len(letter) != 1 or not letter.isalpha():
+        raise ValueError(f"letter must be a single letter, got {letter!r}")
+    got = response.lower().count(letter.lower())
+    return compare(got, p["relation"], int(p["n"])), \
+        f"letter '{letter}' {plural(got, 'time')}, wanted {relation_words(p['relation'])} {p['n']}"
+
+
+register(ConstraintType(
+    "letter_frequency", "a letter used a given number of times (case-insensitive)", _letter_sample,
+    lambda p: pick_form(_LETTER_TEMPLATES, p).format(letter=p["letter"], rel=_rel_phrase(p["relation"]),
+                                                     count=plural(int(p["n"]), "time")),
+    _letter_check, forms=len(_LETTER_TEMPLATES), weight=0.5))
+
+
+def capital_words(text: str) -> list[str]:
+    """Words written wholly in capitals, at least two letters long: "NASA", "VERY" and "CO2" count;
+    "I", "A" and "Nasa" do not (a lone capital letter is ordinary writing, not emphasis)."""
+    return [w for w in T.words(text) if sum(c.isalpha() for c in w) >= 2 and w.isupper()]
+
+
+_CAPS_TEMPLATES = (
+    "Use {rel} {count} written entirely in capital letters (like THIS) for emphasis.",
+    "Your reply should contain {rel} {count} in ALL CAPS.",
+    "Write {rel} {count} fully in uppercase letters somewhere in the response.",
+)
+
+
+def _caps_sample(rng: random.Random, instruction: str | None) -> dict:
+    if rng.random() < 0.6:
+        return {"relation": "at_least", "n": rng.randint(2, 6)}
+    return {"relation": "at_most", "n": rng.randint(1, 4)}
+
+
+def _caps_check(p: dict, response: str) -> tuple[bool, str]:
+    got = len(capital_words(response))
+    return compare(got, p["relation"], int(p["n"])), \
+        f"{plural(got, 'all-capital word')}, wanted {relation_words(p['relation'])} {p['n']}"
+
+
+register(ConstraintType(
+    "capital_word_frequency", "a number of words written in all capitals (two letters or more)", _caps_sample,
+    lambda p: pick_form(_CAPS_TEMPLATES, p).format(rel=_rel_phrase(p["relation"]), count=plural(int(p["n"]), "word")),
+    _caps_check, forms=len(_CAPS_TEMPLATES), weight=0.5,
+    conflicts=frozenset({"lowercase", "uppercase"})))

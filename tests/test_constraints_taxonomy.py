@@ -275,3 +275,12 @@ def test_response_language_is_deterministic_and_whole():
     assert not check(make_spec("response_language", language="fr"), "12 34 !!").ok
     with pytest.raises(DataforgeError, match="bad params"):
         check(make_spec("response_language", language="xx"), "bonjour")
+
+
+@pytest.mark.parametrize("k,want", [(1, False), (2, True), (3, False)])
+def test_sections_with_a_marker_line(k, want):
+    text = "\n".join(f"SECTION {i + 1}\nText {i}." for i in range(k))
+    assert ok("sections", text, n=2, marker="SECTION") is want
+    assert not ok("sections", "", n=2, marker="SECTION")
+    assert ok("sections", "**Partie 1** é\nx\n## Partie 2\ny", n=2, marker="Partie")  # bold or header marks count
+    assert not ok("sections", "Voir Partie 1 et Partie 2.", n=2, marker="Partie")  # a mention is not a section line

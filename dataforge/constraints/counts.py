@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import re
 
 from . import text as T
 from .base import ConstraintType, compare, pick_form, plural, register, relation_words
@@ -64,15 +65,25 @@ def _sections_sample(rng: random.Random, instruction: str | None) -> dict:
 
 
 def _sections_check(p: dict, response: str) -> tuple[bool, str]:
+    marker = p.get("marker")
+    if marker:  # "Mark each section with SECTION X": lines that begin with the marker and a number
+        got = len(re.findall(r"^[ \t#*]*" + re.escape(str(marker)) + r"[ \t]+\d+", response, re.M))
+        return got == int(p["n"]), f"{plural(got, f'{marker} N line')}, wanted exactly {p['n']}"
     got = len(T.headers(response))
     return got == int(p["n"]), f"{plural(got, 'header line')}, wanted exactly {p['n']}"
 
 
+def _sections_phrase(p: dict) -> str:
+    if p.get("marker"):
+        return (f"Divide your answer into exactly {plural(int(p['n']), 'section')} and open each one with a line "
+                f"reading {p['marker']} 1, {p['marker']} 2 and so on.")
+    return (f"Organise your answer into exactly {plural(int(p['n']), 'section')}, each starting with "
+            "a Markdown header line such as '## Overview'.")
+
+
 register(ConstraintType(
-    "sections", "exact number of sections, each under a Markdown header", _sections_sample,
-    lambda p: f"Organise your answer into exactly {plural(int(p['n']), 'section')}, each starting with "
-              "a Markdown header line such as '## Overview'.",
-    _sections_check))
+    "sections", "exact number of sections, each under a Markdown header (or a marker line such as SECTION 1)",
+    _sections_sample, _sections_phrase, _sections_check))
 
 
 # ---------------------------------------------------------------- letters and capitalised words

@@ -50,6 +50,7 @@ CASES = [
     ("quotation", {}, '"Everything quoted."', 'Not quoted."'),
     ("postscript", {"marker": "P.S."}, "Main text.\n\nP.S. Remember the deadline.", "Main text. ps later"),
     ("postscript", {"marker": "P.P.S."}, "Body.\nP.P.S. extra note", "P.P.S. only a postscript"),
+    ("char_count", {"relation": "at_most", "n": 12}, " Short text. ", "Longer text here."),
     ("letter_frequency", {"letter": "z", "relation": "at_least", "n": 2}, "Zany zebras.", "A zebra."),
     ("capital_word_frequency", {"relation": "at_least", "n": 2}, "VERY GOOD.", "Very GOOD. I"),
     ("paragraph_dividers", {"relation": "exactly", "n": 2}, "One.\n***\nTwo.", "One.\n\nTwo."),

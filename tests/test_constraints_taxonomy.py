@@ -284,3 +284,11 @@ def test_sections_with_a_marker_line(k, want):
     assert not ok("sections", "", n=2, marker="SECTION")
     assert ok("sections", "**Partie 1** é\nx\n## Partie 2\ny", n=2, marker="Partie")  # bold or header marks count
     assert not ok("sections", "Voir Partie 1 et Partie 2.", n=2, marker="Partie")  # a mention is not a section line
+
+
+@pytest.mark.parametrize("text,want", [("ünï cödé!", False), ("ünï cödé!!", True), ("ünï cödé!!!", False)])
+def test_char_count_exactly_n_counts_spaces_not_surrounding_whitespace(text, want):
+    assert len(text) in (9, 10, 11)
+    assert ok("char_count", f"  {text}\n", relation="exactly", n=10) is want
+    assert ok("char_count", "", relation="at_most", n=0)
+    assert not ok("char_count", "", relation="at_least", n=1)

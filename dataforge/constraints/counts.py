@@ -19,6 +19,8 @@ def _counting(name: str, unit: str, measure, choices: dict[str, tuple[int, ...]]
               template: str) -> ConstraintType:
     def sample(rng: random.Random, instruction: str | None) -> dict:
         rel = _relation(rng)
+        while not choices.get(rel):
+            rel = _relation(rng)
         return {"relation": rel, "n": rng.choice(choices[rel])}
 
     def phrase(p: dict) -> str:
@@ -42,6 +44,10 @@ _counting("paragraph_count", "paragraph", lambda s: len(T.paragraphs(s)),
           {"at_most": (2, 3), "at_least": (2, 3, 4), "exactly": (2, 3, 4)},
           "limit on the number of paragraphs (separated by blank lines)",
           "Write {rel} {count}, separated by blank lines.")
+_counting("char_count", "character", lambda s: len(s.strip()),
+          {"at_most": (140, 200, 280, 500), "at_least": (300, 500, 800), "exactly": (), "around": ()},
+          "limit on the number of characters (spaces included, surrounding whitespace not)",
+          "Keep the whole response to {rel} {count}, spaces included.")
 
 
 def _bullets_sample(rng: random.Random, instruction: str | None) -> dict:

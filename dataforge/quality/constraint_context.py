@@ -1,0 +1,140 @@
+"""What the constraint parser needs to read a number and to tell a constraint on the response from
+text that only mentions one: numbers written as digits or words, relation words ("fewer than 50",
+"50 or more", "between 3 and 5"), and the contexts that describe data ("if the input has fewer than
+3 words"), a person or thing in the task ("a character who never uses commas"), one item of many
+("each bullet under 15 words"), or a quotation ('the teacher said "answer in 50 words"').
+"""
+
+from __future__ import annotations
+
+import re
+
+_SMALL = {"zero": 0, "one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6, "seven": 7, "eight": 8,
+          "nine": 9, "ten": 10, "eleven": 11, "twelve": 12, "thirteen": 13, "fourteen": 14, "fifteen": 15,
+          "sixteen": 16, "seventeen": 17, "eighteen": 18, "nineteen": 19}
+_TENS = {"twenty": 20, "thirty": 30, "forty": 40, "fifty": 50, "sixty": 60, "seventy": 70, "eighty": 80,
+         "ninety": 90}
+_SPECIAL = {"a single": 1, "single": 1, "once": 1, "twice": 2, "thrice": 3, "a couple of": 2, "a dozen": 12,
+            "dozen": 12, "a hundred": 100}
+_alt = lambda words: "|".join(sorted(words, key=len, reverse=True))  # noqa: E731
+_UNDER_100 = rf"(?:(?:{_alt(_TENS)})(?:[-\s](?:{_alt(k for k in _SMALL if _SMALL[k] < 10 and k != 'zero')}))?" \
+             rf"|{_alt(_SMALL)})"
+NUMBER_WORDS = rf"(?:(?:{_UNDER_100}|a)\s+hundred(?:\s+(?:and\s+)?{_UNDER_100})?|{_alt(_SPECIAL)}|{_UNDER_100})"
+NUM = rf"(\d{{1,3}}(?:,\d{{3}})+|\d+|{NUMBER_WORDS})"
+
+
+def to_int(text: str) -> int:
+    """The value of a number written as digits ("1,000") or words ("two hundred and fifty", "twice")."""
+    t = " ".join(text.lower().replace("-", " ").split())
+    if t.replace(",", "").isdigit():
+        return int(t.replace(",", ""))
+    if t in _SPECIAL:
+        return _SPECIAL[t]
+    total, current = 0, 0
+    for w in t.split():
+        if w in ("and",):
+            continue
+        if w == "a":
+            current = 1
+        elif w in _SMALL:
+            current += _SMALL[w]
+        elif w in _TENS:
+            current += _TENS[w]
+        elif w == "hundred":
+            current = (current or 1) * 100
+        else:
+            raise ValueError(f"not a number: {text!r}")
+    return total + current
+
+
+# A relation word right before a number: (pattern, relation, offset added to the number).
+# "less than 50" means at most 49; "more than 50" at least 51.
+PREFIX_RELATIONS = [  # checked in order: "no fewer than" before "fewer than", "no more than" before "more than"
+    (r"(?:no|not)\s+(?:more|longer)\s+than|at\s+(?:the\s+)?most|up\s+to|(?:a\s+)?max(?:imum)?(?:\s+of)?:?|max\.|"
+     r"(?:not|n't|never)\s+(?:to\s+)?(?:exceed|go\s+(?:over|beyond)|be\s+(?:longer|more)\s+than)|exceed(?:ing)?\s+no|"
+     r"within|limit(?:ed)?(?:\s+\w+){0,3}\s+to|keep(?:\s+\w+){0,3}\s+to|cap(?:ped)?\s+at|(?:word|length)\s+limit:?|"
+     r"limit:|≤|<=", "at_most", 0),
+    (r"at\s+least|no\s+(?:fewer|less|shorter)\s+than|not\s+(?:fewer|less)\s+than|(?:a\s+)?minimum(?:\s+of)?:?|"
+     r"min\.?|≥|>=", "at_least", 0),
+    (r"less\s+than|fewer\s+than|under|below|shorter\s+than|<", "at_most", -1),
+    (r"more\s+than|over|greater\s+than|longer\s+than|exceeding|above|>", "at_least", 1),
+    (r"exactly|precisely", "exactly", 0),
+    (r"around|about|approximately|approx\.?|roughly|circa|close\s+to|~", "around", 0),
+]
+POSTFIX_RELATIONS = [
+    (r"or\s+(?:fewer|less|under|shorter)|max(?:imum)?\b|at\s+(?:the\s+)?most|tops|or\s+below", "at_most"),
+    (r"or\s+more|or\s+longer|at\s+least|minimum\b|min\b|or\s+above|plus\b", "at_least"),
+]
+
+
+def prefix_relation(before: str) -> tuple[str, int] | None:
+    """The relation named by the words just before a number, or None."""
+    for pattern, relation, offset in PREFIX_RELATIONS:
+        if re.search(rf"(?<![\w])(?:{pattern})\s*$", before, re.I):
+            return relation, offset
+    return None
+
+
+def postfix_relation(after: str) -> str | None:
+    for pattern, relation in POSTFIX_RELATIONS:
+        if re.match(rf"\s*[,(]?\s*(?:{pattern})", after, re.I):
+            return relation
+    return None
+
+
+# ---------------------------------------------------------------- contexts that are not about the response
+
+_QUOTES = re.compile(r"\"[^\"\n]*\"|“[^”\n]*”")
+_CLAUSE_END = re.compile(r"[.!?;\n(](?=\s|$)|\n")
+_CODE_TASK = re.compile(r"\b(?:function|program|script|regex|regular\s+expression|sql|query|method|algorithm|"
+                        r"class\s+that|print)\b", re.I)
+_RESPONSE_SUBJECT = re.compile(r"\b(?:your|the)\s+(?:entire\s+|whole\s+)?(?:response|answer|reply|output)\b", re.I)
+# words that, shortly before a constraint, show it describes data, a person, one item, or the user's text
+_DATA_CUE = re.compile(
+    r"\b(?:if|when|whenever|whether|unless|given|each|every|who|whose|my|our|says?|said|has|have|had)\b"
+    r"|\babout\s+(?:a|an|the)\s+\w+(?:\s+\w+)?\s+(?:that|which|with)\b", re.I)
+_MODAL_HAVE = re.compile(r"\b(?:should|must|will|shall|to|needs?\s+to|has\s+to|have\s+to)\s+(?:have|has)\b", re.I)
+_GENERIC_SUBJECT = re.compile(r"^\s*(?:a|an)\s+\w+\s+(?:must|should|can|is|are)\b", re.I)
+
+
+def clause_start(text: str, pos: int) -> int:
+    """Where the clause holding `pos` begins (after the last . ! ? ; ( or line break before it)."""
+    start = 0
+    for m in _CLAUSE_END.finditer(text, 0, pos):
+        start = m.end()
+    return start
+
+
+def in_quotes(text: str, pos: int) -> bool:
+    return any(m.start() < pos < m.end() for m in _QUOTES.finditer(text))
+
+
+_QUESTION_START = re.compile(r"^\s*(?:why|what|what's|how|who|where|when|which|is|are|do|does|did|can|could|should|"
+                             r"would|will)\b", re.I)
+
+
+def in_question(text: str, pos: int) -> bool:
+    """Inside a question ("Why do people write in all caps?"): it talks about a constraint, it does not set one."""
+    start = max(text.rfind(c, 0, pos) for c in ".!?\n") + 1
+    ends = [i for i in (text.find(c, pos) for c in ".!?\n") if i >= 0]
+    end = min(ends) if ends else len(text)
+    return end < len(text) and text[end] == "?" and bool(_QUESTION_START.match(text[start:pos]))
+
+
+def about_the_response(text: str, start: int, window_words: int = 6) -> bool:
+    """False when the constraint starting at `start` sits in a quotation, in a clause that describes data or a
+    person ("if the input has", "a character who", "my essay"), one item of many ("each bullet"), a general
+    statement ("A tweet must be ...") or a coding task whose counts are about the data."""
+    if in_quotes(text, start) or in_question(text, start):
+        return False
+    cs = clause_start(text, start)
+    clause_before = text[cs:start]
+    near = " ".join(clause_before.split()[-window_words:])
+    cue = _DATA_CUE.search(near)
+    if cue and not (cue.group(0).lower() in ("has", "have") and _MODAL_HAVE.search(near)):
+        return False
+    if _GENERIC_SUBJECT.match(clause_before):
+        return False
+    if _CODE_TASK.search(_QUOTES.sub(" ", text)) and not _RESPONSE_SUBJECT.search(clause_before):
+        return False
+    return True

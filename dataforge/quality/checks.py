@@ -125,10 +125,11 @@ def complexity_features(r: Record, n_constraints: int) -> float:
 
 
 def constraint_specs(r: Record) -> list[dict]:
-    """Attached constraints (from evolve) plus detected ones whose type is not attached already."""
+    """Attached constraints (from evolve) plus detected ones whose type is not attached already. Only the
+    instruction is read: the input is data ("the text has fewer than 3 words" there sets no constraint)."""
     attached = [s for s in (r.meta.get("constraints") or []) if isinstance(s, dict) and "type" in s]
     have = {s["type"] for s in attached}
-    detected = [s for s in parse_constraints(r.prompt_text) if s["type"] not in have]
+    detected = [s for s in parse_constraints(r.instruction) if s["type"] not in have]
     return attached + detected
 
 

@@ -93,7 +93,9 @@ _RESPONSE_SUBJECT = re.compile(r"\b(?:your|the)\s+(?:entire\s+|whole\s+)?(?:resp
 _DATA_CUE = re.compile(
     r"\b(?:if|when|whenever|whether|unless|given|each|every|who|whose|my|our|says?|said|has|have|had)\b"
     r"|\babout\s+(?:a|an|the)\s+\w+(?:\s+\w+)?\s+(?:that|which|with)\b", re.I)
-_MODAL_HAVE = re.compile(r"\b(?:should|must|will|shall|to|needs?\s+to|has\s+to|have\s+to)\s+(?:have|has)\b", re.I)
+_MODAL_HAVE = re.compile(r"\b(?:should|must|will|shall|to|needs?\s+to|has\s+to|have\s+to)\s+(?:have|has)\b|"
+                         r"\bso\s+(?:that\s+)?(?:it|they|the\s+\w+)\s+(?:has|have)\b", re.I)
+_COMMA = re.compile(r",\s")
 _GENERIC_SUBJECT = re.compile(r"^\s*(?:a|an)\s+\w+\s+(?:must|should|can|is|are)\b", re.I)
 
 
@@ -109,8 +111,9 @@ def in_quotes(text: str, pos: int) -> bool:
     return any(m.start() < pos < m.end() for m in _QUOTES.finditer(text))
 
 
-_QUESTION_START = re.compile(r"^\s*(?:why|what|what's|how|who|where|when|which|is|are|do|does|did|can|could|should|"
-                             r"would|will)\b", re.I)
+# "Can you answer in German?" is a request, not a question about constraints
+_QUESTION_START = re.compile(r"^\s*(?!(?:can|could|would|will)\s+you\b)(?:why|what|what's|how|who|where|when|which|is|"
+                             r"are|do|does|did|can|could|should|would|will)\b", re.I)
 
 
 def in_question(text: str, pos: int) -> bool:
@@ -129,7 +132,9 @@ def about_the_response(text: str, start: int, window_words: int = 6) -> bool:
         return False
     cs = clause_start(text, start)
     clause_before = text[cs:start]
-    near = " ".join(clause_before.split()[-window_words:])
+    # cue words belong to the comma-separated part they are in: "someone who has never had it, in 30 words"
+    part = _COMMA.split(clause_before)[-1]
+    near = " ".join(part.split()[-window_words:])
     cue = _DATA_CUE.search(near)
     if cue and not (cue.group(0).lower() in ("has", "have") and _MODAL_HAVE.search(near)):
         return False

@@ -31,13 +31,13 @@ _UNITS = [  # (pattern, constraint type), longest first
 ]
 _UNIT = "|".join(f"(?P<u{i}>{p})" for i, (p, _) in enumerate(_UNITS))
 _ADJ = r"(?:(?:short|full|complete|separate|distinct|concise|brief|clear|key|main|markdown|total)\s+)?"
-_COUNT = re.compile(rf"(?<![\w.,<]){NUM}(?:\s*(?:-|–|to|and|or)\s*{NUM})?(?:[\s-]+|-?){_ADJ}(?:{_UNIT})(?![\w])",
+_COUNT = re.compile(rf"(?<![\w.,]){NUM}(?:\s*(?:-|–|to|and|or)\s*{NUM})?(?:[\s-]+|-?){_ADJ}(?:{_UNIT})(?![\w])",
                     re.I)
 _BETWEEN = re.compile(r"between\s*$", re.I)
 # "N words each", "N words per sentence", "10 words that start with Q", "4 words in all caps": not the response's length
 _PER_ITEM_AFTER = re.compile(r"^\s*(?:each|per\s+\w+|apiece|in\s+each|for\s+each|that|which|starting|beginning|"
                              r"from|of\s+(?:the|your|which)|to\s+describe|in\s+(?:all\s+)?(?:caps|capital|upper)|"
-                             r"written\s+in|fully|long\s+each)\b", re.I)
+                             r"written\s+in|fully|long\s+each|by\s+writing|in\s+bold|in\s+italics)\b", re.I)
 _LIST_OF = re.compile(rf"(?:bulleted|numbered|bullet(?:-point)?)\s+list\s+of\s+{NUM}\b|{NUM}[\s-]+item\s+"
                       rf"(?:bulleted|numbered)\s+list|numbered\s+list\s+of\s+{NUM}\s+(?:steps|items|points)", re.I)
 _AND_MORE = re.compile(rf"^\s*,?\s*and\s+(no\s+(?:fewer|less|more)\s+than|at\s+(?:least|most)|fewer\s+than|"
@@ -130,6 +130,11 @@ def _shape_counts(text: str, counts: list[tuple[str, dict, int]]) -> list[Spec]:
         if k and w:
             first_word = {"nth": k, "word": w.group(1)}
     divider = bool(_DIVIDER.search(text))
+    if divider and not any(c[0] == "paragraph_count" for c in counts):
+        # "a story in 5 parts, separated by ***": with dividers asked for, parts are the paragraphs
+        m = re.search(rf"(?<![\w.]){NUM}\s+(?:parts|blocks|chunks)\b", text, re.I)
+        if m and about_the_response(text, m.start()):
+            counts = [*counts, ("paragraph_count", {"relation": "exactly", "n": to_int(m.group(1))}, m.start())]
     for ctype, p, _ in counts:
         if ctype == "bullet_count":
             if p["relation"] == "exactly":

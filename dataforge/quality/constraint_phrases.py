@@ -65,14 +65,16 @@ _KW_MUST_NOT = re.compile(r"\b(?:the\s+)?(?:key\s*)?words?\s+(" + _Q + r")\s+(?:
 
 
 def _kw_list(text: str, start: int) -> list[str]:
-    """Quoted keywords right after `start`, joined by commas, 'and' or 'or'."""
+    """Quoted keywords right after `start`, joined by commas, 'and' or 'or' (marks such as "## " are no words)."""
     out = []
     pos = start
     while True:
         m = re.compile(r"\s*(?:,|\band\b|\bor\b|/)?\s*" + _Q).match(text, pos)
         if not m:
             return out
-        out.append(next(g for g in m.groups() if g is not None).strip())
+        item = next(g for g in m.groups() if g is not None).strip()
+        if re.search(r"\w", item):
+            out.append(item)
         pos = m.end()
 
 
@@ -158,7 +160,7 @@ def capital_word_frequency(text: str) -> Iterator[Found]:
 
 # ---------------------------------------------------------------- openings and endings
 
-_RESP = r"(?:(?:your|the)\s+(?:entire\s+|whole\s+)?(?:response|answer|reply|output|text|message)\s+)?"
+_RESP = r"(?:(?:it|(?:your|the)\s+(?:entire\s+|whole\s+)?(?:response|answer|reply|output|text|message))\s+)?"
 _EXACT = r"(?:(?:with\s+)?(?:the|this)\s+(?:exact\s+|following\s+)?(?:phrase|sentence|words?|line)\s*:?\s*)?"
 _START = re.compile(rf"\b(?:start|begin|open)\w*\s+{_RESP}(?:with|by\s+saying)\s+{_EXACT}(?={_Q})|"
                     rf"\b(?:response|answer|reply|output)\s+(?:should|must|has\s+to)\s+(?:start|begin|open)\s+with\s+"
@@ -174,6 +176,8 @@ def _fixed_phrase(text: str, pattern: re.Pattern, type_name: str) -> Iterator[Fo
         around = text[max(0, m.start() - 40):m.end()]
         if re.search(r"\bparagraph\b|\bpost-?script\b", around, re.I):
             continue  # "paragraph 2 must start with ..." is first_word; "a postscript beginning with" a postscript
+        if re.search(r"\b(?:that|which|whose|who)\s+(?:\w+\s+)?$", text[max(0, m.start() - 30):m.start()], re.I):
+            continue  # "words that begin with 'pre'" describes other things, not the response
         q = _QUOTED_LIST.match(text, m.end())
         if q and about_the_response(text, m.start()):
             yield type_name, {"phrase": next(g for g in q.groups() if g is not None).strip()}

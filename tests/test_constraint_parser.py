@@ -115,3 +115,21 @@ def test_fewer_than_50_words_goes_to_review_through_the_parser_alone(tmp_path):
     assert len(review) == 1
     fmt = [x for x in review[0].reasons if x.startswith("format:")]
     assert fmt and fmt[0].startswith("format:word_count(") and "80 words" in fmt[0], review[0].reasons
+
+
+def test_parser_reads_every_phrasing_the_library_writes():
+    """Evolved instructions reach the gate with their specs, but a copy without meta (exported, converted)
+    must still be checked: the parser finds each spec from its phrase alone, and nothing else."""
+    import random
+
+    from dataforge.constraints import CONSTRAINTS, sample_constraint
+    from dataforge.generate.evolve import append_phrase
+
+    rng = random.Random(0)
+    english = spec_key(("response_language", {"language": "en"}))  # "in English capital letters" also says English
+    for t in sorted(CONSTRAINTS):
+        ins = "Is the Rhine longer than the Danube?" if t == "answer_choice" else "Describe how glaciers shape valleys."
+        for _ in range(25):
+            s = sample_constraint(rng, ins, types=[t])
+            got = {spec_key(x) for x in parse_constraints(append_phrase(ins, s["phrase"]))} - {english}
+            assert got == {spec_key(s)}, (s["phrase"], got)

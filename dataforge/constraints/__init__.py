@@ -25,7 +25,7 @@ from . import layout as _layout  # noqa: F401  (registers its types)
 from .base import CONSTRAINTS, RELATIONS, CheckResult, ConstraintType, Spec, conflicting, get_type
 
 __all__ = ["CONSTRAINTS", "RELATIONS", "CheckResult", "ConstraintType", "Spec", "sample_constraint", "phrase",
-           "check", "check_all", "all_ok", "make_spec", "conflicting", "get_type", "compatible_types"]
+           "check", "check_all", "all_ok", "make_spec", "conflicting", "get_type", "compatible_types", "still_worded"]
 
 
 def make_spec(type_name: str, **params: Any) -> Spec:
@@ -64,6 +64,15 @@ def sample_constraint(rng: random.Random, instruction: str | None = None, *,
     spec: Spec = {"type": name, "params": params}
     spec["phrase"] = phrase(spec)
     return spec
+
+
+def still_worded(spec: Spec, instruction: str) -> bool:
+    """Does a rewritten `instruction` still state `spec`? Its phrase must be there, and a request it asks to
+    repeat must still stand in the text unchanged (a model rewrite may have reworded it)."""
+    if not spec.get("phrase") or spec["phrase"] not in instruction:
+        return False
+    request = (spec.get("params") or {}).get("request")
+    return request is None or " ".join(str(request).split()).rstrip(" .:;") in " ".join(instruction.split())
 
 
 def _validated(spec: Spec) -> tuple[ConstraintType, dict[str, Any]]:

@@ -132,7 +132,7 @@ def choose_operation(ctx: Context, slot: Slot, rng: random.Random) -> str:
 
 def _constraints_kept(parent: Record, text: str) -> list[dict]:
     """Parent constraints still worded in the child (a model rewrite may have dropped them)."""
-    return [s for s in parent.meta.get("constraints") or [] if s.get("phrase") and s["phrase"] in text]
+    return [s for s in parent.meta.get("constraints") or [] if C.still_worded(s, text)]
 
 
 def chain_key(record: Record) -> str:

@@ -91,7 +91,7 @@ _CODE_TASK = re.compile(r"\b(?:function|program|script|regex|regular\s+expressio
 _RESPONSE_SUBJECT = re.compile(r"\b(?:your|the)\s+(?:entire\s+|whole\s+)?(?:response|answer|reply|output)\b", re.I)
 # words that, shortly before a constraint, show it describes data, a person, one item, or the user's text
 _DATA_CUE = re.compile(
-    r"\b(?:if|when|whenever|whether|unless|given|each|every|who|whose|my|our|says?|said|has|have|had)\b"
+    r"\b(?:if|when|whenever|whether|unless|given|each|every|who|whose|my|our|says?|said)\b|\b(?:has|have|had)\b(?!\s+to\b)"
     r"|\babout\s+(?:a|an|the)\s+\w+(?:\s+\w+)?\s+(?:that|which|with)\b", re.I)
 _MODAL_HAVE = re.compile(r"\b(?:should|must|will|shall|to|needs?\s+to|has\s+to|have\s+to)\s+(?:have|has)\b|"
                          r"\bso\s+(?:that\s+)?(?:it|they|the\s+\w+)\s+(?:has|have)\b", re.I)

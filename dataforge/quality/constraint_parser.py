@@ -37,7 +37,7 @@ _BETWEEN = re.compile(r"between\s*$", re.I)
 # "N words each", "N words per sentence", "10 words that start with Q", "4 words in all caps": not the response's length
 _PER_ITEM_AFTER = re.compile(r"^\s*(?:each|per\s+\w+|apiece|in\s+each|for\s+each|that|which|starting|beginning|"
                              r"from|of\s+(?:the|your|which)|to\s+describe|in\s+(?:all\s+)?(?:caps|capital|upper)|"
-                             r"written\s+in|fully|long\s+each|by\s+writing|in\s+bold|in\s+italics)\b", re.I)
+                             r"written|fully|long\s+each|by\s+writing|in\s+bold|in\s+italics)\b", re.I)
 _LIST_OF = re.compile(rf"(?:bulleted|numbered|bullet(?:-point)?)\s+list\s+of\s+{NUM}\b|{NUM}[\s-]+item\s+"
                       rf"(?:bulleted|numbered)\s+list|numbered\s+list\s+of\s+{NUM}\s+(?:steps|items|points)", re.I)
 _AND_MORE = re.compile(rf"^\s*,?\s*and\s+(no\s+(?:fewer|less|more)\s+than|at\s+(?:least|most)|fewer\s+than|"
@@ -45,8 +45,9 @@ _AND_MORE = re.compile(rf"^\s*,?\s*and\s+(no\s+(?:fewer|less|more)\s+than|at\s+(
 _DIVIDER = re.compile(r"\*\*\*(?!\*)|markdown\s+divider|three\s+asterisks", re.I)
 _NTH_FIRST = re.compile(r"(?:first\s+word\s+of\s+(?:the\s+)?(?P<o1>\w+)\s+paragraph|paragraph\s+(?P<o2>\w+)"
                         r"\s+(?:must|should|has\s+to|will)?\s*(?:start|begin|open)|(?:start|begin|open)\s+"
-                        r"paragraph\s+(?P<o3>\w+)|the\s+(?P<o4>\w+)\s+(?:paragraph|one)\s+(?:must|should|has\s+to|"
-                        r"needs\s+to)?\s*(?:start|begin|open))", re.I)
+                        r"paragraph\s+(?P<o3>\w+)|(?:the|its|your)\s+(?P<o4>\w+)\s+(?:paragraph|one)\s+(?:must|should|"
+                        r"has\s+to|needs\s+to)?\s*(?:start|begin|open)|(?:start|begin|open)\s+the\s+(?P<o5>\w+)\s+paragraph"
+                        r"(?:\s+of\s+(?:your|the)\s+(?:answer|response|reply))?)", re.I)
 _ORDINAL = {"first": 1, "second": 2, "third": 3, "fourth": 4, "fifth": 5, "sixth": 6, "seventh": 7, "eighth": 8,
             "ninth": 9, "tenth": 10, "1st": 1, "2nd": 2, "3rd": 3, "4th": 4, "5th": 5}
 _FIRST_WORD = re.compile(r"\s*(?:(?:must|should|has\s+to|needs\s+to|will|is\s+to)\s+)?(?:(?:start|begin|open)\w*\s+)?"
@@ -95,6 +96,8 @@ def _counts(text: str) -> list[tuple[str, dict, int]]:
             continue
         if hi is not None:
             continue  # "3 or 4" read backwards, or a list of numbers: not a constraint we can state
+        if _BETWEEN.search(before):
+            continue  # "a *** line between one paragraph and the next"
         rel = prefix_relation(before)
         post = postfix_relation(after)
         hyphenated = bool(re.search(r"\d-|[a-z]-", m.group(0)[:len(m.group(1)) + 1]))

@@ -42,7 +42,7 @@ def _sentence_at(text: str, pos: int) -> tuple[int, int]:
 
 def _times(text: str) -> tuple[str, int] | None:
     """A relation and count of times ("at least 3 times", "fewer than 20 times", "twice", "exactly once")."""
-    m = re.search(rf"{NUM}\s+times\b|\b(once|twice|thrice)\b", text, re.I)
+    m = re.search(rf"{NUM}\s+times?\b|\b(once|twice|thrice)\b", text, re.I)
     if not m:
         return None
     n = to_int(m.group(1) or m.group(2))
@@ -123,7 +123,8 @@ def keyword_frequency(text: str) -> Iterator[Found]:
         yield "keyword_frequency", {"keyword": word, "relation": t[0], "n": t[1]}
 
 
-_LETTER = re.compile(r"\bletter\s+[\"“'‘]?([A-Za-z])[\"”'’]?(?![\w])", re.I)
+_LETTER = re.compile(r"\bletter\s+[\"“'‘]?([A-Za-z])[\"”'’]?(?![\w])|\bcount\s+(?:your|the)\s+[\"“'‘]?([A-Za-z])[\"”'’]?"
+                     r"['’]?s\b", re.I)
 
 
 @detector
@@ -132,10 +133,11 @@ def letter_frequency(text: str) -> Iterator[Found]:
         s0, s1 = _sentence_at(text, m.end())
         t = _times(text[m.end():s1])
         if t and about_the_response(text, m.start()):
-            yield "letter_frequency", {"letter": m.group(1).lower(), "relation": t[0], "n": t[1]}
+            yield "letter_frequency", {"letter": (m.group(1) or m.group(2)).lower(), "relation": t[0], "n": t[1]}
 
 
-_CAPS_WORDS = re.compile(r"\b(?:capitali[sz]ed\s+words|words?\s+(?:with|in|written\s+(?:in|with)|fully\s+in|that\s+are\s+"
+_CAPS_WORDS = re.compile(r"\b(?:capitali[sz]ed\s+words|words?\s+(?:with|in|written\s+(?:entirely\s+|fully\s+|wholly\s+)?"
+                         r"(?:in|with)|fully\s+in|that\s+are\s+"
                          r"(?:in\s+)?)\s*(?:all|full)?\s*(?:capital\s+letters|caps|uppercase|capitals)|(?:fully\s+|all[\s-])"
                          r"(?:capitali[sz]ed|caps|uppercase)\s+words|words\s+by\s+writing\s+them\s+in\s+all\s+capital)",
                          re.I)
@@ -148,7 +150,7 @@ def capital_word_frequency(text: str) -> Iterator[Found]:
         sentence = text[s0:s1]
         t = _times(text[m.end():s1])
         if t is None:
-            n = list(re.finditer(rf"{NUM}\s+(?:\w+\s+){{0,2}}?(?:words|capitali[sz]ed)", text[s0:m.end()], re.I))
+            n = list(re.finditer(rf"{NUM}\s+(?:\w+\s+){{0,2}}?(?:words?|capitali[sz]ed)", text[s0:m.end()], re.I))
             if not n:
                 continue
             last = n[-1]
@@ -337,7 +339,7 @@ def response_language(text: str) -> Iterator[Found]:
 
 # ---------------------------------------------------------------- whole-response shapes
 
-_REPEAT = re.compile(r"\b(?:repeat|restate|echo|copy\s+out|reproduce)\w*\s+(?:back\s+)?(?:the|this|my|your|the\s+"
+_REPEAT = re.compile(r"\b(?:repeat|restat|echo|copy\s+out|reproduc)\w*\s+(?:back\s+)?(?:the|this|my|your|the\s+"
                      r"following)?\s*(?:request|question|prompt|task|instruction|query)\b|\brepeat(?:ed)?\s+back\b",
                      re.I)
 _SENTENCE = re.compile(r"[^.!?\n]+(?:[.!?]+[\"')\]]*|$)")
@@ -348,7 +350,7 @@ def repeat_prompt(text: str) -> Iterator[Found]:
     if not _REPEAT.search(text):
         return
     kept = [s.group(0).strip() for s in _SENTENCE.finditer(text)
-            if s.group(0).strip() and not re.search(r"\b(?:repeat|restate|echo|verbatim|word[\s-]for[\s-]word|"
+            if s.group(0).strip() and not re.search(r"\b(?:repeat|restat|echo|copy\s+out|verbatim|word[\s-]for[\s-]word|"
                                                     r"repetition)\w*", s.group(0), re.I)]
     request = " ".join(kept).strip()
     if request:
@@ -363,9 +365,8 @@ def two_responses(text: str) -> Iterator[Found]:
         yield "two_responses", {}
 
 
-_CHOICE = re.compile(r"\b(?:one\s+of|pick\s+one|choose\s+one|exactly\s+one\s+of|only\s+one\s+of)\b"
-                     r"(?:\s+(?:the\s+following|these|this\s+list|the\s+options))?(?:\s+(?:options?|answers?|phrases?|"
-                     r"choices|verdicts?))?(?:\s+only)?\s*(?:[:(]|\s)\s*(?=[\"“'‘])", re.I)
+_CHOICE = re.compile(r"\b(?:one\s+(?:\(and\s+only\s+one\)\s+)?of|pick\s+one|choose\s+one|exactly\s+one\s+of|"
+                     r"only\s+one\s+of)\b[^\"“'‘\n.?!]{0,60}?(?=[\"“'‘])", re.I)
 
 
 @detector

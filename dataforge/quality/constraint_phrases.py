@@ -30,6 +30,11 @@ _QUOTED_LIST = re.compile(_Q)
 _NEG = r"(?:do\s+not|don't|never|without|avoid|must\s+not|should\s+not|shouldn't|mustn't|cannot|can't|refrain\s+from)"
 
 
+def _first(pattern: re.Pattern, text: str, fits: Callable[[re.Match], bool] = lambda m: True) -> re.Match | None:
+    """The first match that `fits` and is about the response (not data, a quotation or a question)."""
+    return next((m for m in pattern.finditer(text) if fits(m) and about_the_response(text, m.start())), None)
+
+
 def _quoted_items(text: str) -> list[str]:
     return [next(g for g in m.groups() if g is not None).strip() for m in _QUOTED_LIST.finditer(text)]
 
@@ -221,10 +226,8 @@ _COMMAS = re.compile(rf"\b(?:{_NEG}|no|zero)\s+(?:\w+\s+){{0,2}}?(?:any\s+)?comm
 
 @detector
 def no_commas(text: str) -> Iterator[Found]:
-    for m in _COMMAS.finditer(text):
-        if about_the_response(text, m.start()):
-            yield "no_commas", {}
-            return
+    if _first(_COMMAS, text):
+        yield "no_commas", {}
 
 
 _JSON = re.compile(r"\b(?:in|as|using|use|into|with)\s+(?:a\s+|an\s+)?(?:valid\s+|well-formed\s+|only\s+)?json\b"
@@ -233,16 +236,17 @@ _JSON = re.compile(r"\b(?:in|as|using|use|into|with)\s+(?:a\s+|an\s+)?(?:valid\s
                    re.I)
 
 
+def _not_a_conversion(text: str, m: re.Match) -> bool:
+    """"Convert this XML to JSON" makes JSON the task, not a format rule."""
+    before = text[max(0, m.start() - 60):m.start()]
+    return not (re.search(r"\b(?:convert|translate|transform|parse|serialize)\w*\b[^.?!]*$", before, re.I)
+                and re.search(r"\b(?:into|to)\s", text[m.start():m.end()] + " ", re.I))
+
+
 @detector
 def json_format(text: str) -> Iterator[Found]:
-    for m in _JSON.finditer(text):
-        before = text[max(0, m.start() - 60):m.start()]
-        if re.search(r"\b(?:convert|translate|transform|parse|serialize)\w*\b[^.?!]*$", before, re.I) and \
-                re.search(r"\b(?:into|to)\s", text[m.start():m.end()] + " ", re.I):
-            continue
-        if about_the_response(text, m.start()):
-            yield "json_format", {}
-            return
+    if _first(_JSON, text, lambda m: _not_a_conversion(text, m)):
+        yield "json_format", {}
 
 
 # ---------------------------------------------------------------- marks: title, placeholders, highlights, quotes, P.S.
@@ -285,14 +289,13 @@ _QUOTATION = re.compile(r"\b(?:wrap|enclose|put|surround|place)\w*\s+(?:\w+\s+){
                         r"\binside\s+double\s+(?:quotation\s+marks|quotes)", re.I)
 
 
+_WHOLE = re.compile(r"\b(?:entire|whole|all|everything|answer|reply|response|output)\b", re.I)
+
+
 @detector
 def quotation(text: str) -> Iterator[Found]:
-    for m in _QUOTATION.finditer(text):
-        s0, s1 = _sentence_at(text, m.start())
-        if re.search(r"\b(?:entire|whole|all|everything)\b|\banswer\b|\breply\b|\bresponse\b|\boutput\b",
-                     text[s0:s1], re.I) and about_the_response(text, m.start()):
-            yield "quotation", {}
-            return
+    if _first(_QUOTATION, text, lambda m: bool(_WHOLE.search(text[slice(*_sentence_at(text, m.start()))]))):
+        yield "quotation", {}
 
 
 _PS = re.compile(r"\b(?:add|include|append|end|finish|close|with|followed\s+by|sign\s+off\s+with)\w*\s+(?:\w+\s+){0,4}?"
@@ -302,13 +305,10 @@ _PS = re.compile(r"\b(?:add|include|append|end|finish|close|with|followed\s+by|s
 
 @detector
 def postscript(text: str) -> Iterator[Found]:
-    for m in _PS.finditer(text):
-        s0, s1 = _sentence_at(text, m.start())
-        rest = text[m.start():min(len(text), s1 + 30)]
-        marker = "P.P.S." if re.search(r"p\.\s?p\.\s?s", rest, re.I) else "P.S."
-        if about_the_response(text, m.start()):
-            yield "postscript", {"marker": marker}
-            return
+    m = _first(_PS, text)
+    if m:
+        rest = text[m.start():min(len(text), _sentence_at(text, m.start())[1] + 30)]
+        yield "postscript", {"marker": "P.P.S." if re.search(r"p\.\s?p\.\s?s", rest, re.I) else "P.S."}
 
 
 # ---------------------------------------------------------------- language
@@ -324,17 +324,21 @@ _LANGUAGE = re.compile(rf"\b(?:respond|answer|reply|write|written|compose|speak|
                        rf"\b({'|'.join(_NATIVE)})", re.I)
 
 
+def _language_code(m: re.Match) -> str | None:
+    name = next(g for g in m.groups() if g)
+    return _NATIVE.get(name.lower()) or code_of(name)
+
+
+def _not_a_translation(text: str, m: re.Match) -> bool:
+    return not re.search(r"\btranslat\w*|\binto\s+|\bfrom\s+\w+\s+to\s",
+                         text[_sentence_at(text, m.start())[0]:m.end()], re.I)
+
+
 @detector
 def response_language(text: str) -> Iterator[Found]:
-    for m in _LANGUAGE.finditer(text):
-        s0, s1 = _sentence_at(text, m.start())
-        if re.search(r"\btranslat\w*|\binto\s+|\bfrom\s+\w+\s+to\s", text[s0:m.end()], re.I):
-            continue
-        name = next(g for g in m.groups() if g)
-        code = _NATIVE.get(name.lower()) or code_of(name)
-        if code and about_the_response(text, m.start()):
-            yield "response_language", {"language": code}
-            return
+    m = _first(_LANGUAGE, text, lambda m: _not_a_translation(text, m) and _language_code(m) is not None)
+    if m:
+        yield "response_language", {"language": _language_code(m)}
 
 
 # ---------------------------------------------------------------- whole-response shapes

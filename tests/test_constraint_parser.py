@@ -94,6 +94,15 @@ def test_placements(text):
     "Translate this paragraph from German into English.",
     "List some words that begin with \"pre\".",
     "Convert this XML document to JSON.",
+    # shapes seen in real instruction data (word problems, coding and tool tasks)
+    "Lena can type 70 words per minute. Her speed drops by 15 words per minute. How long does a 900 word letter take?",
+    "In Grade 5, there are two sections of 30 students. How many students are there in all?",
+    "Write Python code that prints the first 3 characters of every item in a list.",
+    "Generate a random password of 8 characters with one digit.",
+    "Which of these is not a valid JSON data type: 'undefined' or 'null'?",
+    "Show the files of a folder using the 'ls' command.",
+    "Convert the following string to all lowercase letters using JavaScript.",
+    "Compare the meaning of the two sentences and say whether they match.",
 ])
 def test_text_that_only_mentions_a_constraint_sets_none(text):
     assert found(text) == set()

@@ -87,11 +87,24 @@ def postfix_relation(after: str) -> str | None:
 _QUOTES = re.compile(r"\"[^\"\n]*\"|“[^”\n]*”")
 _CLAUSE_END = re.compile(r"[.!?;\n(](?=\s|$)|\n")
 _CODE_TASK = re.compile(r"\b(?:function|program|script|regex|regular\s+expression|sql|query|method|algorithm|"
-                        r"class\s+that|print)\b", re.I)
-_RESPONSE_SUBJECT = re.compile(r"\b(?:your|the)\s+(?:entire\s+|whole\s+)?(?:response|answer|reply|output)\b", re.I)
+                        r"class\s+that|print|rest(?:ful)?\s+api|api\s+(?:that|which|to)|endpoint|implement|code\s+(?:that|to))\b", re.I)
+_RESPONSE_SUBJECT = re.compile(r"\byour\s+(?:entire\s+|whole\s+)?(?:response|answer|reply|output)\b", re.I)
+# Word problems and stories ("Mike can type 65 words per minute. ... How many ...?"): a sentence that neither
+# addresses the reader nor gives an order, in a text that asks a question, describes the situation.
+_SECOND_PERSON = re.compile(r"\b(?:you|your|yours|yourself)\b", re.I)
+_IMPERATIVE = re.compile(
+    r"^[\s\"'“‘(\[*\-•\d.)]*(?:please\s+|and\s+|then\s+|also\s+|now\s+|first,?\s+|finally,?\s+)?(?:answer|respond|reply|"
+    r"write|rewrite|keep|use|limit|give|explain|describe|summari[sz]e|list|include|make|put|wrap|end|start|begin|"
+    r"finish|do|don't|avoid|never|provide|return|output|format|add|create|compose|draft|tell|name|state|offer|"
+    r"pick|choose|select|mention|highlight|separate|split|organi[sz]e|divide|structure|enclose|restate|repeat|"
+    r"respond|translate|generate|produce|present|conclude|close|open|refrain|ensure|be|no|only|max|min|at|"
+    r"exactly|in|under|less|fewer|within|length|word|must|should|requirements?|rules?|constraints?|note|"
+    r"remember|important|it\s+(?:should|must|needs|has\s+to|shall)|(?:the|this|each|every)\s+\w+\s+(?:should|must|"
+    r"needs\s+to|has\s+to))\b", re.I)
 # words that, shortly before a constraint, show it describes data, a person, one item, or the user's text
 _DATA_CUE = re.compile(
     r"\b(?:if|when|whenever|whether|unless|given|each|every|who|whose|my|our|says?|said)\b|\b(?:has|have|had)\b(?!\s+to\b)"
+    r"|\bthere\s+(?:are|is|were|was)\b"
     r"|\babout\s+(?:a|an|the)\s+\w+(?:\s+\w+)?\s+(?:that|which|with)\b", re.I)
 _MODAL_HAVE = re.compile(r"\b(?:should|must|will|shall|to|needs?\s+to|has\s+to|have\s+to)\s+(?:have|has)\b|"
                          r"\bso\s+(?:that\s+)?(?:it|they|the\s+\w+)\s+(?:has|have)\b", re.I)
@@ -111,24 +124,42 @@ def in_quotes(text: str, pos: int) -> bool:
     return any(m.start() < pos < m.end() for m in _QUOTES.finditer(text))
 
 
+_REQUEST = re.compile(r"^\s*(?:\w+\s+){0,2}?(?:can|could|would|will)\s+(?:you|u)\b", re.I)
 # "Can you answer in German?" is a request, not a question about constraints
 _QUESTION_START = re.compile(r"^\s*(?!(?:can|could|would|will)\s+you\b)(?:why|what|what's|how|who|where|when|which|is|"
                              r"are|do|does|did|can|could|should|would|will)\b", re.I)
 
 
 def in_question(text: str, pos: int) -> bool:
-    """Inside a question ("Why do people write in all caps?"): it talks about a constraint, it does not set one."""
+    """Inside a question ("Why do people write in all caps?", "If he types 810 words, how long ...?"): it talks
+    about a constraint or the data, it does not set one. "Can you answer in German?" is a request."""
     start = max(text.rfind(c, 0, pos) for c in ".!?\n") + 1
     ends = [i for i in (text.find(c, pos) for c in ".!?\n") if i >= 0]
     end = min(ends) if ends else len(text)
-    return end < len(text) and text[end] == "?" and bool(_QUESTION_START.match(text[start:pos]))
+    if end >= len(text) or text[end] != "?":
+        return False
+    sentence = text[start:end]
+    if _QUESTION_START.match(text[start:pos]):
+        return True
+    aside = text.rfind("(", start, pos) > text.rfind(")", start, pos)  # "(max 280 characters): why ...?"
+    return not (aside or _IMPERATIVE.match(sentence) or _REQUEST.match(sentence))
+
+
+def in_narrative(text: str, pos: int) -> bool:
+    """A declarative sentence of a story or word problem that ends in a question (see `_IMPERATIVE`)."""
+    if "?" not in text:
+        return False
+    s0 = max(text.rfind(c, 0, pos) for c in ".!?\n") + 1
+    ends = [i for i in (text.find(c, pos) for c in ".!?\n") if i >= 0]
+    sentence = text[s0:min(ends) + 1 if ends else len(text)]
+    return not (_SECOND_PERSON.search(sentence) or _IMPERATIVE.match(sentence) or sentence.rstrip().endswith("?"))
 
 
 def about_the_response(text: str, start: int, window_words: int = 6) -> bool:
     """False when the constraint starting at `start` sits in a quotation, in a clause that describes data or a
     person ("if the input has", "a character who", "my essay"), one item of many ("each bullet"), a general
     statement ("A tweet must be ...") or a coding task whose counts are about the data."""
-    if in_quotes(text, start) or in_question(text, start):
+    if in_quotes(text, start) or in_question(text, start) or in_narrative(text, start):
         return False
     cs = clause_start(text, start)
     clause_before = text[cs:start]

@@ -37,7 +37,15 @@ _BETWEEN = re.compile(r"between\s*$", re.I)
 # "N words each", "N words per sentence", "10 words that start with Q", "4 words in all caps": not the response's length
 _PER_ITEM_AFTER = re.compile(r"^\s*(?:each|per\s+\w+|apiece|in\s+each|for\s+each|that|which|starting|beginning|"
                              r"from|of\s+(?:the|your|which)|to\s+describe|in\s+(?:all\s+)?(?:caps|capital|upper)|"
-                             r"written|fully|long\s+each|by\s+writing|in\s+bold|in\s+italics)\b", re.I)
+                             r"written|fully|long\s+each|by\s+writing|in\s+bold|in\s+italics|of\s+(?:every|each|a|an)|"
+                             r"(?:a|an|every)\s+(?:second|minute|hour|day|week)|in\s+(?:a|the|each|every|this|that)\s+"
+                             r"(?:string|text|list|sentence|file|document|book|page|array|column|line))\b", re.I)
+# counts that describe a thing the response makes or handles, not the response: "an 8-character password"
+_OBJECT_NOUN = re.compile(r"\b(?:password|passcode|pin|string|username|user\s*name|id|identifier|key|token|code|hash|name|"
+                          r"word|acronym|anagram|palindrome|sequence|variable)s?\b", re.I)
+_FIRST_LAST = re.compile(r"\b(?:first|last|top|next|previous|most\s+\w+|the)\s*$", re.I)  # "the two sentences"
+_FOR_EACH = re.compile(r"^\s*(?:[\w-]+\s+){0,2}?(?:for\s+each|each\s+of|for\s+every|per\s+(?:item|person|line|row))\b",
+                       re.I)
 _LIST_OF = re.compile(rf"(?:bulleted|numbered|bullet(?:-point)?)\s+list\s+of\s+{NUM}\b|{NUM}[\s-]+item\s+"
                       rf"(?:bulleted|numbered)\s+list|numbered\s+list\s+of\s+{NUM}\s+(?:steps|items|points)", re.I)
 _AND_MORE = re.compile(rf"^\s*,?\s*and\s+(no\s+(?:fewer|less|more)\s+than|at\s+(?:least|most)|fewer\s+than|"
@@ -86,7 +94,10 @@ def _counts(text: str) -> list[tuple[str, dict, int]]:
     for m in _COUNT.finditer(text):
         ctype = _unit_type(m)
         before, after = text[:m.start()], text[m.end():]
-        if not about_the_response(text, m.start()) or _PER_ITEM_AFTER.match(after):
+        if not about_the_response(text, m.start()) or _PER_ITEM_AFTER.match(after) or _FOR_EACH.match(after) \
+                or _FIRST_LAST.search(before):
+            continue
+        if ctype == "char_count" and _OBJECT_NOUN.search(text[max(0, m.start() - 40):m.end() + 40]):
             continue
         lo = to_int(m.group(1))
         hi = to_int(m.group(2)) if m.group(2) else None
@@ -100,7 +111,10 @@ def _counts(text: str) -> list[tuple[str, dict, int]]:
             continue  # "a *** line between one paragraph and the next"
         rel = prefix_relation(before)
         post = postfix_relation(after)
-        hyphenated = bool(re.search(r"\d-|[a-z]-", m.group(0)[:len(m.group(1)) + 1]))
+        # "a 500-word essay", "a 100 word essay": the count used as an adjective names a target size
+        unit_word = re.search(r"[A-Za-z]+$", m.group(0)).group(0)
+        hyphenated = bool(re.search(r"\d-|[a-z]-", m.group(0)[:len(m.group(1)) + 1])) or (
+            lo != 1 and not unit_word.lower().endswith("s"))
         if rel:
             relation, n = rel[0], lo + rel[1]
         elif post:

@@ -58,9 +58,11 @@ def _times(text: str) -> tuple[str, int] | None:
 
 # ---------------------------------------------------------------- keywords
 
-_KW_TRIGGER = re.compile(r"\b(?:include|including|mention|mentioning|use|using|contain|containing|feature)\w*\s+"
-                         r"(?:(?:the|these|this|following)\s+)?(?:key\s*words?|words?|terms?|phrases?)?[\s:,]*"
-                         r"(?=[\"“'‘])", re.I)
+_KW_NOUN = r"(?:key\s*words?|words?|terms?|phrases?)"
+# "use the 'ls' command" names a tool; "use the word 'encore'" asks for a word: with use/using the noun is required
+_KW_TRIGGER = re.compile(rf"\b(?:(?:include|including|mention|mentioning|contain|containing|feature)\w*\s+"
+                         rf"(?:(?:the|these|this|following)\s+)?{_KW_NOUN}?|(?:use|using)\s+(?:the\s+|these\s+|this\s+)?"
+                         rf"(?:following\s+)?{_KW_NOUN})[\s:,]*(?=[\"“'‘])", re.I)
 _KW_FORBID = re.compile(rf"\b(?:{_NEG}\s+(?:\w+\s+){{0,2}}?(?:use|using|include|including|mention|mentioning|say)"
                         r"\w*\s+(?:(?:the|these|any\s+of\s+the)\s+)?(?:key\s*words?|words?|terms?)?|avoid\s+"
                         r"(?:using\s+)?(?:the\s+)?(?:key\s*words?|words?|terms?)|without\s+(?:using\s+|mentioning\s+)?"
@@ -74,7 +76,7 @@ def _kw_list(text: str, start: int) -> list[str]:
     out = []
     pos = start
     while True:
-        m = re.compile(r"\s*(?:,|\band\b|\bor\b|/)?\s*" + _Q).match(text, pos)
+        m = re.compile(r"\s*(?:,\s*(?:and\b|or\b)?|\band\b|\bor\b|/)?\s*" + _Q).match(text, pos)
         if not m:
             return out
         item = next(g for g in m.groups() if g is not None).strip()
@@ -212,8 +214,8 @@ def case(text: str) -> Iterator[Found]:
         for m in pattern.finditer(text):
             s0, s1 = _sentence_at(text, m.start())
             sentence = text[s0:s1]
-            if _CAPS_WORDS.search(sentence) or re.search(r"\bto\s+(?:lower|upper)", text[max(0, m.start() - 6):m.end()],
-                                                          re.I):
+            if _CAPS_WORDS.search(sentence) or not _not_a_conversion(text, m) or \
+                    re.search(r"\bto\s+(?:all\s+)?(?:lower|upper)", text[max(0, m.start() - 10):m.end()], re.I):
                 continue
             if about_the_response(text, m.start()):
                 yield name, {}
@@ -231,16 +233,19 @@ def no_commas(text: str) -> Iterator[Found]:
 
 
 _JSON = re.compile(r"\b(?:in|as|using|use|into|with)\s+(?:a\s+|an\s+)?(?:valid\s+|well-formed\s+|only\s+)?json\b"
-                   r"(?!\s+(?:schema|parser|file|files|keys?\s+only))|\b(?:valid|only)\s+json\b|\bjson\s+format\b|"
+                   r"(?!\s+(?:schema|parser|file|files|keys?\s+only))|\b(?:valid|only)\s+json\b(?!\s+(?:data|type|value|schema|"
+                   r"parser|file|string|syntax))|\bjson\s+format\b|"
                    r"\b(?:entire|whole)\s+(?:output|response|answer)\s+(?:should|must)\s+be\s+(?:in\s+)?(?:valid\s+)?json\b",
                    re.I)
 
 
 def _not_a_conversion(text: str, m: re.Match) -> bool:
-    """"Convert this XML to JSON" makes JSON the task, not a format rule."""
+    """"Convert this XML to JSON" or "turn the string to all lowercase" makes the format the task's subject."""
     before = text[max(0, m.start() - 60):m.start()]
-    return not (re.search(r"\b(?:convert|translate|transform|parse|serialize)\w*\b[^.?!]*$", before, re.I)
-                and re.search(r"\b(?:into|to)\s", text[m.start():m.end()] + " ", re.I))
+    return not (re.search(r"\b(?:convert|translate|transform|parse|serialize|turn|change)\w*\b[^.?!]*$", before, re.I)
+                and re.search(r"\b(?:into|to)\s+(?:all\s+)?$", before + text[m.start():m.start()], re.I)
+                or re.search(r"\b(?:convert|transform|serialize)\w*\b[^.?!]*\b(?:into|to)\s", before + m.group(0) + " ",
+                             re.I))
 
 
 @detector

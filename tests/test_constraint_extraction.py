@@ -103,3 +103,27 @@ def test_a_few_shot_model_is_not_asked():
     llm.profile = "fewshot"
     with pytest.raises(ValueError, match="needs a chat model"):
         ConstraintExtractor(llm)
+
+
+def test_checker_unites_model_and_parser_and_notes_the_difference():
+    """Through the gate's checks: the model reads a limit the parser misses; the record fails the limit
+    (format) and its notes say which side found it; a refine draft does not ask the model again."""
+    from dataforge.quality.checks import Checker
+    from dataforge.quality.embed import get_embedder
+    from dataforge.quality.rules import load_rules
+    from dataforge.records import Record
+
+    ins = "Describe owls in a line that fits on a sticky note. Answer in fewer than 50 words."
+    rows = [{"instruction": ins, "constraints": [["char_count", {"relation": "at_most", "n": 40}],
+                                                 ["word_count", {"relation": "at_most", "n": 49}]]}]
+    rec = Record(instruction=ins, output="Owls are nocturnal birds of prey with silent flight and keen eyes.")
+    with LoopbackServer(labels_responder(rows)) as srv:
+        llm = _llm(srv)
+        checker = Checker(load_rules(), get_embedder(None, None), extractor=ConstraintExtractor(llm))
+        (sc,) = run_sync(checker.score([rec]))
+        (draft,) = run_sync(checker.score([rec], ["Owls hunt at night."], judge_complexity=False))
+        requests = len(srv.requests)
+        run_sync(llm.aclose())
+    assert sc.scores["format"] == 0.5 and sc.details["format"].startswith("char_count(66 characters, wanted at most 40")
+    assert sc.notes == [f'{NOTE}:model_only:char_count({{"n": 40, "relation": "at_most"}})']
+    assert draft.scores["format"] == 1.0 and requests == 1

@@ -48,6 +48,7 @@ def test_labelled_set_recall_and_precision_per_type():
     ("Use at least 150 words.", "at_least", 150),
     ("Write more than two hundred words.", "at_least", 201),
     ("Use 100 words or more.", "at_least", 100),
+    ("Describe owls; a ten-word ceiling.", "at_most", 10),
     ("Write exactly 25 words.", "exactly", 25),
     ("Write around 200 words.", "around", 200),
     ("Give me a 500-word essay on tides.", "around", 500),

@@ -37,6 +37,7 @@ import numpy as np
 from ..records import Record
 from . import structure
 from .arithmetic import check_arithmetic
+from .constraint_extraction import ConstraintExtractor, Extraction, merge
 from .constraint_parser import parse_constraints
 from .execution import ExecutionLimits, check_execution, code_blocks
 from .reference_answers import check_reference
@@ -62,6 +63,7 @@ class Scored:
     details: dict[str, str] = field(default_factory=dict)
     domains: list[str] = field(default_factory=list)
     unjudged: list[str] = field(default_factory=list)  # model checks whose judge gave no verdict
+    notes: list[str] = field(default_factory=list)  # reasons that do not change the status (extraction notes)
 
 
 def group_key(r: Record) -> str:
@@ -124,20 +126,21 @@ def complexity_features(r: Record, n_constraints: int) -> float:
     return float(min(max(score, 1.0), 10.0))
 
 
-def constraint_specs(r: Record) -> list[dict]:
-    """Attached constraints (from evolve) plus detected ones whose type is not attached already. Only the
-    instruction is read: the input is data ("the text has fewer than 3 words" there sets no constraint)."""
+def constraint_specs(r: Record, extracted: list[dict] | None = None) -> list[dict]:
+    """Attached constraints (from evolve) plus detected ones whose type is not attached already: the
+    parser's, united with `extracted` (a model's list) when given. Only the instruction is read: the input
+    is data ("the text has fewer than 3 words" there sets no constraint)."""
     attached = [s for s in (r.meta.get("constraints") or []) if isinstance(s, dict) and "type" in s]
     have = {s["type"] for s in attached}
-    detected = [s for s in parse_constraints(r.instruction) if s["type"] not in have]
-    return attached + detected
+    detected = merge(parse_constraints(r.instruction), extracted)[0]
+    return attached + [s for s in detected if s["type"] not in have]
 
 
-def format_score(r: Record, output: str) -> tuple[float, str | None]:
+def format_score(r: Record, output: str, extracted: list[dict] | None = None) -> tuple[float, str | None]:
     from ..constraints import check
     from ..errors import DataforgeError
 
-    specs = constraint_specs(r)
+    specs = constraint_specs(r, extracted)
     if not specs:
         return 1.0, None
     bad = []
@@ -158,11 +161,14 @@ class Checker:
 
     def __init__(self, rules: GateRules, embedder, *, judge: Judge | None = None,
                  reference: Sequence[Record] = (), pool_prompts: Sequence[str] = (),
-                 shapes: EndingShapes | None = None, consistency=None):
+                 shapes: EndingShapes | None = None, consistency=None,
+                 extractor: ConstraintExtractor | None = None):
         self.rules = rules
         self.embedder = embedder
         self.judge = judge
         self.consistency = consistency  # a SelfConsistency, or None
+        self.extractor = extractor
+        self.extracted: dict[str, Extraction] = {}  # this batch's, by instruction: refine drafts reuse them
         self.shapes = shapes or EndingShapes()
         self.domains = DomainDetector(rules.high_stakes)
         self.ref_pairs = None
@@ -175,6 +181,8 @@ class Checker:
     # ------------------------------------------------------------------ cheap, per record
     def text_checks(self, r: Record, output: str, finish_reason: str | None = None) -> Scored:
         sc = Scored(r)
+        found = self.extracted.get(r.instruction)
+        extracted = found.specs if found is not None else None
         problem = structure.check_empty(output) or structure.check_template_leftovers(output)
         sc.scores["structure"] = 0.0 if problem else 1.0
         if problem:
@@ -189,16 +197,19 @@ class Checker:
         sc.scores["truncation"] = 0.0 if signals else 1.0
         if signals:
             sc.details["truncation"] = "+".join(signals)
-        fmt, detail = format_score(r, output)
+        fmt, detail = format_score(r, output, extracted)
         sc.scores["format"] = round(fmt, 4)
         if detail:
             sc.details["format"] = detail
+        if found is not None:
+            sc.notes = (merge(parse_constraints(r.instruction), extracted)[1] if extracted is not None
+                        else [f"constraint_extraction:not_run:{found.error}"])
         sig = self.rules.signals
         if sig.reference_answer:
             _put(sc, "reference_answer", check_reference(r, output))
         if sig.arithmetic:
             _put(sc, "arithmetic", check_arithmetic(output))
-        n_constraints = len(constraint_specs(r))
+        n_constraints = len(constraint_specs(r, extracted))
         sc.scores["complexity"] = round(complexity_features(r, n_constraints), 3)
         sc.domains = self.domains.detect(f"{r.prompt_text}\n{output}")
         return sc
@@ -208,6 +219,13 @@ class Checker:
                     judge_complexity: bool = True) -> list[Scored]:
         """All checks for `records` (responses from `outputs` when given: refine drafts)."""
         outs = list(outputs) if outputs is not None else [r.output for r in records]
+        if self.extractor is not None:
+            if outputs is None:  # a new batch: forget the last one's (refine drafts of a batch reuse its answers)
+                self.extracted = {r.instruction: self.extracted[r.instruction] for r in records
+                                  if r.instruction in self.extracted}
+            todo = list(dict.fromkeys(r.instruction for r in records if r.instruction not in self.extracted))
+            for ins, res in zip(todo, await asyncio.gather(*(self.extractor.extract(i) for i in todo))):
+                self.extracted[ins] = res
         scored = [self.text_checks(r, o, finish_reason_of(r) if outputs is None else None)
                   for r, o in zip(records, outs)]
         ep = self.embedder.encode([r.prompt_text for r in records])

@@ -62,8 +62,9 @@ PREFIX_RELATIONS = [  # checked in order: "no fewer than" before "fewer than", "
     (r"around|about|approximately|approx\.?|roughly|circa|close\s+to|~", "around", 0),
 ]
 POSTFIX_RELATIONS = [
-    (r"or\s+(?:fewer|less|under|shorter)|max(?:imum)?\b|at\s+(?:the\s+)?most|tops|or\s+below", "at_most"),
-    (r"or\s+more|or\s+longer|at\s+least|minimum\b|min\b|or\s+above|plus\b", "at_least"),
+    (r"or\s+(?:fewer|less|under|shorter)|max(?:imum)?\b|at\s+(?:the\s+)?most|tops|or\s+below|(?:limit|ceiling|cap)\b",
+     "at_most"),
+    (r"or\s+more|or\s+longer|at\s+least|minimum\b|min\b|or\s+above|plus\b|floor\b", "at_least"),
 ]
 
 

@@ -143,3 +143,27 @@ def test_parser_reads_every_phrasing_the_library_writes():
             s = sample_constraint(rng, ins, types=[t])
             got = {spec_key(x) for x in parse_constraints(append_phrase(ins, s["phrase"]))} - {english}
             assert got == {spec_key(s)}, (s["phrase"], got)
+
+
+def test_parser_output_is_always_valid_library_specs():
+    """Whatever the text, the parser returns specs whose params validate and whose check runs."""
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from dataforge.constraints import check
+    from dataforge.constraints.params import params_model
+
+    pieces = st.sampled_from(["Answer in", "fewer than", "at least", "exactly", "twenty-five", "3", "0", "words",
+                              "sentences", "paragraphs", "***", "******", '"hi"', "'x'", "P.S.", "JSON", "lowercase",
+                              "the letter q", "times", "in French", "repeat the request", "one of", "(", ")", "?",
+                              ".", "\n", "each", "if", "between", "and", "-", "<<t>>", "[name]", "highlight", "*a*"])
+
+    @settings(max_examples=300, deadline=None, derandomize=True)
+    @given(st.lists(pieces, max_size=14).map(" ".join))
+    def run(text):
+        for s in parse_constraints(text):
+            params_model(s["type"]).model_validate({k: v for k, v in s["params"].items() if k != "form"})
+            if s["type"] != "response_language":
+                check(s, "A short answer, with words.")
+
+    run()

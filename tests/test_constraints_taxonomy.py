@@ -292,3 +292,50 @@ def test_char_count_exactly_n_counts_spaces_not_surrounding_whitespace(text, wan
     assert ok("char_count", f"  {text}\n", relation="exactly", n=10) is want
     assert ok("char_count", "", relation="at_most", n=0)
     assert not ok("char_count", "", relation="at_least", n=1)
+
+
+def _expected_bits(t: str, p: dict) -> list[str]:
+    """What every wording of a spec must name, so a reader (and the parser) can recover its params."""
+    from dataforge.constraints.language import LANGUAGE_NAMES
+
+    bits = [str(p[k]) for k in ("n", "letter", "word", "marker", "keyword") if k in p and p[k] is not None]
+    bits += list(p.get("keywords", [])) + list(p.get("options", []))
+    if "language" in p:
+        bits.append(LANGUAGE_NAMES[p["language"]])
+    if "nth" in p:
+        bits.append(("first", "second", "third", "fourth")[p["nth"] - 1])
+    if "paragraphs" in p and p["paragraphs"] is not None:
+        bits.append(f"{p['paragraphs']} paragraph")
+    return bits
+
+
+@pytest.mark.parametrize("type_name", sorted(CONSTRAINTS))
+def test_every_wording_names_its_parameters(type_name):
+    ct = CONSTRAINTS[type_name]
+    rng = random.Random(1)
+    ins = "Is the Rhine longer than the Danube?"
+    for _ in range(6):
+        spec = sample_constraint(rng, ins, types=[type_name])
+        for form in range(ct.forms):
+            p = {**spec["params"], "form": form}
+            text = phrase({"type": type_name, "params": p})
+            assert text.strip() and text[0].isupper() and text.rstrip()[-1] in ".:*\"", text
+            for bit in _expected_bits(type_name, spec["params"]):
+                assert bit in text, (type_name, form, bit, text)
+    if ct.forms > 1:  # the wordings differ from one another
+        assert len({phrase({"type": type_name, "params": {**spec["params"], "form": f}})
+                    for f in range(ct.forms)}) == ct.forms
+
+
+def test_form_is_drawn_only_for_types_with_several_wordings():
+    rng = random.Random(2)
+    for t, ct in CONSTRAINTS.items():
+        ins = "Is the Rhine long?" if t == "answer_choice" else "Describe a river."
+        spec = sample_constraint(rng, ins, types=[t])
+        assert ("form" in spec["params"]) is (ct.forms > 1), t
+        if ct.forms > 1:
+            assert 0 <= spec["params"]["form"] < ct.forms
+    # a stored form beyond the wordings a type has wraps around instead of failing
+    p = {"relation": "at_least", "n": 3}
+    assert phrase({"type": "capital_word_frequency", "params": {**p, "form": 3}}) == \
+        phrase({"type": "capital_word_frequency", "params": {**p, "form": 0}})

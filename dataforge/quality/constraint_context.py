@@ -85,8 +85,8 @@ def postfix_relation(after: str) -> str | None:
 
 # ---------------------------------------------------------------- contexts that are not about the response
 
-_QUOTES = re.compile(r"\"[^\"\n]*\"|“[^”\n]*”")
-_CLAUSE_END = re.compile(r"[.!?;\n(](?=\s|$)|\n")
+_QUOTES = re.compile(r"\"[^\"\n]*\"|“[^”\n]*”|‘[^’\n]*’|(?<!\w)'[^'\n]+'(?!\w)")  # an apostrophe in a word is no quote
+_CLAUSE_END = re.compile(r"[.!?;](?=\s|$)|[(\n]")  # "(" opens an aside wherever it stands
 _CODE_TASK = re.compile(r"\b(?:function|program|script|regex|regular\s+expression|sql|query|method|algorithm|"
                         r"class\s+that|print|rest(?:ful)?\s+api|api\s+(?:that|which|to)|endpoint|implement|code\s+(?:that|to))\b", re.I)
 _RESPONSE_SUBJECT = re.compile(r"\byour\s+(?:entire\s+|whole\s+)?(?:response|answer|reply|output)\b", re.I)
@@ -116,7 +116,9 @@ _GENERIC_SUBJECT = re.compile(r"^\s*(?:a|an)\s+\w+\s+(?:must|should|can|is|are)\
 def clause_start(text: str, pos: int) -> int:
     """Where the clause holding `pos` begins (after the last . ! ? ; ( or line break before it)."""
     start = 0
-    for m in _CLAUSE_END.finditer(text, 0, pos):
+    for m in _CLAUSE_END.finditer(text):  # the whole text, so "x.y" is no boundary even right before `pos`
+        if m.end() > pos:
+            break
         start = m.end()
     return start
 
@@ -131,15 +133,20 @@ _QUESTION_START = re.compile(r"^\s*(?!(?:can|could|would|will)\s+you\b)(?:why|wh
                              r"are|do|does|did|can|could|should|would|will)\b", re.I)
 
 
+def sentence_at(text: str, pos: int) -> tuple[int, int]:
+    """(start, end) of the sentence holding `pos`; `end` is past its closing . ! ? (or the text's end)."""
+    start = max(text.rfind(c, 0, pos) for c in ".!?\n") + 1
+    ends = [i for i in (text.find(c, pos) for c in ".!?\n") if i >= 0]
+    return start, (min(ends) + 1 if ends else len(text))
+
+
 def in_question(text: str, pos: int) -> bool:
     """Inside a question ("Why do people write in all caps?", "If he types 810 words, how long ...?"): it talks
     about a constraint or the data, it does not set one. "Can you answer in German?" is a request."""
-    start = max(text.rfind(c, 0, pos) for c in ".!?\n") + 1
-    ends = [i for i in (text.find(c, pos) for c in ".!?\n") if i >= 0]
-    end = min(ends) if ends else len(text)
-    if end >= len(text) or text[end] != "?":
-        return False
+    start, end = sentence_at(text, pos)
     sentence = text[start:end]
+    if not sentence.endswith("?"):
+        return False
     if _QUESTION_START.match(text[start:pos]):
         return True
     aside = text.rfind("(", start, pos) > text.rfind(")", start, pos)  # "(max 280 characters): why ...?"
@@ -150,10 +157,8 @@ def in_narrative(text: str, pos: int) -> bool:
     """A declarative sentence of a story or word problem that ends in a question (see `_IMPERATIVE`)."""
     if "?" not in text:
         return False
-    s0 = max(text.rfind(c, 0, pos) for c in ".!?\n") + 1
-    ends = [i for i in (text.find(c, pos) for c in ".!?\n") if i >= 0]
-    sentence = text[s0:min(ends) + 1 if ends else len(text)]
-    return not (_SECOND_PERSON.search(sentence) or _IMPERATIVE.match(sentence) or sentence.rstrip().endswith("?"))
+    sentence = text[slice(*sentence_at(text, pos))]
+    return not (_SECOND_PERSON.search(sentence) or _IMPERATIVE.match(sentence) or sentence.endswith("?"))
 
 
 def about_the_response(text: str, start: int, window_words: int = 6) -> bool:

@@ -49,7 +49,7 @@ _FOR_EACH = re.compile(r"^\s*(?:[\w-]+\s+){0,2}?(?:for\s+each|each\s+of|for\s+ev
 _LIST_OF = re.compile(rf"(?:bulleted|numbered|bullet(?:-point)?)\s+list\s+of\s+{NUM}\b|{NUM}[\s-]+item\s+"
                       rf"(?:bulleted|numbered)\s+list|numbered\s+list\s+of\s+{NUM}\s+(?:steps|items|points)", re.I)
 _AND_MORE = re.compile(rf"^\s*,?\s*and\s+(no\s+(?:fewer|less|more)\s+than|at\s+(?:least|most)|fewer\s+than|"
-                       rf"less\s+than|more\s+than)\s+{NUM}\b", re.I)
+                       rf"less\s+than|more\s+than)\s+{NUM}\b(?![\s-]*(?:\w+\s+)?(?:{_UNIT}))", re.I)
 _DIVIDER = re.compile(r"\*\*\*(?!\*)|markdown\s+divider|three\s+asterisks", re.I)
 _NTH_FIRST = re.compile(r"(?:first\s+word\s+of\s+(?:the\s+)?(?P<o1>\w+)\s+paragraph|paragraph\s+(?P<o2>\w+)"
                         r"\s+(?:must|should|has\s+to|will)?\s*(?:start|begin|open)|(?:start|begin|open)\s+"
@@ -62,8 +62,9 @@ _FIRST_WORD = re.compile(r"\s*(?:(?:must|should|has\s+to|needs\s+to|will|is\s+to
                          r"(?:with|by|be)?\s*:?\s*(?:the\s+)?(?:word\s+)?[\"“'‘]?([A-Za-z\u00C0-\uFFFF][\w'’-]*)[\"”'’]?",
                          re.I)
 _SECTION_MARKER = re.compile(r"(?:mark|begin|start|open|introduce|label)\w*\s+(?:the\s+beginning\s+of\s+)?"
-                             r"(?:each|every)?\s*(?:section|one|part)?[^.]{0,40}?\b(?:with|by|as|using)\s+[\"“'‘]?"
-                             r"([A-Za-z]+)\s+(?:\d+|X|N|\{?[a-z]\}?)\b", re.I)
+                             r"(?:each|every)?\s*(?:section|one|part)?[^.]{0,40}?\b(?:with|by|as|using)\s+(?:the\s+)?"
+                             r"(?:(?:header|heading|line|label|word|title)s?\s+)?[\"“'‘]?([A-Za-z]+)\s+(?:\d+|X|N|\{?[a-z]\}?)\b",
+                             re.I)
 
 
 def _spec(type_name: str, **params: Any) -> Spec:
@@ -82,7 +83,7 @@ def _bare_relation(ctype: str, n: int, before: str, hyphenated: bool) -> str:
     """The relation of a count written without one: "in 50 words" is a budget, "a 500-word essay" a target size,
     "in 3 sentences" an exact count ("in one sentence": at most one)."""
     if ctype in ("word_count", "char_count"):
-        return "around" if hyphenated and ctype == "word_count" else "at_most"
+        return "around" if hyphenated and ctype == "word_count" and n > 1 else "at_most"
     if ctype in ("sentence_count", "paragraph_count") and n == 1:
         return "at_most"
     return "exactly"

@@ -10,7 +10,7 @@ import re
 from typing import Any, Callable, Iterator
 
 from ..constraints.language import LANGUAGE_ALIASES, LANGUAGE_NAMES, code_of
-from .constraint_context import NUM, about_the_response, postfix_relation, prefix_relation, to_int
+from .constraint_context import NUM, about_the_response, postfix_relation, prefix_relation, sentence_at, to_int
 
 Found = tuple[str, dict[str, Any]]
 DETECTORS: list[Callable[[str], Iterator[Found]]] = []
@@ -37,12 +37,6 @@ def _first(pattern: re.Pattern, text: str, fits: Callable[[re.Match], bool] = la
 
 def _quoted_items(text: str) -> list[str]:
     return [next(g for g in m.groups() if g is not None).strip() for m in _QUOTED_LIST.finditer(text)]
-
-
-def _sentence_at(text: str, pos: int) -> tuple[int, int]:
-    start = max(text.rfind(c, 0, pos) for c in ".!?\n") + 1
-    ends = [i for i in (text.find(c, pos) for c in ".!?\n") if i >= 0]
-    return start, (min(ends) + 1 if ends else len(text))
 
 
 def _times(text: str) -> tuple[str, int] | None:
@@ -100,7 +94,7 @@ def keywords(text: str) -> Iterator[Found]:
         if any(a <= m.start() < b or a <= m.end() <= b for a, b in forbidden_spans):
             continue
         kws = _kw_list(text, m.end())
-        after = text[m.end():_sentence_at(text, m.end())[1] + 1]
+        after = text[m.end():sentence_at(text, m.end())[1] + 1]
         if not kws or not about_the_response(text, m.start()) or _times(after):
             continue
         if re.search(r"\b(?:not|never|n't)\s*$", text[max(0, m.start() - 12):m.start()], re.I):
@@ -118,7 +112,7 @@ def keyword_frequency(text: str) -> Iterator[Found]:
         word = next(g for g in m.groups() if g is not None).strip()
         if re.search(r"\bletter\s*$", text[:m.start()], re.I) or len(word.split()) > 3 or len(word) < 2:
             continue
-        s0, s1 = _sentence_at(text, m.end())
+        s0, s1 = sentence_at(text, m.end())
         after = text[m.end():s1]
         t = _times(after)
         verbs = r"\b(?:appear|used?|using|occur|mention|repeat|include)\w*|\btimes\b"
@@ -137,7 +131,7 @@ _LETTER = re.compile(r"\bletter\s+[\"“'‘]?([A-Za-z])[\"”'’]?(?![\w])|\bc
 @detector
 def letter_frequency(text: str) -> Iterator[Found]:
     for m in _LETTER.finditer(text):
-        s0, s1 = _sentence_at(text, m.end())
+        s0, s1 = sentence_at(text, m.end())
         t = _times(text[m.end():s1])
         if t and about_the_response(text, m.start()):
             yield "letter_frequency", {"letter": (m.group(1) or m.group(2)).lower(), "relation": t[0], "n": t[1]}
@@ -153,7 +147,7 @@ _CAPS_WORDS = re.compile(r"\b(?:capitali[sz]ed\s+words|words?\s+(?:with|in|writt
 @detector
 def capital_word_frequency(text: str) -> Iterator[Found]:
     for m in _CAPS_WORDS.finditer(text):
-        s0, s1 = _sentence_at(text, m.start())
+        s0, s1 = sentence_at(text, m.start())
         sentence = text[s0:s1]
         t = _times(text[m.end():s1])
         if t is None:
@@ -212,7 +206,7 @@ _UPPER = re.compile(r"\b(?:in|using|use|only|all|entirely|be|written|write)\s+(?
 def case(text: str) -> Iterator[Found]:
     for pattern, name in ((_LOWER, "lowercase"), (_UPPER, "uppercase")):
         for m in pattern.finditer(text):
-            s0, s1 = _sentence_at(text, m.start())
+            s0, s1 = sentence_at(text, m.start())
             sentence = text[s0:s1]
             if _CAPS_WORDS.search(sentence) or not _not_a_conversion(text, m) or \
                     re.search(r"\bto\s+(?:all\s+)?(?:lower|upper)", text[max(0, m.start() - 10):m.end()], re.I):
@@ -266,7 +260,7 @@ def title(text: str) -> Iterator[Found]:
 
 def _at_least_near(text: str, start: int, end: int) -> int:
     """The count in "at least N" within the sentence around a mention (1 when none is given)."""
-    s0, s1 = _sentence_at(text, start)
+    s0, s1 = sentence_at(text, start)
     for m in re.finditer(rf"{NUM}", text[s0:s1], re.I):
         rel = prefix_relation(text[s0:s0 + m.start()])
         if rel and rel[0] == "at_least":
@@ -299,7 +293,7 @@ _WHOLE = re.compile(r"\b(?:entire|whole|all|everything|answer|reply|response|out
 
 @detector
 def quotation(text: str) -> Iterator[Found]:
-    if _first(_QUOTATION, text, lambda m: bool(_WHOLE.search(text[slice(*_sentence_at(text, m.start()))]))):
+    if _first(_QUOTATION, text, lambda m: bool(_WHOLE.search(text[slice(*sentence_at(text, m.start()))]))):
         yield "quotation", {}
 
 
@@ -312,7 +306,7 @@ _PS = re.compile(r"\b(?:add|include|append|end|finish|close|with|followed\s+by|s
 def postscript(text: str) -> Iterator[Found]:
     m = _first(_PS, text)
     if m:
-        rest = text[m.start():min(len(text), _sentence_at(text, m.start())[1] + 30)]
+        rest = text[m.start():min(len(text), sentence_at(text, m.start())[1] + 30)]
         yield "postscript", {"marker": "P.P.S." if re.search(r"p\.\s?p\.\s?s", rest, re.I) else "P.S."}
 
 
@@ -336,7 +330,7 @@ def _language_code(m: re.Match) -> str | None:
 
 def _not_a_translation(text: str, m: re.Match) -> bool:
     return not re.search(r"\btranslat\w*|\binto\s+|\bfrom\s+\w+\s+to\s",
-                         text[_sentence_at(text, m.start())[0]:m.end()], re.I)
+                         text[sentence_at(text, m.start())[0]:m.end()], re.I)
 
 
 @detector

@@ -43,6 +43,9 @@ class FilterConfig(IOConfig):
         False, description="embedding and heuristic checks only: no model judges, no Self-Refine")
     judges: Annotated[Optional[Literal["auto", "on", "off"]], Cli(panel=_G, default_text="auto (gate YAML)")] = Field(
         None, description="model judges and Self-Refine; auto: not with the embedded small model")
+    extract_constraints: Annotated[Literal["auto", "on", "off"], Cli(panel=_G)] = Field(
+        "auto", description="the model also lists the instruction's verifiable constraints, united with the "
+        "parser's; auto: whenever model judges run on a chat model; on: refuse to run without one")
     refine_rounds: Annotated[Optional[int], Cli(panel=_G, default_text="2 (gate YAML)")] = Field(
         None, ge=0, description="Self-Refine rounds")
     max_complexity: Annotated[Optional[float], Cli(panel=_G, default_text="9 (gate YAML)")] = Field(
@@ -76,6 +79,23 @@ def _quality(r: Record) -> float:
 
 def _small_embedded(llm: "LLM") -> bool:
     return getattr(llm, "backend", "") == "local" and getattr(llm, "profile", "chat") == "fewshot"
+
+
+_NO_EXTRACTOR = ("--extract-constraints on needs model judges on a chat model (--base-url SERVER); the "
+                 "embedded few-shot model cannot list constraints, and --no-llm asks no model")
+
+
+def _constraint_extractor(cfg: FilterConfig, llm: "LLM | None"):
+    """Model-based constraint extraction on the judges' model when it is a chat model, else none."""
+    from .constraint_extraction import ConstraintExtractor
+
+    if cfg.extract_constraints == "off":
+        return None
+    if llm is not None and llm.profile == "chat":
+        return ConstraintExtractor(llm, seed=cfg.seed)
+    if cfg.extract_constraints == "on":
+        raise DataforgeError(_NO_EXTRACTOR)
+    return None
 
 
 def _load_reference(cfg: FilterConfig) -> list[Record]:
@@ -122,8 +142,10 @@ class FilterStage(Stage[FilterConfig]):
             overrides["checks"] = {"complexity": {"max": cfg.max_complexity}}
         self.rules = load_rules(cfg.config, overrides)
         self.decided: dict[int, Record] = {}
-        self.judge = self.refiner = self.embedder = None
+        self.judge = self.refiner = self.embedder = self.extractor = None
         self.total = 0
+        if cfg.extract_constraints == "on" and not self.needs_llm():
+            raise DataforgeError(_NO_EXTRACTOR)
 
     def needs_llm(self) -> bool:
         return not self.cfg.no_llm and self.rules.judges != "off"
@@ -141,6 +163,7 @@ class FilterStage(Stage[FilterConfig]):
         llm = ctx.llm if self.needs_llm() else None
         use_model = llm is not None and not (rules.judges == "auto" and _small_embedded(llm))
         self.judge = Judge(llm, seed=cfg.seed) if use_model else None
+        self.extractor = _constraint_extractor(cfg, llm if use_model else None)
 
         # first pass: the input's answer conventions, the alignment pool, the count
         shapes = EndingShapes()
@@ -157,7 +180,7 @@ class FilterStage(Stage[FilterConfig]):
         self.embedder = get_embedder(cfg.embedder, cfg.embed_cache)
         pool += [r.prompt_text for r in reference]
         checker = Checker(rules, self.embedder, judge=self.judge, reference=reference, pool_prompts=pool,
-                          shapes=shapes)
+                          shapes=shapes, extractor=self.extractor)
         if use_model:
             self.refiner = Refiner(llm, checker, rules, rounds=rules.refine.rounds, seed=cfg.seed)
 
@@ -201,6 +224,7 @@ class FilterStage(Stage[FilterConfig]):
             status, reasons = decide(sc.scores, self.rules, [(f"{c}:unjudged", "review") for c in sc.unjudged])
             reasons = [f"{name}:{sc.details[name]}" if name in sc.details else reason
                        for reason, name in ((x, x.split(":", 1)[0]) for x in reasons)]
+            reasons += sc.notes  # which detection found a constraint the other missed: noted, status unchanged
             meta = dict(sc.record.meta)
             if sc.domains:
                 meta["domains"] = sc.domains
@@ -231,6 +255,9 @@ class FilterStage(Stage[FilterConfig]):
                                  "rounds": st.rounds, "errors": st.errors}
         if self.judge is not None:
             details["judge_errors"], details["judge_unreadable"] = self.judge.errors, self.judge.unreadable
+        if self.extractor is not None:
+            details["constraint_extraction"] = {"requests": self.extractor.requests,
+                                                "failures": self.extractor.failures}
         return details
 
     def _dedup(self, recs: list[Record]) -> dict[str, int]:

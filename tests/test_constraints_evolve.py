@@ -27,9 +27,9 @@ def test_add_constraints_uses_the_new_types(tmp_path):
     seeds.write_text("".join(json.dumps(s) + "\n" for s in SEEDS * 1))
     out = tmp_path / "evolved.jsonl"
     with LoopbackServer(responder) as srv:
-        cfg = EvolveConfig(backend=BackendConfig(backend="openai", base_url=srv.base_url, model="test", no_cache=True),
-                           rounds=6, ops=["add_constraints"], verifiable_share=1.0, seed=3)
-        run_evolve(seeds, out, cfg, progress=False)
+        cfg = EvolveConfig(rounds=6, ops=["add_constraints"], verifiable_share=1.0, seed=3)
+        run_evolve(seeds, out, cfg, backend=BackendConfig(backend="openai", base_url=srv.base_url, model="test",
+                                                          no_cache=True), progress=False)
     recs = [r for r in read_records(out) if r.meta.get("constraints")]
     types = {s["type"] for r in recs for s in r.meta["constraints"]}
     assert types & NEW_KINDS, types

@@ -123,8 +123,9 @@ def case_filter(serve: Callable) -> None:
 def case_filter_judged(serve: Callable) -> None:
     src = _filter_input()
     with serve(gate_judge) as srv:
+        # model constraint extraction (issue 15) came after these outputs were recorded; it has its own tests
         _cli("filter", str(src), "-o", "judged.jsonl", "--judges", "on", "--refine-rounds", "1", "--seed", "5",
-             *_backend(srv.base_url))
+             "--extract-constraints", "off", *_backend(srv.base_url))
 
 
 def case_balance(serve: Callable) -> None:
@@ -156,7 +157,7 @@ def case_export(serve: Callable) -> None:
 def case_pipeline(serve: Callable) -> None:
     _write(Path("in.jsonl"), _seed_lines(6))
     stages = ("  - stage: evolve\n    rounds: 1\n    keep_failed: true\n"
-              "  - stage: filter\n    single_file: true\n    refine_rounds: 0\n"
+              "  - stage: filter\n    single_file: true\n    refine_rounds: 0\n    extract_constraints: 'off'\n"
               "  - stage: balance\n    k: 2\n"
               "  - stage: export\n    format: chat\n    statuses: [accepted, review, pending]\n    path: out/train.chat.jsonl")
     job = _pipeline("chain", stages)

@@ -45,7 +45,9 @@ def test_loss_decreases_with_every_modification_on(records_file, tmp_path):
     assert log[-1]["instruction"] < 0.7 * log[0]["instruction"]
     assert log[-1]["lm"] < log[0]["lm"] and all(e["tokens_per_s"] > 0 for e in log)
     assert summary["steps"] == 12 and summary["eval_samples"] == 2 and summary["eval_loss"] < log[0]["instruction"]
-    assert summary["plain_hf"] is False and (tmp_path / "run" / "model" / "dataforge_mods.safetensors").exists()
+    assert summary["plain_hf"] is False
+    config = json.loads((tmp_path / "run" / "model" / "config.json").read_text())
+    assert config["model_type"] == "dataforge" and config["base_config"]["model_type"] == "llama"
     assert log[-1]["forgetting"] > 0 and log[0]["forgetting"] == 0     # EWC + L2-SP pull back once weights move
 
 

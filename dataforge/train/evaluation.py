@@ -65,9 +65,11 @@ class EvalSet:
 
 @torch.no_grad()
 def evaluate(objective, evalset: EvalSet, device: torch.device, autocast: Callable, rank: int = 0,
-             world: int = 1) -> dict[str, Any]:
+             world: int = 1, lockstep: bool = False) -> dict[str, Any]:
     """eval_loss (response tokens), eval_lm_loss (all tokens) and eval_by {key: {value: {loss, samples,
-    tokens}}}. With world > 1 every process must call it (batches are split, sums all-reduced)."""
+    tokens}}}. With world > 1 every process must call it (batches are split, sums all-reduced).
+    `lockstep` (FSDP, whose forward is a collective): every process runs the same number of forwards, a
+    process without a batch left repeats the first one and counts nothing."""
     if not evalset.batches:
         return {}
     was_training = objective.training
@@ -75,10 +77,15 @@ def evaluate(objective, evalset: EvalSet, device: torch.device, autocast: Callab
     G = len(evalset.groups)
     totals = torch.zeros(4, dtype=torch.float64)             # resp sum, resp tokens, lm sum, lm tokens
     by_group = torch.zeros(G, 3, dtype=torch.float64)         # loss sum, tokens, samples
-    for i in range(rank, len(evalset), world):
-        b = {k: v.to(device) for k, v in evalset.batches[i].items()}
+    rounds = -(-len(evalset) // world)
+    for i in (j * world + rank for j in range(rounds)):
+        if i >= len(evalset) and not lockstep:
+            break
+        b = {k: v.to(device) for k, v in evalset.batches[i if i < len(evalset) else 0].items()}
         with autocast():
-            logits = objective.model(b)["logits"]
+            logits = objective(b, outputs_only=True)["logits"]
+        if i >= len(evalset):
+            continue
         resp, valid = shifted_token_ce(logits, b["resp_labels"])
         lm, lm_valid = shifted_token_ce(logits, objective.model.lm_labels(b["lm_labels"]))
         totals += torch.tensor([float((resp * valid).sum()), float(valid.sum()), float((lm * lm_valid).sum()),

@@ -95,10 +95,15 @@ def load(path: Path, objective, opt, state: dict[str, Any], rank: int) -> None:
     if rng.exists():
         torch.set_rng_state(torch.load(rng))
     if fmt == "sharded":
+        from torch.distributed.checkpoint import DefaultLoadPlanner
+
         model_sd, optim_sd = get_state_dict(objective, opt)
-        holder = {"model": model_sd, "optim": optim_sd}
-        dcp.load(holder, checkpoint_id=str(path / SHARDS))
-        set_state_dict(objective, opt, model_state_dict=holder["model"], optim_state_dict=holder["optim"])
+        model_holder, optim_holder = {"model": model_sd}, {"optim": optim_sd}
+        dcp.load(model_holder, checkpoint_id=str(path / SHARDS))          # every weight must be there
+        # get_state_dict gives every parameter an (empty) AdamW state; ones that never had a gradient (a head
+        # whose loss is off) have none in the checkpoint and keep that empty state, as in an unbroken run
+        dcp.load(optim_holder, checkpoint_id=str(path / SHARDS), planner=DefaultLoadPlanner(allow_partial_load=True))
+        set_state_dict(objective, opt, model_state_dict=model_holder["model"], optim_state_dict=optim_holder["optim"])
         return
     from safetensors.torch import load_file
 

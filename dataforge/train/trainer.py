@@ -361,7 +361,7 @@ def run_train(input_path, output_dir, cfg: TrainConfig, *, progress: bool = True
                 tok_window += step_tokens
                 last = sums
                 if cfg.eval_every and step % cfg.eval_every == 0 and step < total_steps:
-                    evals = evaluate(objective, evalset, dist.device, autocast, dist.rank, dist.world)
+                    evals = evaluate(objective, evalset, dist.device, autocast, dist.rank, dist.world, cfg.fsdp)
                     after_eval(evals, step)
                 if dist.main and (step % cfg.log_every == 0 or step == total_steps):
                     now = time.time()
@@ -397,7 +397,7 @@ def run_train(input_path, output_dir, cfg: TrainConfig, *, progress: bool = True
     loop_s = time.time() - t_loop
 
     # -- finish -------------------------------------------------------------------------------------
-    final_eval = evaluate(objective, evalset, dist.device, autocast, dist.rank, dist.world)
+    final_eval = evaluate(objective, evalset, dist.device, autocast, dist.rank, dist.world, cfg.fsdp)
     if not best.stop:
         after_eval(final_eval, step)
     in_sync = None if cfg.fsdp else _ranks_in_sync(objective, dist)     # FSDP: every process holds other shards

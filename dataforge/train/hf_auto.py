@@ -171,16 +171,17 @@ class DataforgeForCausalLM(PreTrainedModel, GenerationMixin):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 segment_ids: torch.Tensor | None = None, complexity: Any = None, labels: torch.Tensor | None = None,
-                past_key_values=None, use_cache: bool | None = None, **kwargs) -> CausalLMOutputWithPast:
+                cache=None, past_key_values=None, use_cache: bool | None = None, **kwargs) -> CausalLMOutputWithPast:
         """Logits of rows that each hold one prompt (+ response). `segment_ids`: per token, from
         `PromptFormatter.encode_prompt`/`encode`; `complexity`: 1-10 per row (0 when unknown)."""
         if segment_ids is None and needs_segments(self.inner):
             raise DataforgeError("this dataforge model reads which tokens are the instruction: pass segment_ids "
                                  "(PromptFormatter.encode_prompt gives them), or use `dataforge generate`")
-        if past_key_values is not None or use_cache:
+        cache = cache if cache is not None else past_key_values
+        if cache is not None or use_cache:
             from .kv_cache import cached_forward
 
-            return cached_forward(self.inner, input_ids, segment_ids, complexity, past_key_values)
+            return cached_forward(self.inner, input_ids, segment_ids, complexity, cache, attention_mask)
         batch = single_sample_batch(input_ids, attention_mask, segment_ids, complexity)
         out = self.inner(batch)
         loss = None

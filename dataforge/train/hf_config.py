@@ -31,6 +31,10 @@ class DataforgeConfig(PretrainedConfig):
         kwargs["tie_word_embeddings"] = False          # the base model ties its own weights, if it does
         super().__init__(**kwargs)
 
+    def get_text_config(self, *args, **kwargs) -> PretrainedConfig:
+        """The decoder's config is the base model's (generation sizes its KV cache from it)."""
+        return self.base()
+
     def base(self) -> PretrainedConfig:
         """The wrapped model's own config object (LlamaConfig, GPT2Config, ...)."""
         from transformers import AutoConfig

@@ -217,7 +217,8 @@ class InstructModel(nn.Module):
         zero = torch.zeros((), dtype=dtype, device=sample_idx.device)
         return torch.where(allowed, zero, torch.finfo(dtype).min)
 
-    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def forward(self, batch: dict[str, torch.Tensor], cache=None) -> dict[str, torch.Tensor]:
+        """`cache`: a transformers Cache to fill (the prompt pass of cached generation, see kv_cache.py)."""
         ids, seg, sidx = batch["input_ids"], batch["segment_ids"], batch["sample_idx"]
         pos = batch["position_ids"]
         n = batch["task_ids"].numel()
@@ -236,7 +237,7 @@ class InstructModel(nn.Module):
             gather = sidx.clamp(min=0)
             after = batch["after_inst"].unsqueeze(-1).to(x.dtype)
             x = x + fuse[gather].to(x.dtype) * after
-            ctx.update(inject=inject, gather=gather, after=after)
+            ctx.update(inject=inject, gather=gather, after=after, fuse=fuse)
             out["inst_enc"] = self.repr_proj(enc)
         eager = self._orig_attn == "eager"
         hooked_bias = self.attn_bias is not None and not self._bias_route
@@ -247,8 +248,13 @@ class InstructModel(nn.Module):
             if hooked_bias:
                 ctx["float_mask"] = mask
         self._ctx = ctx
-        hidden = self.base.base_model(inputs_embeds=x, attention_mask=mask, position_ids=pos,
-                                      use_cache=False).last_hidden_state
+        with_cache: dict[str, Any] = {}
+        if cache is not None:
+            from .kv_cache import cache_argument
+
+            with_cache = {cache_argument(self.base.base_model): cache}
+        hidden = self.base.base_model(inputs_embeds=x, attention_mask=mask, position_ids=pos, use_cache=cache is not None,
+                                      **with_cache).last_hidden_state
         pooled = sample_mean(hidden, sidx, inst, n)
         out["pooled"] = pooled
         if self.reasoning is not None:
@@ -264,8 +270,10 @@ class InstructModel(nn.Module):
     @torch.no_grad()
     def generate(self, formatter: PromptFormatter, instruction: str, input: str = "", *,
                  max_new_tokens: int = 128, temperature: float | None = None, top_p: float = 0.95,
-                 complexity: float | None = None, seed: int = 0) -> tuple[str, float]:
-        """Sample a response; temperature None -> the head's prediction (or 0.7 without a head)."""
+                 complexity: float | None = None, seed: int = 0, use_cache: bool = True) -> tuple[str, float]:
+        """Sample a response; temperature None -> the head's prediction (or 0.7 without a head).
+        A modified model decodes with a KV cache (kv_cache.py); `use_cache=False` recomputes the whole
+        sequence at every token (the reference the cached path is tested against)."""
         self.eval()
         ids, segs = formatter.encode_prompt(instruction, input)
         dev = next(self.parameters()).device
@@ -284,9 +292,17 @@ class InstructModel(nn.Module):
                                          pad_token_id=formatter.tok.pad_token_id or next(iter(eos), 0), **sampling)
             text = formatter.tok.decode(out_ids[0, prompt_len:], skip_special_tokens=True)
             return text.strip(), float(used_temp)
+        decoder = None
         for _ in range(max_new_tokens):
-            batch = _single(ids, segs, (complexity or 0.0) / 10.0, dev)
-            out = self(batch)
+            if not use_cache:
+                out = self(_single(ids, segs, (complexity or 0.0) / 10.0, dev))
+            elif decoder is None:
+                from .kv_cache import CachedDecoder
+
+                decoder = CachedDecoder(self, _single(ids, segs, (complexity or 0.0) / 10.0, dev))
+                out = decoder.out
+            else:
+                out = decoder.step(ids[-1])
             if used_temp is None:
                 used_temp = float(out["temperature"][0]) if "temperature" in out else 0.7
             logits = out["logits"][0, -1].float()

@@ -87,7 +87,7 @@ def main() -> None:
     rows = [("full fine-tuning, fp32 AdamW", 16.0, full_b),
             ("full + EWC (reference weights + Fisher)", 24.0, None),
             (f"LoRA r={args.lora_r}, fp32 frozen base", 4 + 16 * share, lora_b),
-            (f"LoRA r={args.lora_r}, bf16 frozen base", 2 + 16 * share, None),
+            (f"LoRA r={args.lora_r} + EWC over the adapter", 4 + 24 * share, None),
             (f"QLoRA r={args.lora_r}, NF4 base (double quant)", nf4 + 16 * share, None)]
     print(f"model: Llama-style, hidden {args.hidden}, {args.layers} layers, {full_n['total'] / 1e6:.1f}M params; "
           f"LoRA trains {lora_n['trainable']:,} ({share:.2%}) on every attention and MLP projection; "

@@ -164,3 +164,31 @@ def test_export_folds_exactly_or_refuses(tmp_path):
     assert r2["max_logit_difference"] > 1e-3
     gen_cfg = json.loads((tmp_path / "p2" / "generation_config.json").read_text())
     assert sorted(gen_cfg["suppress_tokens"]) == sorted(model2.prompt_only_ids)
+
+
+@pytest.mark.parametrize("name", ["segment_embedding", "attention_bias", "fusion", "reasoning_head"])
+def test_plan_fold_drops_untrained_modules_and_refuses_any_trained_weight(name):
+    from dataforge.train.fold import plan_fold
+
+    flags = {"segment_embedding": dict(segment_embedding=True),
+             "attention_bias": dict(attention_bias=True, attention_bias_complexity=True),
+             "fusion": dict(fusion=True), "reasoning_head": dict(reasoning_head=True)}[name]
+    model, _ = _trained_like(TrainConfig(**flags), scale=0.0)          # every module at its no-op init
+    report = plan_fold(model)
+    assert set(report.dropped) == {name} and not report.not_exportable and not report.folded
+    assert "zero" in report.dropped[name] or "identity" in report.dropped[name]
+    weights = {"segment_embedding": ["segment_emb.table.weight"],
+               "attention_bias": ["attn_bias.bias", "attn_bias.by_complexity"],
+               "fusion": ["fusion.fuse.weight", "fusion.fuse.bias", "fusion.inject.weight"],
+               "reasoning_head": ["reasoning.back.weight", "reasoning.back.bias"]}[name]
+    expected = {"segment_embedding": "a different vector per segment (rows differ by up to 0.5)",
+                "attention_bias": "biases attention towards instruction tokens",
+                "fusion": "a second network encodes the instruction",
+                "reasoning_head": "a non-linear layer before the LM head"}[name]
+    for w in weights:                                                  # any one weight off zero: refused
+        model, _ = _trained_like(TrainConfig(**flags), scale=0.0)
+        with torch.no_grad():
+            model.get_parameter(w).view(-1)[-1] = 0.5
+        report = plan_fold(model)
+        assert set(report.not_exportable) == {name} and not report.dropped, w
+        assert report.not_exportable[name].startswith(expected)

@@ -97,6 +97,8 @@ def test_best_checkpoint_early_stop_and_the_lineage_summary(tmp_path):
     evals = [(e["step"], e["eval_loss"]) for e in log if "eval_loss" in e]
     best_step, best_loss = min(evals, key=lambda x: x[1])
     assert s["stopped_early"]["step"] == s["steps"] < 30
+    assert s["stopped_early"]["reason"] == (f"eval loss did not improve for 2 evals (best {best_loss:.6f} at "
+                                            f"step {best_step})")
     assert s["best_step"] == best_step and abs(s["best_eval_loss"] - best_loss) < 1e-12
     # stopped once `patience` evals in a row were no better than the best
     after = [loss for step, loss in evals if step > best_step]
@@ -147,3 +149,16 @@ def test_tensorboard_event_file_holds_the_logged_values(tmp_path):
     assert [e.step for e in ev] == [2] and abs(ev[0].value - log[1]["eval_loss"]) < 1e-5
     by_op = acc.Scalars("eval/by_operation/deepen")
     assert abs(by_op[0].value - log[1]["eval_by"]["operation"]["deepen"]["loss"]) < 1e-5
+
+
+
+def test_best_tracker_counts_strict_improvements_and_keeps_patience_across_resume():
+    from dataforge.train.selection import BestTracker
+
+    t = BestTracker(patience=2)
+    assert t.update(1, 1.0) is True and t.update(2, 1.0) is False          # equal is not better
+    assert t.evals_since_best == 1 and not t.stop
+    resumed = BestTracker.from_state(t.state(), patience=2)
+    assert resumed.best_step == 1 and resumed.evals_since_best == 1
+    assert resumed.update(3, 1.5) is False and resumed.stop and resumed.stopped_at == 3
+    assert BestTracker.from_state(None, 0).update(1, 5.0) is True

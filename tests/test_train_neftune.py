@@ -18,11 +18,13 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_scale_is_alpha_over_sqrt_of_own_sample_length_times_width():
-    # one packed row: a sample of 3 tokens, one of 5, then 2 padding; a second row: one sample of 4 + 6 pad
-    sidx = torch.tensor([[0, 0, 0, 1, 1, 1, 1, 1, -1, -1], [2, 2, 2, 2, -1, -1, -1, -1, -1, -1]])
-    assert sample_lengths(sidx).tolist() == [[3, 3, 3, 5, 5, 5, 5, 5, 0, 0], [4, 4, 4, 4, 0, 0, 0, 0, 0, 0]]
+    # one packed row: a sample of 3 tokens, one of 5, then 2 padding; a second row: samples of 1 and 4, 5 pad
+    sidx = torch.tensor([[0, 0, 0, 1, 1, 1, 1, 1, -1, -1], [2, 3, 3, 3, 3, -1, -1, -1, -1, -1]])
+    assert sample_lengths(sidx).tolist() == [[3, 3, 3, 5, 5, 5, 5, 5, 0, 0], [1, 4, 4, 4, 4, 0, 0, 0, 0, 0]]
+    assert sample_lengths(torch.full((1, 3), -1)).tolist() == [[0, 0, 0]]            # padding only
     scale = neftune_scale(sidx, d_model=8, alpha=5.0)[..., 0]
-    expected = [[5 / math.sqrt(24)] * 3 + [5 / math.sqrt(40)] * 5 + [0.0] * 2, [5 / math.sqrt(32)] * 4 + [0.0] * 6]
+    expected = [[5 / math.sqrt(24)] * 3 + [5 / math.sqrt(40)] * 5 + [0.0] * 2,
+                [5 / math.sqrt(8)] + [5 / math.sqrt(32)] * 4 + [0.0] * 5]
     assert torch.allclose(scale, torch.tensor(expected, dtype=scale.dtype), atol=1e-12)
 
 

@@ -93,9 +93,8 @@ def apply_fold(imodel, report: FoldReport) -> None:
         head = base.get_output_embeddings()
         if head is not None and head.weight is emb.weight:          # untie: the head keeps the old matrix
             head.weight = nn.Parameter(head.weight.detach().clone())
-            base.config.tie_word_embeddings = False
-            text = base.config.get_text_config()
-            text.tie_word_embeddings = False
+            for config in {id(c): c for c in (base.config, base.config.get_text_config())}.values():
+                config.tie_word_embeddings = False
         vector = imodel.segment_emb.table.weight.detach()[SEG_RESPONSE]
         with torch.no_grad():
             emb.weight.add_(vector.to(emb.weight.dtype))

@@ -61,8 +61,11 @@ class Reporter:
                 raise DataforgeError("--report-to wandb needs wandb: pip install 'dataforge[wandb]'") from exc
             mode = os.environ.get("WANDB_MODE") or ("online" if _online() else "offline")
             self.mode = mode
+            # no console capture (the progress bar owns stderr), no git/code scan of the working directory
+            settings = wandb.Settings(console="off", save_code=False, disable_git=True)
             self._wandb = wandb.init(project=os.environ.get("WANDB_PROJECT", "dataforge"), name=out.name,
-                                     dir=str(out), config=config, mode=mode, reinit="finish_previous")
+                                     dir=str(out), config=config, mode=mode, reinit="finish_previous",
+                                     settings=settings)
 
     def log(self, step: int, entry: dict[str, Any]) -> None:
         values = scalars(entry)

@@ -5,11 +5,7 @@ to the weights of an unbroken run. Processes get torchrun's environment (no laun
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import socket
-import subprocess
-import sys
 
 import pytest
 
@@ -20,29 +16,17 @@ from safetensors.torch import load_file  # noqa: E402
 from dataforge.io import write_records  # noqa: E402
 from dataforge.train import TrainConfig, run_train  # noqa: E402
 from dataforge.train.tiny import tiny_llama, tiny_tokenizer, toy_records  # noqa: E402
+from train_helpers import read_log, run_two_processes, tiny_run_inputs  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 MODS = ["--segment-embedding", "--attention-bias", "--fusion", "--task-weighting", "uncertainty"]
 
 
 def _launch(data, out, base, *extra):
-    env = os.environ | {"OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "DATAFORGE_PROGRESS": "0"}
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    cmd = [sys.executable, "-m", "dataforge", "train", str(data), "-o", str(out), "--model", str(base), "--fsdp",
-           "--max-steps", "3", "--batch-size", "2", "--max-length", "128", "--eval-every", "2", "--eval-fraction",
-           "0.1", "--keep-checkpoints", "3", "--no-progress", *MODS, *extra]
-    procs = [subprocess.Popen(cmd, env=env | {"RANK": str(r), "LOCAL_RANK": str(r), "WORLD_SIZE": "2",
-                                              "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)},
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for r in range(2)]
-    outputs = [p.communicate(timeout=300) for p in procs]
-    assert [p.returncode for p in procs] == [0, 0], outputs[0][1][-3000:] + outputs[1][1][-3000:]
+    outputs = run_two_processes(["train", str(data), "-o", str(out), "--model", str(base), "--fsdp", "--max-steps",
+                                 "3", "--batch-size", "2", "--max-length", "128", "--eval-every", "2",
+                                 "--eval-fraction", "0.1", "--keep-checkpoints", "3", "--no-progress", *MODS, *extra])
     return json.loads(outputs[0][0])
-
-
-def _log(run):
-    return [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
 
 
 def _weights(run):
@@ -61,12 +45,7 @@ def _rewind(src, dst, step):
 
 
 def test_two_fsdp_processes_equal_one_process_and_resume_sharded_and_full(tmp_path):
-    tok = tiny_tokenizer()
-    base = tmp_path / "tiny"
-    tiny_llama(len(tok)).save_pretrained(base)
-    tok.save_pretrained(base)
-    data = tmp_path / "final.jsonl"
-    write_records(data, toy_records(30))
+    base, data = tiny_run_inputs(tmp_path, 30)
 
     a = _launch(data, tmp_path / "a", base, "--save-every", "1", "--grad-checkpointing")
     assert a["world_size"] == 2 and a["fsdp"] is True and a["ranks_in_sync"] is None and a["steps"] == 3
@@ -76,7 +55,7 @@ def test_two_fsdp_processes_equal_one_process_and_resume_sharded_and_full(tmp_pa
                                                         max_length=128, eval_every=2, eval_fraction=0.1,
                                                         segment_embedding=True, attention_bias=True, fusion=True,
                                                         task_weighting="uncertainty"), progress=False)
-    la, l1 = _log(tmp_path / "a"), _log(tmp_path / "one")
+    la, l1 = read_log(tmp_path / "a"), read_log(tmp_path / "one")
     assert [e["step"] for e in la] == [1, 2, 3] and [e["tokens"] for e in la] == [e["tokens"] for e in l1]
     for ea, e1 in zip(la, l1):
         for key in ("loss", "lm", "instruction"):
@@ -99,7 +78,7 @@ def test_two_fsdp_processes_equal_one_process_and_resume_sharded_and_full(tmp_pa
     for run in ("b", "c"):
         w = _weights(tmp_path / run)
         assert max(float((w[k] - wa[k]).abs().max()) for k in wa) < 1e-6, run
-        assert [e["loss"] for e in _log(tmp_path / run)] == [e["loss"] for e in la]
+        assert [e["loss"] for e in read_log(tmp_path / run)] == [e["loss"] for e in la]
 
 
 def test_fsdp_refusals(tmp_path):

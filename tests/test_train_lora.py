@@ -25,24 +25,24 @@ from dataforge.train.losses import Anchor, estimate_fisher  # noqa: E402
 from dataforge.train.lora import apply_lora, attach, param_counts  # noqa: E402
 from dataforge.train.model import InstructModel, add_inst_tokens, load_instruct  # noqa: E402
 from dataforge.train.tiny import tiny_gpt2, tiny_llama, tiny_tokenizer, toy_records  # noqa: E402
+from train_helpers import run_then_interrupt, tiny_run_inputs  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
-def records_file(tmp_path_factory):
-    path = tmp_path_factory.mktemp("lora") / "final.jsonl"
-    write_records(path, toy_records(40))
-    return path
+def tiny_inputs(tmp_path_factory):
+    return tiny_run_inputs(tmp_path_factory.mktemp("lora"), 40)
 
 
 @pytest.fixture(scope="module")
-def base_dir(tmp_path_factory):
-    d = tmp_path_factory.mktemp("lora") / "tiny-llama"
-    tok = tiny_tokenizer()
-    tiny_llama(len(tok)).save_pretrained(d)
-    tok.save_pretrained(d)
-    return d
+def records_file(tiny_inputs):
+    return tiny_inputs[1]
+
+
+@pytest.fixture(scope="module")
+def base_dir(tiny_inputs):
+    return tiny_inputs[0]
 
 
 def _lora_param_count(model, r: int) -> int:
@@ -147,26 +147,11 @@ def test_adapter_reloads_with_peft_to_the_in_memory_logits_and_merges(tmp_path):
 def test_resume_with_an_adapter_continues_identically(records_file, tmp_path, monkeypatch):
     from safetensors.torch import load_file
 
-    import dataforge.train.trainer as trainer
-
     cfg = TrainConfig(lora=True, lora_r=4, segment_embedding=True, max_steps=5, save_every=2, batch_size=4,
                       max_length=128, lr=1e-2, neftune_alpha=5.0)
-    tok = tiny_tokenizer()
-    run_train(records_file, tmp_path / "a", cfg, model=tiny_llama(len(tok)), tokenizer=tok, progress=False)
-    real_lr = trainer.lr_factor
-
-    def interrupt_at_step_3(step, total, warmup):
-        if step == 3:
-            raise KeyboardInterrupt
-        return real_lr(step, total, warmup)
-
-    monkeypatch.setattr(trainer, "lr_factor", interrupt_at_step_3)
-    tok_b = tiny_tokenizer()
-    with pytest.raises(DataforgeError, match="interrupted at step 3"):
-        run_train(records_file, tmp_path / "b", cfg, model=tiny_llama(len(tok_b)), tokenizer=tok_b, progress=False)
+    run_then_interrupt(records_file, tmp_path, cfg, monkeypatch, at=3)
     ckpt = load_file(str(tmp_path / "b" / "checkpoints" / "step-0000003" / "weights.safetensors"))
     assert ckpt and all("lora_" in k or not k.startswith("model.base.") for k in ckpt)   # trainable tensors only
-    monkeypatch.setattr(trainer, "lr_factor", real_lr)
     tok_c = tiny_tokenizer()
     s = run_train(records_file, tmp_path / "b", cfg, model=tiny_llama(len(tok_c)), tokenizer=tok_c, progress=False)
     assert s["resumed_from"].endswith("step-0000003") and s["steps"] == 5

@@ -162,3 +162,19 @@ def test_best_tracker_counts_strict_improvements_and_keeps_patience_across_resum
     assert resumed.best_step == 1 and resumed.evals_since_best == 1
     assert resumed.update(3, 1.5) is False and resumed.stop and resumed.stopped_at == 3
     assert BestTracker.from_state(None, 0).update(1, 5.0) is True
+
+
+def test_eval_table_text():
+    eval_by = {"operation": {"deepen": {"loss": 1.5, "samples": 2, "tokens": 10},
+                             "(none)": {"loss": 2.25, "samples": 1, "tokens": 4}},
+               "complexity": {"3": {"loss": 1.0, "samples": 3, "tokens": 14}}}
+    expected = "\n".join([
+        "eval loss by lineage (response tokens; higher = the model fits that data worse)",
+        "lineage     value                        samples  tokens eval loss",
+        "-" * 66,
+        "operation   (none)                             1       4    2.2500",
+        "operation   deepen                             2      10    1.5000",
+        "complexity  3                                  3      14    1.0000",
+        "all                                                         1.7143"])
+    assert eval_table(eval_by, 1.7142857) == expected
+    assert eval_table({}, 1.0) == "" and eval_table(eval_by).splitlines()[-1].startswith("complexity")

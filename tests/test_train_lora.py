@@ -233,3 +233,12 @@ def test_lora_on_real_smollm2_weights(tmp_path):
         via_merged = merged(input_ids=ids).logits
     assert float((via_merged - via_peft).abs().max()) < 1e-4
     shutil.rmtree(tmp_path / "run" / "checkpoints")
+
+
+def test_train_help_renders_with_every_option():
+    """Help texts are plain text: '[/INST]' once broke rich's markup parser and `train --help` crashed."""
+    res = CliRunner().invoke(app, ["train", "--help"], env={"COLUMNS": "200"})
+    assert res.exit_code == 0, res.output
+    for text in ("[INST]/[/INST]", "--lora-r", "--qlora", "--fsdp-checkpoint", "--neftune-alpha", "--report-to",
+                 "--early-stop-patience"):
+        assert text in res.output

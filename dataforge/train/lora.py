@@ -119,7 +119,9 @@ def load_trainable_state(module: torch.nn.Module, state: dict[str, torch.Tensor]
 
 def save_adapter(out: Path, imodel, peft_model, tokenizer, meta: dict[str, Any]) -> None:
     """The peft adapter directory (+ modules, tokenizer, dataforge.json)."""
-    peft_model.save_pretrained(out)
+    # resized vocabulary ([INST]/[/INST]): keep the embedding matrices with the adapter (peft cannot tell for a
+    # base it has no config file for, e.g. the GGUF-derived SmolLM2)
+    peft_model.save_pretrained(out, save_embedding_layers=True if imodel.prompt_only_ids else "auto")
     imodel.save_mods(out)
     tokenizer.save_pretrained(out)
     imodel.write_meta(out, meta | {"plain_hf": False})

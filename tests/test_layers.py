@@ -15,11 +15,17 @@ LAYERS = [
     {"io", "prompts"},
     {"llm", "constraints", "testing"},
     {"stage"},
-    {"generate", "quality", "curate", "train"},
+    {"generate", "quality", "curate", "train", "_hf_register"},
     {"pipeline"},
     {"commands", "cli", "__main__"},
 ]
 LAYER = {name: i for i, names in enumerate(LAYERS) for name in names}
+#: the only upward arrows, each with why
+ALLOWED_UPWARD = {
+    # `import dataforge` must make transformers' AutoModelForCausalLM know dataforge's model type (issue 17);
+    # the hook itself imports nothing heavy until transformers loads its auto classes
+    ("__init__.py", "_hf_register"),
+}
 
 
 def _top(module: Path) -> str:
@@ -58,7 +64,7 @@ def test_no_import_runs_from_a_lower_layer_to_a_higher_one():
     for module in sorted(PACKAGE.rglob("*.py")):
         mine = LAYER[_top(module)]
         for name in _imported(module):
-            if LAYER.get(name, -1) > mine:
+            if LAYER.get(name, -1) > mine and (str(module.relative_to(PACKAGE)), name) not in ALLOWED_UPWARD:
                 upward.append(f"{module.relative_to(REPO)} imports dataforge.{name}")
     assert not upward, "\n".join(upward)
 

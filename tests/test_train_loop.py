@@ -17,6 +17,7 @@ from dataforge.errors import DataforgeError  # noqa: E402
 from dataforge.io import write_records  # noqa: E402
 from dataforge.train import TrainConfig, run_train  # noqa: E402
 from dataforge.train.tiny import tiny_llama, tiny_tokenizer, toy_records  # noqa: E402
+from train_helpers import run_then_interrupt  # noqa: E402
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -45,7 +46,9 @@ def test_loss_decreases_with_every_modification_on(records_file, tmp_path):
     assert log[-1]["instruction"] < 0.7 * log[0]["instruction"]
     assert log[-1]["lm"] < log[0]["lm"] and all(e["tokens_per_s"] > 0 for e in log)
     assert summary["steps"] == 12 and summary["eval_samples"] == 2 and summary["eval_loss"] < log[0]["instruction"]
-    assert summary["plain_hf"] is False and (tmp_path / "run" / "model" / "dataforge_mods.safetensors").exists()
+    assert summary["plain_hf"] is False
+    config = json.loads((tmp_path / "run" / "model" / "config.json").read_text())
+    assert config["model_type"] == "dataforge" and config["base_config"]["model_type"] == "llama"
     assert log[-1]["forgetting"] > 0 and log[0]["forgetting"] == 0     # EWC + L2-SP pull back once weights move
 
 
@@ -55,29 +58,13 @@ def test_resume_continues_identically(records_file, tmp_path, monkeypatch):
     unbroken run. The interrupt is injected by making the LR schedule raise KeyboardInterrupt."""
     from safetensors.torch import load_file
 
-    import dataforge.train.trainer as trainer
-
     cfg = TrainConfig(max_steps=6, save_every=2, batch_size=4, lr=3e-3, max_length=128, grad_accum=2,
                       instruction_mask_prob=0.2, segment_embedding=True, task_weighting="uncertainty")
-    tok = tiny_tokenizer()
-    run_train(records_file, tmp_path / "a", cfg, model=tiny_llama(len(tok)), tokenizer=tok, progress=False)
-
-    real_lr = trainer.lr_factor
-
-    def interrupt_at_step_3(step, total, warmup):
-        if step == 3:
-            raise KeyboardInterrupt
-        return real_lr(step, total, warmup)
-
-    monkeypatch.setattr(trainer, "lr_factor", interrupt_at_step_3)
-    tok_b = tiny_tokenizer()
-    with pytest.raises(DataforgeError, match="interrupted at step 3"):
-        run_train(records_file, tmp_path / "b", cfg, model=tiny_llama(len(tok_b)), tokenizer=tok_b, progress=False)
+    run_then_interrupt(records_file, tmp_path, cfg, monkeypatch, at=3)
     ckpts = tmp_path / "b" / "checkpoints"
     assert sorted(p.name for p in ckpts.iterdir()) == ["step-0000002", "step-0000003"]
     assert [e["step"] for e in _log(tmp_path / "b")] == [1, 2, 3]
     shutil.rmtree(ckpts / "step-0000003")
-    monkeypatch.setattr(trainer, "lr_factor", real_lr)
     tok_b = tiny_tokenizer()
     summary = run_train(records_file, tmp_path / "b", cfg, model=tiny_llama(len(tok_b), seed=99), tokenizer=tok_b,
                         progress=False)

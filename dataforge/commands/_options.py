@@ -64,7 +64,10 @@ class Option:
     def parameter(self) -> inspect.Parameter:
         # the option's own default stays None ("not given", so the config's default applies); the help
         # shows the config's default the way typer shows one (escaped: rich would read it as markup)
-        text = f"{self.help} \\[default: {self.shown_default}]" if self.shown_default is not None else self.help
+        from rich.markup import escape
+
+        help_text = escape(self.help)     # a help text naming [INST]/[/INST] is not markup
+        text = f"{help_text} \\[default: {self.shown_default}]" if self.shown_default is not None else help_text
         opt = typer.Option(None, *self.flags, help=text, rich_help_panel=self.panel, metavar=self.metavar,
                            show_default=False)
         return inspect.Parameter(self.name, inspect.Parameter.KEYWORD_ONLY, default=opt, annotation=self.annotation)

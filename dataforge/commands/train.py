@@ -56,4 +56,9 @@ def register(app: typer.Typer) -> None:
 
             if dist.get_rank() != 0:
                 return
+        from ..train.evaluation import eval_table
+
+        table = eval_table(summary.get("eval_loss_by", {}), summary.get("eval_loss"))
+        if table:
+            typer.echo(table, err=True)
         typer.echo(json.dumps(summary, indent=2))

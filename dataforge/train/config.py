@@ -102,6 +102,24 @@ class TrainConfig(BaseModel):
     max_grad_norm: float = Field(1.0, ge=0.0, description="gradient clipping (0 = off)")
     grad_checkpointing: bool = Field(False, description="recompute activations to save memory")
     bf16: Literal["auto", "on", "off"] = Field("auto", description="bf16 autocast (auto: on CUDA only)")
+    neftune_alpha: float = Field(0.0, ge=0.0, description="NEFTune: uniform noise of scale alpha/sqrt(L*d) on the "
+                                                          "input embeddings while training (L: the sample's length); "
+                                                          "0 = off, 5 is the paper's usual value")
+
+    # ------------------------------------------------------------------ adapters and scale
+    lora: bool = Field(False, description="train LoRA adapters (peft) instead of the whole model: the base stays "
+                                          "frozen, the modifications stay trainable; lr defaults to 2e-4")
+    lora_r: int = Field(16, ge=1, description="LoRA rank")
+    lora_alpha: float = Field(32.0, gt=0, description="LoRA scaling numerator (the update is scaled by alpha/r)")
+    lora_dropout: float = Field(0.05, ge=0.0, lt=1.0, description="dropout on the LoRA input")
+    lora_targets: list[str] = Field(["all-linear"], description="modules to adapt, by name (q_proj,v_proj,...); "
+                                                                "all-linear: every attention and MLP projection")
+    qlora: bool = Field(False, description="LoRA on a 4-bit NF4 base (bitsandbytes; needs a CUDA GPU)")
+    merge: bool = Field(False, description="with --lora: also write merged/, the adapter folded into the base")
+    fsdp: bool = Field(False, description="shard weights, gradients and optimizer state over the processes "
+                                          "(torch FSDP2); launch with torchrun or accelerate launch")
+    fsdp_checkpoint: Literal["sharded", "full"] = Field(
+        "sharded", description="FSDP checkpoints: one shard per process (fast), or gathered into one file")
 
     # ------------------------------------------------------------------ run
     seed: int = Field(0, description="seed for init, data order and masking")
@@ -112,6 +130,12 @@ class TrainConfig(BaseModel):
     keep_checkpoints: int = Field(2, ge=1, description="checkpoints kept on disk")
     log_every: int = Field(1, ge=1, description="write a JSONL log line every N steps")
     resume: bool = Field(True, description="continue from the latest checkpoint in the output dir")
+    keep_best: bool = Field(True, description="keep best/: the model at the eval with the lowest eval loss")
+    early_stop_patience: int = Field(0, ge=0, description="stop after this many evals without a lower eval loss "
+                                                          "(0 = off; needs --eval-every)")
+    report_to: Literal["none", "tensorboard", "wandb"] = Field(
+        "none", description="also log to TensorBoard (run_dir/tensorboard) or Weights & Biases (offline "
+                            "without a network); log.jsonl is always written")
 
     @model_validator(mode="after")
     def _check(self) -> "TrainConfig":
@@ -122,7 +146,30 @@ class TrainConfig(BaseModel):
         bad = {k for k in self.task_kinds.values() if k not in self.temperature_by_kind}
         if bad:
             raise DataforgeError(f"task_kinds uses kinds without a temperature: {sorted(bad)}")
+        self._check_scale()
         return self
+
+    def _check_scale(self) -> None:
+        """Adapter / sharding / early-stop combinations: fill implied settings, refuse what cannot work."""
+        if self.qlora:
+            self.lora = True
+        self.lora_targets = [t.strip() for item in self.lora_targets for t in item.split(",") if t.strip()]
+        if not self.lora_targets:
+            raise DataforgeError("lora_targets is empty")
+        if self.lora and "lr" not in self.model_fields_set:
+            self.lr = 2e-4                 # adapters want a ~10x larger step than full fine-tuning
+        if self.merge and not self.lora:
+            raise DataforgeError("--merge folds a LoRA adapter into the base: it needs --lora (a full "
+                                 "fine-tune's model/ is already a complete checkpoint)")
+        if self.fsdp and (self.ewc_weight > 0 or self.l2sp_weight > 0):
+            raise DataforgeError("--fsdp with --ewc-weight/--l2sp-weight is not supported: the anchor weights "
+                                 "would have to be sharded like the model")
+        if self.fsdp and self.lora:
+            raise DataforgeError("--fsdp with --lora/--qlora is not supported yet: train the adapter with DDP "
+                                 "(torchrun without --fsdp); the frozen base is replicated, which adapters afford")
+        if self.early_stop_patience and not (self.eval_every and self.eval_fraction > 0):
+            raise DataforgeError("--early-stop-patience needs evals during the run: set --eval-every N and "
+                                 "--eval-fraction > 0")
 
     @property
     def any_mod(self) -> bool:
@@ -158,6 +205,9 @@ GROUPS: dict[str, list[str]] = {
                      "fusion_dim", "fusion_layers", "fusion_heads", "temperature_head", "reasoning_head",
                      "reasoning_paths"],
     "Optimisation": ["epochs", "max_steps", "batch_size", "grad_accum", "lr", "mods_lr", "weight_decay",
-                     "warmup_ratio", "max_grad_norm", "grad_checkpointing", "bf16"],
-    "Run": ["seed", "eval_every", "save_every", "save_minutes", "keep_checkpoints", "log_every", "resume"],
+                     "warmup_ratio", "max_grad_norm", "grad_checkpointing", "bf16", "neftune_alpha"],
+    "Adapters and scale": ["lora", "lora_r", "lora_alpha", "lora_dropout", "lora_targets", "qlora", "merge", "fsdp",
+                           "fsdp_checkpoint"],
+    "Run": ["seed", "eval_every", "save_every", "save_minutes", "keep_checkpoints", "log_every", "resume",
+            "keep_best", "early_stop_patience", "report_to"],
 }

@@ -150,9 +150,13 @@ class Objective(nn.Module):
                           if cfg.task_weighting != "none" else None)
         self.anchor = anchor
 
-    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def forward(self, batch: dict[str, torch.Tensor], outputs_only: bool = False) -> dict[str, torch.Tensor]:
+        """Loss terms; `outputs_only`: the model's outputs instead (eval goes through here so that FSDP, which
+        hooks the root module's forward, gathers the weights)."""
         cfg = self.cfg
         out = self.model(batch)
+        if outputs_only:
+            return out
         logits = out["logits"]
         parts: dict[str, torch.Tensor] = {}
         # one cross-entropy pass: response targets are a subset of the all-token targets

@@ -28,6 +28,7 @@ from ..errors import DataforgeError
 from .data import IGNORE, INST_CLOSE, INST_OPEN, SEG_INSTRUCTION, SEG_RESPONSE, PromptFormatter
 from .modules import (InstructionAttentionBias, InstructionEncoder, ReasoningHead, SegmentEmbedding,
                       TemperatureHead, TwoStreamFusion, sample_mean)
+from .neftune import add_neftune_noise
 
 BIASED_ATTENTION = "dataforge_instruction_bias"
 META_FILE = "dataforge.json"
@@ -85,7 +86,7 @@ def _biased_attention(module, query, key, value, attention_mask, scaling=None, *
         return inner(module, query, key, value, attention_mask, scaling=scaling, **kwargs)
     B, H, T, _ = query.shape
     extra = (8 - D % 8 if D % 8 else 8) if query.is_cuda else 1     # GPU kernels want multiples of 8
-    q_col = owner.attn_bias.query_column(layer, ctx["query_cx"]).to(query.dtype) / scaling
+    q_col = (owner.attn_bias.query_column(layer, ctx["query_cx"]).to(query.dtype) / scaling).expand(B, H, T, 1)
     k_col = ctx["inst_key"].to(key.dtype)[:, None, :, None].expand(B, key.shape[1], key.shape[2], 1)
     query = torch.cat([query, q_col, query.new_zeros(B, H, T, extra - 1)], dim=-1)
     key = torch.cat([key, k_col, key.new_zeros(*key.shape[:3], extra - 1)], dim=-1)
@@ -134,6 +135,7 @@ class InstructModel(nn.Module):
         self.temp_head = TemperatureHead(d) if m.get("temperature_head") else None
         self.task_head = nn.Linear(d, n_tasks) if (m.get("task_head") and n_tasks > 0) else None
         self.reasoning = ReasoningHead(d, m["reasoning_paths"]) if m.get("reasoning_head") else None
+        self.neftune_alpha = 0.0          # set by the trainer; noise only while training (see neftune.py)
         self._ctx: dict[str, Any] = {}
         self._hooks = []
         layers = decoder_layers(base)
@@ -215,12 +217,15 @@ class InstructModel(nn.Module):
         zero = torch.zeros((), dtype=dtype, device=sample_idx.device)
         return torch.where(allowed, zero, torch.finfo(dtype).min)
 
-    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def forward(self, batch: dict[str, torch.Tensor], cache=None) -> dict[str, torch.Tensor]:
+        """`cache`: a transformers Cache to fill (the prompt pass of cached generation, see kv_cache.py)."""
         ids, seg, sidx = batch["input_ids"], batch["segment_ids"], batch["sample_idx"]
         pos = batch["position_ids"]
         n = batch["task_ids"].numel()
         inst = seg == SEG_INSTRUCTION
         x = self.base.get_input_embeddings()(ids)
+        if self.training and self.neftune_alpha > 0:
+            x = add_neftune_noise(x, sidx, self.neftune_alpha)
         ctx: dict[str, Any] = {}
         out: dict[str, torch.Tensor] = {}
         tok_emb = x
@@ -232,7 +237,7 @@ class InstructModel(nn.Module):
             gather = sidx.clamp(min=0)
             after = batch["after_inst"].unsqueeze(-1).to(x.dtype)
             x = x + fuse[gather].to(x.dtype) * after
-            ctx.update(inject=inject, gather=gather, after=after)
+            ctx.update(inject=inject, gather=gather, after=after, fuse=fuse)
             out["inst_enc"] = self.repr_proj(enc)
         eager = self._orig_attn == "eager"
         hooked_bias = self.attn_bias is not None and not self._bias_route
@@ -243,8 +248,13 @@ class InstructModel(nn.Module):
             if hooked_bias:
                 ctx["float_mask"] = mask
         self._ctx = ctx
-        hidden = self.base.base_model(inputs_embeds=x, attention_mask=mask, position_ids=pos,
-                                      use_cache=False).last_hidden_state
+        with_cache: dict[str, Any] = {}
+        if cache is not None:
+            from .kv_cache import cache_argument
+
+            with_cache = {cache_argument(self.base.base_model): cache}
+        hidden = self.base.base_model(inputs_embeds=x, attention_mask=mask, position_ids=pos, use_cache=cache is not None,
+                                      **with_cache).last_hidden_state
         pooled = sample_mean(hidden, sidx, inst, n)
         out["pooled"] = pooled
         if self.reasoning is not None:
@@ -260,8 +270,10 @@ class InstructModel(nn.Module):
     @torch.no_grad()
     def generate(self, formatter: PromptFormatter, instruction: str, input: str = "", *,
                  max_new_tokens: int = 128, temperature: float | None = None, top_p: float = 0.95,
-                 complexity: float | None = None, seed: int = 0) -> tuple[str, float]:
-        """Sample a response; temperature None -> the head's prediction (or 0.7 without a head)."""
+                 complexity: float | None = None, seed: int = 0, use_cache: bool = True) -> tuple[str, float]:
+        """Sample a response; temperature None -> the head's prediction (or 0.7 without a head).
+        A modified model decodes with a KV cache (kv_cache.py); `use_cache=False` recomputes the whole
+        sequence at every token (the reference the cached path is tested against)."""
         self.eval()
         ids, segs = formatter.encode_prompt(instruction, input)
         dev = next(self.parameters()).device
@@ -280,9 +292,17 @@ class InstructModel(nn.Module):
                                          pad_token_id=formatter.tok.pad_token_id or next(iter(eos), 0), **sampling)
             text = formatter.tok.decode(out_ids[0, prompt_len:], skip_special_tokens=True)
             return text.strip(), float(used_temp)
+        decoder = None
         for _ in range(max_new_tokens):
-            batch = _single(ids, segs, (complexity or 0.0) / 10.0, dev)
-            out = self(batch)
+            if not use_cache:
+                out = self(_single(ids, segs, (complexity or 0.0) / 10.0, dev))
+            elif decoder is None:
+                from .kv_cache import CachedDecoder
+
+                decoder = CachedDecoder(self, _single(ids, segs, (complexity or 0.0) / 10.0, dev))
+                out = decoder.out
+            else:
+                out = decoder.step(ids[-1])
             if used_temp is None:
                 used_temp = float(out["temperature"][0]) if "temperature" in out else 0.7
             logits = out["logits"][0, -1].float()
@@ -295,29 +315,55 @@ class InstructModel(nn.Module):
         return text.strip(), float(used_temp)
 
     # ------------------------------------------------------------------ save / load
-    def save(self, out_dir: str | Path, tokenizer, extra_meta: dict[str, Any] | None = None) -> None:
-        """HF model + tokenizer; plus dataforge.json and (with modules) dataforge_mods.safetensors."""
-        from safetensors.torch import save_file
-
+    def save(self, out_dir: str | Path, tokenizer, extra_meta: dict[str, Any] | None = None,
+             state: dict[str, torch.Tensor] | None = None) -> None:
+        """Model + tokenizer + dataforge.json. Without modifications: a plain HF checkpoint. With them: a
+        dataforge-type checkpoint (see hf_auto) that `AutoModelForCausalLM` loads after `import dataforge`.
+        `state`: this model's full state dict when it was gathered elsewhere (FSDP)."""
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        cfg = self.base.config
-        cfg._attn_implementation = self._orig_attn        # the saved model must not need dataforge
-        try:
-            with quiet_hf():
-                self.base.save_pretrained(out)
-        finally:
-            if self._bias_route:
-                cfg._attn_implementation = BIASED_ATTENTION
-        tokenizer.save_pretrained(out)
-        own = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items() if not k.startswith("base.")}
-        if own:
-            save_file(own, str(out / MODS_FILE))
+        if self.has_mods:
+            from .hf_auto import save_modified
+
+            save_modified(self, out, state)
         else:
-            (out / MODS_FILE).unlink(missing_ok=True)
+            cfg = self.base.config
+            cfg._attn_implementation = self._orig_attn        # the saved model must not need dataforge
+            base_state = None if state is None else {k[len("base."):]: v for k, v in state.items()
+                                                     if k.startswith("base.")}
+            try:
+                with quiet_hf():
+                    self.base.save_pretrained(out, state_dict=base_state)
+            finally:
+                if self._bias_route:
+                    cfg._attn_implementation = BIASED_ATTENTION
+        tokenizer.save_pretrained(out)
+        self.write_meta(out, extra_meta)
+
+    def write_meta(self, out: Path, extra_meta: dict[str, Any] | None = None) -> None:
         meta = {"format": 1, "mods": self.mods, "n_tasks": self.n_tasks, "prompt_only_ids": self.prompt_only_ids,
                 "plain_hf": not self.has_mods} | (extra_meta or {})
         (out / META_FILE).write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+    def save_mods(self, out: Path) -> None:
+        """Only the modules (not the base) to dataforge_mods.safetensors: next to a LoRA adapter."""
+        from safetensors.torch import save_file
+
+        own = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items() if not k.startswith("base.")}
+        if own:
+            save_file(own, str(out / MODS_FILE))
+
+    def load_mods(self, d: Path) -> None:
+        """Load dataforge_mods.safetensors (modules saved apart from the base) when the directory has one."""
+        from safetensors.torch import load_file
+
+        if not (d / MODS_FILE).exists():
+            return
+        missing, unexpected = self.load_state_dict(load_file(str(d / MODS_FILE)), strict=False)
+        missing = [k for k in missing if not k.startswith("base.")]
+        if missing or unexpected:
+            raise DataforgeError(f"{d / MODS_FILE}: weights do not match the saved config "
+                                 f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
 
 
 def _single(ids: list[int], segs: list[int], complexity: float, dev) -> dict[str, torch.Tensor]:
@@ -344,8 +390,8 @@ def _sample(logits: torch.Tensor, temperature: float, top_p: float, gen: torch.G
 
 
 def load_instruct(run_dir: str | Path, device: str = "cpu") -> tuple[InstructModel, Any, dict[str, Any]]:
-    """Load a saved model directory (a run's `model/`, or the run dir containing it)."""
-    from safetensors.torch import load_file
+    """Load a saved model directory (a run's `model/`, or the run dir containing it): a plain HF checkpoint,
+    a dataforge-type one (with modifications), or a LoRA adapter (loaded onto its base with peft)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     d = Path(run_dir)
@@ -355,14 +401,19 @@ def load_instruct(run_dir: str | Path, device: str = "cpu") -> tuple[InstructMod
         raise DataforgeError(f"{run_dir}: not a dataforge model directory (no {META_FILE})")
     meta = json.loads((d / META_FILE).read_text(encoding="utf-8"))
     with quiet_hf():
-        base = AutoModelForCausalLM.from_pretrained(d, dtype=torch.float32)
         tok = AutoTokenizer.from_pretrained(d)
-    model = InstructModel(base, meta["mods"], meta.get("n_tasks", 0), meta.get("prompt_only_ids"))
-    if (d / MODS_FILE).exists():
-        state = load_file(str(d / MODS_FILE))
-        missing, unexpected = model.load_state_dict(state, strict=False)
-        missing = [k for k in missing if not k.startswith("base.")]
-        if missing or unexpected:
-            raise DataforgeError(f"{d / MODS_FILE}: weights do not match the saved config "
-                                 f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+    config = json.loads((d / "config.json").read_text(encoding="utf-8")) if (d / "config.json").exists() else {}
+    if meta.get("adapter"):
+        from .lora import load_adapter_model
+
+        model = load_adapter_model(d, meta, tok)
+    elif config.get("model_type") == "dataforge":
+        from .hf_auto import load_modified
+
+        model = load_modified(d)
+    else:       # a plain HF checkpoint (older runs: plus the modules in dataforge_mods.safetensors)
+        with quiet_hf():
+            base = AutoModelForCausalLM.from_pretrained(d, dtype=torch.float32)
+        model = InstructModel(base, meta["mods"], meta.get("n_tasks", 0), meta.get("prompt_only_ids"))
+        model.load_mods(d)
     return model.to(device).eval(), tok, meta

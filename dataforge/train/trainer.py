@@ -15,7 +15,6 @@ import json
 import math
 import os
 import random
-import shutil
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -29,11 +28,14 @@ from ..io import RejectSink, ReadStats, read_records, write_json_atomic
 from .config import TrainConfig
 from .data import (Example, PromptFormatter, TaskInfo, collate, encode_records, mask_instruction, plan_rows,
                    split_eval, SEG_TEMPLATE)
-from .losses import Anchor, Objective, estimate_fisher, shifted_token_ce
+from . import fsdp
+from .checkpoints import CKPT_DIR, ckpt_dirs, load_checkpoint, save_checkpoint
+from .evaluation import EvalSet, evaluate
+from .losses import Anchor, Objective, estimate_fisher
 from .model import InstructModel, add_inst_tokens, quiet_hf
+from .model_dir import write_model
+from .selection import BestTracker
 
-CKPT_DIR = "checkpoints"
-STATE_KEYS = ("seed", "batch_size", "grad_accum", "pack", "max_length", "group_by_length", "model")
 
 
 # ------------------------------------------------------------------------------------------ setup
@@ -68,6 +70,10 @@ class Dist:
 
 def load_base(cfg: TrainConfig):
     """(model, tokenizer) for cfg.model: 'smollm2' or a local HF directory (never the hub)."""
+    if cfg.qlora:
+        from .lora import load_qlora_base
+
+        return load_qlora_base(cfg, Dist.from_env().device)
     if cfg.model == "smollm2":
         from .smollm2 import load_smollm2
 
@@ -110,62 +116,6 @@ def param_groups(objective: Objective, cfg: TrainConfig) -> list[dict[str, Any]]
     if mods:
         groups.append({"params": mods, "lr": cfg.mods_lr, "weight_decay": 0.0, "peak_lr": cfg.mods_lr})
     return groups
-
-
-# ------------------------------------------------------------------------------------------ checkpoints
-
-
-def _ckpt_dirs(out: Path) -> list[Path]:
-    root = out / CKPT_DIR
-    if not root.is_dir():
-        return []
-    return sorted((p for p in root.glob("step-*") if p.is_dir() and (p / "state.json").exists()),
-                  key=lambda p: int(p.name.split("-")[1]))
-
-
-def save_checkpoint(out: Path, step: int, objective: Objective, opt: torch.optim.Optimizer,
-                    cfg: TrainConfig, extra: dict[str, Any]) -> Path:
-    """Weights + optimizer moments in safetensors, step and config in JSON; written to a temp dir, renamed."""
-    from safetensors.torch import save_file, save_model
-
-    root = out / CKPT_DIR
-    final = root / f"step-{step:07d}"
-    tmp = root / f".tmp-step-{step:07d}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    save_model(objective, str(tmp / "weights.safetensors"))
-    sd = opt.state_dict()
-    tensors = {f"{i}.{k}": v.detach().contiguous().cpu() for i, st in sd["state"].items() for k, v in st.items()}
-    tensors["rng.torch"] = torch.get_rng_state()
-    save_file(tensors, str(tmp / "optimizer.safetensors"))
-    groups = [{k: v for k, v in g.items()} for g in sd["param_groups"]]
-    state = {"step": step, "param_groups": groups, "config": cfg.model_dump(mode="json")} | extra
-    (tmp / "state.json").write_text(json.dumps(state, indent=1, default=list), encoding="utf-8")
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(tmp, final)
-    for old in _ckpt_dirs(out)[: -cfg.keep_checkpoints]:
-        shutil.rmtree(old, ignore_errors=True)
-    return final
-
-
-def load_checkpoint(path: Path, objective: Objective, opt: torch.optim.Optimizer, cfg: TrainConfig) -> dict:
-    from safetensors.torch import load_file, load_model
-
-    state = json.loads((path / "state.json").read_text(encoding="utf-8"))
-    old = state.get("config", {})
-    changed = [k for k in STATE_KEYS if k in old and old[k] != getattr(cfg, k)]
-    if changed:
-        raise DataforgeError(f"{path}: checkpoint was made with different {', '.join(changed)}; "
-                             "use a new output dir or --no-resume")
-    load_model(objective, str(path / "weights.safetensors"), strict=True)
-    tensors = load_file(str(path / "optimizer.safetensors"))
-    torch.set_rng_state(tensors.pop("rng.torch"))
-    per_param: dict[int, dict[str, torch.Tensor]] = {}
-    for key, v in tensors.items():
-        i, name = key.split(".", 1)
-        per_param.setdefault(int(i), {})[name] = v
-    opt.load_state_dict({"state": per_param, "param_groups": state["param_groups"]})
-    return state
 
 
 # ------------------------------------------------------------------------------------------ data
@@ -233,28 +183,6 @@ def _to(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch
     return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
 
 
-# ------------------------------------------------------------------------------------------ eval
-
-
-@torch.no_grad()
-def evaluate(objective: Objective, batches: list[dict[str, torch.Tensor]], device, autocast) -> dict[str, float]:
-    """Token-weighted response loss and LM loss over the eval batches."""
-    if not batches:
-        return {}
-    objective.eval()
-    sums = {"resp": 0.0, "resp_n": 0, "lm": 0.0, "lm_n": 0}
-    for b in batches:
-        b = _to(b, device)
-        with autocast():
-            logits = objective.model(b)["logits"]
-        for key, labels in (("resp", b["resp_labels"]), ("lm", objective.model.lm_labels(b["lm_labels"]))):
-            loss, valid = shifted_token_ce(logits, labels)
-            sums[key] += float((loss * valid).sum())
-            sums[key + "_n"] += int(valid.sum())
-    objective.train()
-    return {"eval_loss": sums["resp"] / max(1, sums["resp_n"]), "eval_lm_loss": sums["lm"] / max(1, sums["lm_n"])}
-
-
 # ------------------------------------------------------------------------------------------ main entry
 
 
@@ -280,6 +208,8 @@ def run_train(input_path, output_dir, cfg: TrainConfig, *, progress: bool = True
         model, tokenizer = load_base(cfg)
     elif tokenizer is None:
         raise DataforgeError("run_train(model=...) needs the tokenizer too")
+    elif cfg.qlora:
+        raise DataforgeError("--qlora loads the base itself in 4-bit: give cfg.model, not run_train(model=...)")
     prompt_only: list[int] = []
     if cfg.inst_tokens:
         prompt_only = add_inst_tokens(tokenizer)
@@ -297,8 +227,19 @@ def run_train(input_path, output_dir, cfg: TrainConfig, *, progress: bool = True
                    if t is not None)
 
     # -- model, objective, optimizer ------------------------------------------------------------------
+    peft_model = None
+    if cfg.lora:
+        from .lora import apply_lora
+
+        peft_model = apply_lora(model, cfg, prompt_only)
     imodel = InstructModel(model, cfg.mods_dict(), len(task_names), prompt_only)
-    imodel.to(dist.device)
+    if peft_model is not None:
+        from .lora import adapted_modules, attach
+
+        attach(imodel, peft_model)
+    imodel.neftune_alpha = cfg.neftune_alpha
+    if not cfg.qlora:                     # a 4-bit model was placed on its device when it was loaded
+        imodel.to(dist.device)
     if cfg.grad_checkpointing:
         model.config.use_cache = False
         if hasattr(model, "activation_checkpointing_enable"):        # transformers >= 5 name
@@ -316,6 +257,11 @@ def run_train(input_path, output_dir, cfg: TrainConfig, *, progress: bool = True
     counts.append(sum(1 for e in train_ex if e.task_id < 0))
     objective = Objective(imodel, cfg, len(task_names), counts, anchor).to(dist.device)
     objective.train()
+    from .lora import param_counts
+
+    params = param_counts(objective)
+    if cfg.fsdp:
+        fsdp.shard(objective, dist)
     opt = torch.optim.AdamW(param_groups(objective, cfg), betas=(0.9, 0.95), eps=1e-8)
 
     plan = BatchPlan(train_ex, cfg)
@@ -324,16 +270,33 @@ def run_train(input_path, output_dir, cfg: TrainConfig, *, progress: bool = True
     total_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * steps_per_epoch))
     warmup = max(1, round(cfg.warmup_ratio * total_steps))
     eval_plan = BatchPlan(eval_ex, cfg, shuffle=False)
-    eval_batches = [collate(eval_plan.rows(i), pad_id) for i in range(len(eval_plan))] if eval_ex else []
+    evalset = EvalSet.build([eval_plan.rows(i) for i in range(len(eval_plan))] if eval_ex else [], eval_recs, pad_id)
 
-    step, tokens_seen, resumed_from = 0, 0, None
-    ckpts = _ckpt_dirs(out) if cfg.resume else []
+    step, tokens_seen, resumed_from, best = 0, 0, None, BestTracker(cfg.early_stop_patience)
+    ckpts = ckpt_dirs(out) if cfg.resume else []
     if ckpts:
-        state = load_checkpoint(ckpts[-1], objective, opt, cfg)
+        state = load_checkpoint(ckpts[-1], objective, opt, cfg, dist)
         step, tokens_seen, resumed_from = state["step"], state.get("tokens", 0), str(ckpts[-1])
+        best = BestTracker.from_state(state.get("best"), cfg.early_stop_patience)
+
+    def counters() -> dict[str, Any]:
+        return {"tokens": tokens_seen, "best": best.state()}
+
+    model_meta = {"prompt_format": fmt.fmt, "tasks": task_names, "base_model": cfg.model,
+                  "max_length": cfg.max_length}
+
+    def save_model_dir(name: str) -> None:
+        """Write run_dir/<name> (every process calls it: FSDP gathers the weights first)."""
+        state = fsdp.full_model_state(objective) if cfg.fsdp else None
+        if dist.main:
+            write_model(out / name, imodel, tokenizer, model_meta, cfg=cfg, state=state)
+
+    def after_eval(evals: dict[str, Any], at: int) -> None:
+        if evals and best.update(at, evals["eval_loss"]) and cfg.keep_best:
+            save_model_dir("best")
 
     train_obj: torch.nn.Module = objective
-    if dist.world > 1:
+    if dist.world > 1 and not cfg.fsdp:
         from torch.nn.parallel import DistributedDataParallel as DDP
 
         train_obj = DDP(objective, device_ids=[dist.local_rank] if dist.device.type == "cuda" else None,
@@ -351,6 +314,11 @@ def run_train(input_path, output_dir, cfg: TrainConfig, *, progress: bool = True
                 if line.strip() and _log_step(line) <= step]
         log_path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
     log = open(log_path, "a", encoding="utf-8") if dist.main else None
+    reporter = None
+    if dist.main and cfg.report_to != "none":
+        from .reporting import Reporter
+
+        reporter = Reporter(cfg.report_to, out, cfg.model_dump(mode="json"), start_step=step)
     saved_step, t_saved, updating = step, time.time(), False
     last: dict[str, float] = {}
     evals: dict[str, float] = {}
@@ -360,7 +328,7 @@ def run_train(input_path, output_dir, cfg: TrainConfig, *, progress: bool = True
         if bar is not None and step:
             bar.advance(step)
         try:
-            while step < total_steps:
+            while step < total_steps and not best.stop:
                 for group in opt.param_groups:
                     group["lr"] = group["peak_lr"] * lr_factor(step, total_steps, warmup)
                 sums: dict[str, float] = {}
@@ -375,7 +343,7 @@ def run_train(input_path, output_dir, cfg: TrainConfig, *, progress: bool = True
                     batch = _to(collate(rows, pad_id), dist.device)
                     step_tokens += int((batch["sample_idx"] >= 0).sum())
                     sync = k == cfg.grad_accum - 1 or dist.world == 1
-                    with (nullcontext() if sync else train_obj.no_sync()), autocast():
+                    with fsdp.grad_sync(train_obj, sync, cfg.fsdp), autocast():
                         parts = train_obj(batch)
                     (parts["loss"] / cfg.grad_accum).backward()
                     for name, v in parts.items():
@@ -392,8 +360,9 @@ def run_train(input_path, output_dir, cfg: TrainConfig, *, progress: bool = True
                 tokens_seen += step_tokens
                 tok_window += step_tokens
                 last = sums
-                if cfg.eval_every and step % cfg.eval_every == 0 and step < total_steps and dist.main:
-                    evals = evaluate(objective, eval_batches, dist.device, autocast)
+                if cfg.eval_every and step % cfg.eval_every == 0 and step < total_steps:
+                    evals = evaluate(objective, evalset, dist.device, autocast, dist.rank, dist.world, cfg.fsdp)
+                    after_eval(evals, step)
                 if dist.main and (step % cfg.log_every == 0 or step == total_steps):
                     now = time.time()
                     tps = tok_window / max(1e-9, now - t_window)
@@ -402,6 +371,8 @@ def run_train(input_path, output_dir, cfg: TrainConfig, *, progress: bool = True
                              "tokens_per_s": round(tps, 1)} | evals
                     log.write(json.dumps(entry) + "\n")
                     log.flush()
+                    if reporter is not None:
+                        reporter.log(step, entry)
                     evals = {}
                     tok_window, t_window = 0, now
                     if bar is not None:
@@ -410,13 +381,13 @@ def run_train(input_path, output_dir, cfg: TrainConfig, *, progress: bool = True
                     bar.advance(1)
                 due = (cfg.save_every and step % cfg.save_every == 0) or \
                     (cfg.save_minutes and time.time() - t_saved >= 60 * cfg.save_minutes)
-                if due and step < total_steps and dist.main:
-                    save_checkpoint(out, step, objective, opt, cfg, {"tokens": tokens_seen})
+                if due and step < total_steps and (dist.main or cfg.fsdp):
+                    save_checkpoint(out, step, objective, opt, cfg, counters(), dist)
                     saved_step, t_saved = step, time.time()
         except KeyboardInterrupt:
             restore_sigterm()
-            if dist.main and not updating and step > saved_step:
-                save_checkpoint(out, step, objective, opt, cfg, {"tokens": tokens_seen})
+            if dist.main and not updating and step > saved_step and not cfg.fsdp:
+                save_checkpoint(out, step, objective, opt, cfg, counters())
                 saved_step = step
             if log is not None:
                 log.close()
@@ -426,25 +397,44 @@ def run_train(input_path, output_dir, cfg: TrainConfig, *, progress: bool = True
     loop_s = time.time() - t_loop
 
     # -- finish -------------------------------------------------------------------------------------
-    final_eval = evaluate(objective, eval_batches, dist.device, autocast) if dist.main else {}
-    in_sync = _ranks_in_sync(objective, dist)
+    final_eval = evaluate(objective, evalset, dist.device, autocast, dist.rank, dist.world, cfg.fsdp)
+    if not best.stop:
+        after_eval(final_eval, step)
+    in_sync = None if cfg.fsdp else _ranks_in_sync(objective, dist)     # FSDP: every process holds other shards
     summary: dict[str, Any] = {
         "input": str(input_path), "output_dir": str(out), "records_in": len(all_records),
         "records_used": len(train_ex) + len(eval_ex), "train_samples": len(train_ex), "eval_samples": len(eval_ex),
         "dropped": drops, "tasks": task_names, "steps": step, "total_steps": total_steps,
         "tokens": tokens_seen, "tokens_per_s": round(tokens_seen / max(1e-9, loop_s), 1) if not resumed_from else None,
-        "final_loss": {k: round(v, 6) for k, v in last.items()}, **final_eval,
-        "world_size": dist.world, "ranks_in_sync": in_sync, "resumed_from": resumed_from,
-        "prompt_format": fmt.fmt, "model_dir": str(out / "model"), "plain_hf": not imodel.has_mods,
+        "final_loss": {k: round(v, 6) for k, v in last.items()},
+        **{k: v for k, v in final_eval.items() if k != "eval_by"},
+        "eval_loss_by": final_eval.get("eval_by", {}),
+        **(best.summary() if final_eval else {}),
+        "params": params, "world_size": dist.world, "fsdp": cfg.fsdp, "ranks_in_sync": in_sync,
+        "resumed_from": resumed_from, "prompt_format": fmt.fmt, "model_dir": str(out / "model"),
+        "plain_hf": not imodel.has_mods and peft_model is None,
     }
+    if peft_model is not None:
+        summary["adapter"] = {"kind": "qlora" if cfg.qlora else "lora", "r": cfg.lora_r, "alpha": cfg.lora_alpha,
+                              "targets": adapted_modules(peft_model)}
+    if final_eval and cfg.keep_best and best.best_step is not None:
+        summary["best_dir"] = str(out / "best")
+    if resumed_from is None or step > int(Path(resumed_from).name.split("-")[1]):
+        if dist.main or cfg.fsdp:
+            save_checkpoint(out, step, objective, opt, cfg, counters(), dist)
+    save_model_dir("model")
+    if cfg.merge and dist.main:
+        from .lora import merge_into_base
+
+        merge_into_base(imodel)
+        write_model(out / "merged", imodel, tokenizer, model_meta | {"merged_adapter": True}, cfg=cfg)
+        summary["merged_dir"] = str(out / "merged")
     if dist.main:
-        if resumed_from is None or step > int(Path(resumed_from).name.split("-")[1]):
-            save_checkpoint(out, step, objective, opt, cfg, {"tokens": tokens_seen})
-        imodel.save(out / "model", tokenizer, {"prompt_format": fmt.fmt, "tasks": task_names,
-                                               "base_model": cfg.model, "max_length": cfg.max_length})
         summary["wall_s"] = round(time.time() - t_start, 2)
         write_json_atomic(out / "summary.json", summary)
         log.close()
+        if reporter is not None:
+            reporter.close()
     if dist.world > 1:
         import torch.distributed as tdist
 

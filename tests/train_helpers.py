@@ -1,0 +1,76 @@
+"""Shared by the trainer tests: an interrupt injected at a given step, and two trainer processes started
+with the environment torchrun would give them (without the launcher's start-up time)."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+
+def interrupt_at_step(monkeypatch, at: int) -> None:
+    """Make the LR schedule raise KeyboardInterrupt (what Ctrl-C does) when step `at` starts."""
+    import dataforge.train.trainer as trainer
+
+    real = trainer.lr_factor
+
+    def lr_factor(step, total, warmup):
+        if step == at:
+            raise KeyboardInterrupt
+        return real(step, total, warmup)
+
+    monkeypatch.setattr(trainer, "lr_factor", lr_factor)
+
+
+def run_two_processes(args: list[str], timeout: float = 300) -> list[tuple[str, str]]:
+    """`python -m dataforge <args>` as ranks 0 and 1 of a gloo group; returns (stdout, stderr) per rank and
+    fails with both ranks' stderr when either exits non-zero."""
+    env = os.environ | {"OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "DATAFORGE_PROGRESS": "0"}
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    procs = [subprocess.Popen([sys.executable, "-m", "dataforge", *args],
+                              env=env | {"RANK": str(r), "LOCAL_RANK": str(r), "WORLD_SIZE": "2",
+                                         "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)},
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for r in range(2)]
+    outputs = [p.communicate(timeout=timeout) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outputs[0][1][-3000:] + outputs[1][1][-3000:]
+    return outputs
+
+
+def read_log(run_dir) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
+
+
+def tiny_run_inputs(root, n_records: int = 40):
+    """(model dir with a tiny Llama and its tokenizer, JSONL of toy records) under `root`."""
+    from dataforge.io import write_records
+    from dataforge.train.tiny import tiny_llama, tiny_tokenizer, toy_records
+
+    tok = tiny_tokenizer()
+    base = root / "tiny"
+    tiny_llama(len(tok)).save_pretrained(base)
+    tok.save_pretrained(base)
+    data = root / "final.jsonl"
+    write_records(data, toy_records(n_records))
+    return base, data
+
+
+def run_then_interrupt(records, root, cfg, monkeypatch, at: int) -> None:
+    """Train `cfg` on a fresh tiny Llama unbroken into root/a, then into root/b interrupted as step `at`
+    starts (the interrupted run must say so and save its checkpoint)."""
+    import pytest
+
+    from dataforge.errors import DataforgeError
+    from dataforge.train import run_train
+    from dataforge.train.tiny import tiny_llama, tiny_tokenizer
+
+    tok = tiny_tokenizer()
+    run_train(records, root / "a", cfg, model=tiny_llama(len(tok)), tokenizer=tok, progress=False)
+    interrupt_at_step(monkeypatch, at)
+    tok_b = tiny_tokenizer()
+    with pytest.raises(DataforgeError, match=f"interrupted at step {at}"):
+        run_train(records, root / "b", cfg, model=tiny_llama(len(tok_b)), tokenizer=tok_b, progress=False)
+    monkeypatch.undo()

@@ -43,18 +43,19 @@ def main() -> None:
         for name, config in (("signals off", str(off_cfg)), ("signals on", None)):
             out = Path(tmp) / f"{name.split()[1]}.jsonl"
             t0 = time.perf_counter()
-            summary = run_filter(args.input, out, FilterConfig(config=config, single_file=True, backend=backend),
-                                 progress=False)
+            summary = run_filter(args.input, out, FilterConfig(config=config, single_file=True),
+                                 backend=backend or None, progress=False).to_dict()
             runs[name] = {"summary": summary, "seconds": time.perf_counter() - t0,
                           "records": {r.id: r for r in read_records(out)}}
     off, on = runs["signals off"], runs["signals on"]
     print(f"{'':28}{'signals off':>14}{'signals on':>14}")
     for status in ("accepted", "review", "rejected"):
-        print(f"{status:28}{off['summary']['status'][status]:>14}{on['summary']['status'][status]:>14}")
+        print(f"{status:28}{off['summary']['out'].get(status, 0):>14}{on['summary']['out'].get(status, 0):>14}")
     print(f"{'seconds':28}{off['seconds']:>14.1f}{on['seconds']:>14.1f}")
-    print("accepted records judged by:", json.dumps(on["summary"]["correctness"]["accepted_judged_by"]))
-    if on["summary"]["correctness"]["note"]:
-        print("note:", on["summary"]["correctness"]["note"])
+    correctness = on["summary"]["details"]["correctness"]
+    print("accepted records judged by:", json.dumps(correctness["accepted_judged_by"]))
+    if correctness["note"]:
+        print("note:", correctness["note"])
     caught = [(rid, r) for rid, r in on["records"].items()
               if off["records"][rid].status == "accepted" and r.status != "accepted"]
     signals = ("reference_answer", "arithmetic", "execution", "consistency")

@@ -109,3 +109,23 @@ def test_filter_without_logprobs_accepts_nothing_unjudged(tmp_path):
     assert out.stat().st_size == 0  # nothing accepted
     review = list(read_records(f"{out}.review.jsonl"))
     assert len(review) == 6 and all("alignment:unjudged" in r.reasons for r in review)
+
+
+def test_a_run_where_every_request_fails_exits_non_zero_with_one_line(tmp_path):
+    import subprocess
+    import sys
+
+    from conftest import REPO
+    from dataforge.testing.loopback import Fault
+
+    out = tmp_path / "evo.jsonl"
+    with LoopbackServer(lambda body: Fault("500"), models=("gpt-4o",)) as srv:
+        proc = subprocess.run([sys.executable, "-m", "dataforge", "evolve", _seeds(tmp_path, 3), "-o", str(out),
+                               "--rounds", "1", "--model", "gpt-4o", "--base-url", srv.base_url, "--no-cache",
+                               "--max-retries", "0"], capture_output=True, text=True, timeout=300,
+                              env={**__import__("os").environ, "PYTHONPATH": str(REPO)})
+    assert proc.returncode != 0
+    lines = [ln for ln in proc.stderr.splitlines() if "requests failed" in ln]
+    assert len(lines) == 1, proc.stderr[-2000:]
+    assert lines[0].startswith("error: evolve: 3 of 3 model requests failed and nothing was produced")
+    assert "InternalServerError 500" in lines[0]  # the cause, named

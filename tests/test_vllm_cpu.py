@@ -107,7 +107,7 @@ def test_server_evolve_and_filter_with_judges(vllm_server, tmp_path):
                               *_opts(vllm_server)])
     assert res.exit_code == 0, res.output
     s = json.loads(res.stdout[res.stdout.index("{"):])
-    assert s["rounds"]["1"]["evolved"] == 2 and len(list(read_records(out))) == 2 and s["tokens"]["errors"] == 0
+    assert s["details"]["rounds"]["1"]["evolved"] == 2 and len(list(read_records(out))) == 2 and s["tokens"]["failed"] == 0
 
     src = tmp_path / "in.jsonl"
     src.write_text("".join(json.dumps(r) + "\n" for r in [

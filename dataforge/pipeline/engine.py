@@ -87,7 +87,11 @@ def plan(spec: PipelineSpec, run_dir: Path, shard: tuple[int, int] | None) -> li
             raise DataforgeError(f"stage {item.name!r} has no input")
         out = run_dir / item.name / cls.output_name
         mode = "full"
-        stage = cls(item.config)
+        config = item.config
+        if spec.header.judge and "judge_backend" in type(config).model_fields and not config.judge_backend:
+            # the job's `judge:` block: the filter stages judge with that model (merged over `backend:`)
+            config = config.model_copy(update={"judge_backend": {**spec.header.backend, **spec.header.judge}})
+        stage = cls(config)
         if shard:
             if cls.record_parallel:
                 mode = "sharded" if sharded else "shard-select"

@@ -58,6 +58,9 @@ class PipelineHeader(BaseModel):
     seed: int = Field(0, description="seed handed to every stage that has one")
     backend: dict[str, Any] = Field(default_factory=dict,
                                     description="BackendConfig fields (backend, base_url, model, ...); env fills the rest")
+    judge: dict[str, Any] = Field(default_factory=dict,
+                                  description="BackendConfig fields for the filter stages' judge model (merged over "
+                                  "`backend`), so generator and judge can differ; empty: the generator judges")
     ray: RaySettings | None = None
 
 

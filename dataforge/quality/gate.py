@@ -64,6 +64,12 @@ class FilterConfig(IOConfig):
     pool_size: Annotated[int, Cli(panel=_G)] = Field(512, ge=16, description="prompts in the alignment_emb pool")
     batch_size: Annotated[int, Cli(panel=_G)] = Field(128, ge=1, description="records checked together")
     seed: int = Field(0, description="seed of the judges' and the refiner's sampling")
+    judge_model: Annotated[Optional[str], Cli(panel=_G, default_text="the generator's model")] = Field(
+        None, description="judge with another model (judging one's own output is Self-Refine's weak spot)")
+    judge_base_url: Annotated[Optional[str], Cli(panel=_G, default_text="--base-url")] = Field(
+        None, description="the judge model's server")
+    judge_backend: Annotated[dict[str, Any], Cli(hidden=True)] = Field(
+        default_factory=dict, description="BackendConfig fields of the judge model (a pipeline's `judge:` block)")
 
 
 def _reason_key(reason: str) -> str:
@@ -142,13 +148,31 @@ class FilterStage(Stage[FilterConfig]):
             overrides["checks"] = {"complexity": {"max": cfg.max_complexity}}
         self.rules = load_rules(cfg.config, overrides)
         self.decided: dict[int, Record] = {}
-        self.judge = self.refiner = self.embedder = self.extractor = None
+        self.judge = self.refiner = self.embedder = self.extractor = self.consistency = None
+        self.judge_model: str | None = None
         self.total = 0
         if cfg.extract_constraints == "on" and not self.needs_llm():
             raise DataforgeError(_NO_EXTRACTOR)
 
     def needs_llm(self) -> bool:
-        return not self.cfg.no_llm and self.rules.judges != "off"
+        """Judges need a model; self-consistency runs with any model (signals.consistency)."""
+        return not self.cfg.no_llm and (self.rules.judges != "off" or self.rules.signals.consistency.enabled != "off")
+
+    def _judge_llm(self, llm: "LLM") -> tuple["LLM", bool]:
+        """The judge's model: the generator's, or its own (--judge-model / --judge-base-url / `judge:`)."""
+        c = self.cfg
+        if not (c.judge_model or c.judge_base_url or c.judge_backend):
+            return llm, False
+        from ..llm import BackendConfig, make_llm
+
+        base = getattr(llm, "cfg", None)
+        fields = base.model_dump() if isinstance(base, BackendConfig) else {}
+        fields.update(c.judge_backend)
+        if c.judge_base_url:
+            fields.update(base_url=c.judge_base_url, backend="openai")
+        if c.judge_model:
+            fields["model"] = c.judge_model
+        return make_llm(BackendConfig.from_env(**fields)), True
 
     def side_outputs(self, side: SideFiles) -> dict[str, Path]:
         return {} if self.cfg.single_file else {"review": side.review, "rejected": side.rejected}
@@ -159,11 +183,20 @@ class FilterStage(Stage[FilterConfig]):
         from .judges import Judge
         from .refine import Refiner
 
+        from .consistency import ConsistencySettings, SelfConsistency
+
         cfg, rules = self.cfg, self.rules
         llm = ctx.llm if self.needs_llm() else None
-        use_model = llm is not None and not (rules.judges == "auto" and _small_embedded(llm))
-        self.judge = Judge(llm, seed=cfg.seed) if use_model else None
-        self.extractor = _constraint_extractor(cfg, llm if use_model else None)
+        judge_llm, own_judge = self._judge_llm(llm) if llm is not None and rules.judges != "off" else (llm, False)
+        use_model = (llm is not None and rules.judges != "off"
+                     and not (rules.judges == "auto" and _small_embedded(judge_llm)))
+        self.judge = Judge(judge_llm, seed=cfg.seed) if use_model else None
+        self.judge_model = judge_llm.model_id if use_model else None
+        self.extractor = _constraint_extractor(cfg, judge_llm if use_model else None)
+        sig = rules.signals.consistency  # self-consistency: with any model; under auto where no judge checks
+        run_consistency = sig.enabled == "on" or (sig.enabled == "auto" and self.judge is None)
+        self.consistency = SelfConsistency(llm, ConsistencySettings(sig.samples, sig.temperature, sig.max_tokens),
+                                           seed=cfg.seed) if run_consistency and llm is not None else None
 
         # first pass: the input's answer conventions, the alignment pool, the count
         shapes = EndingShapes()
@@ -180,7 +213,7 @@ class FilterStage(Stage[FilterConfig]):
         self.embedder = get_embedder(cfg.embedder, cfg.embed_cache)
         pool += [r.prompt_text for r in reference]
         checker = Checker(rules, self.embedder, judge=self.judge, reference=reference, pool_prompts=pool,
-                          shapes=shapes, extractor=self.extractor)
+                          shapes=shapes, extractor=self.extractor, consistency=self.consistency)
         if use_model:
             self.refiner = Refiner(llm, checker, rules, rounds=rules.refine.rounds, seed=cfg.seed)
 
@@ -209,8 +242,11 @@ class FilterStage(Stage[FilterConfig]):
             if batch:
                 await flush(batch)
             ctx.journal.sync()
+        if own_judge:
+            await judge_llm.aclose()
 
     async def _decide(self, checker: Any, batch: list[tuple[int, Record]]) -> list[tuple[int, Record]]:
+        from .provenance import gate_meta
         from .rules import decide
 
         # a record an earlier stage already rejected (e.g. evolve --keep-failed) stays rejected with its
@@ -228,6 +264,7 @@ class FilterStage(Stage[FilterConfig]):
             meta = dict(sc.record.meta)
             if sc.domains:
                 meta["domains"] = sc.domains
+            meta["gate"] = gate_meta(sc.scores, self.judge.name if self.judge else None, sc.unjudged)  # what ran
             results.append((i, sc.record.model_copy(update={
                 "scores": {**sc.record.scores, **sc.scores}, "status": status,
                 "reasons": reasons, "complexity": sc.scores.get("complexity"), "meta": meta})))
@@ -235,6 +272,8 @@ class FilterStage(Stage[FilterConfig]):
 
     def finish(self, ctx: StageContext) -> dict[str, Any]:
         """Dedup over everything (the best-scored record of a group survives), high-stakes routing, outputs."""
+        from .provenance import correctness_summary
+
         if len(self.decided) != self.total or (self.decided and max(self.decided) != self.total - 1):
             raise DataforgeError(f"filter: {self.total} records read but {len(self.decided)} decided")
         recs = [self.decided[i] for i in range(self.total)]
@@ -248,6 +287,7 @@ class FilterStage(Stage[FilterConfig]):
             "reasons": dict(Counter(_reason_key(x) for r in recs for x in r.reasons).most_common()),
             "dedup": dedup_counts, "judges": "model" if self.judge else "embedding",
             "embedded_texts": self.embedder.embedded if self.embedder is not None else 0,
+            "judge_model": self.judge_model, "correctness": correctness_summary(recs),
         }
         if self.refiner is not None:
             st = self.refiner.stats
@@ -255,9 +295,12 @@ class FilterStage(Stage[FilterConfig]):
                                  "rounds": st.rounds, "errors": st.errors}
         if self.judge is not None:
             details["judge_errors"], details["judge_unreadable"] = self.judge.errors, self.judge.unreadable
+            details["judge_verdicts"] = self.judge.verdicts  # answers from the generated-verdict fallback
         if self.extractor is not None:
             details["constraint_extraction"] = {"requests": self.extractor.requests,
                                                 "failures": self.extractor.failures}
+        if self.consistency is not None:
+            details["consistency"] = {"records_sampled": self.consistency.sampled, "errors": self.consistency.errors}
         return details
 
     def _dedup(self, recs: list[Record]) -> dict[str, int]:

@@ -178,3 +178,21 @@ def test_eval_table_text():
         "all                                                         1.7143"])
     assert eval_table(eval_by, 1.7142857) == expected
     assert eval_table({}, 1.0) == "" and eval_table(eval_by).splitlines()[-1].startswith("complexity")
+    long_topic = {"topic": {"a" * 40: {"loss": 1.0, "samples": 1, "tokens": 2}}}
+    assert eval_table(long_topic).splitlines()[3] == "topic       " + "a" * 28 + "       1       2    1.0000"
+
+
+def test_lineage_labels_and_records_without_lineage():
+    from dataforge.records import Record
+
+    r = Record(instruction="x", output="y", topic="t", complexity=6.6,
+               lineage=Lineage(generator="evolve", operation="deepen"))
+    assert lineage_labels(r) == {"generator": "evolve", "operation": "deepen", "topic": "t", "complexity": "7"}
+    assert lineage_labels(Record(instruction="x", output="y"))["complexity"] is None
+    tok = tiny_tokenizer()
+    recs = evolved_records(3)
+    exs = encode_records(recs, PromptFormatter(tok, "auto", False, 256), TaskInfo(), {})
+    exs[0].record_id = "not-in-the-records"             # a sample whose record is unknown: every key "(none)"
+    evalset = EvalSet.build([[[e] for e in exs]], recs, tok.pad_token_id)
+    first = [evalset.groups[g] for g in evalset.sample_groups[0][0].tolist()]
+    assert all(value == "(none)" for _, value in first) and len(first) == 4

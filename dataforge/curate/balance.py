@@ -29,6 +29,7 @@ from pydantic import Field
 from ..errors import DataforgeError
 from ..io import RejectSink, read_records, write_json_atomic
 from ..progress import progress_bar
+from ..quality.scores import quality_rank
 from ..records import Record
 from ..stage import Cli, IOConfig, SideFiles, Stage, StageContext
 from .levels import DEFAULT_NAMES, UNRATED, LevelScheme, level_of, parse_edges, parse_target
@@ -93,12 +94,10 @@ class BalanceConfig(IOConfig):
 
 
 def quality_score(record: Record) -> float:
-    """What "best" means inside a cell: the gate's overall score, else the mean of its check scores."""
-    for key in ("quality", "overall", "score"):
-        if key in record.scores:
-            return float(record.scores[key])
-    checks = [v for k, v in record.scores.items() if k != "complexity"]
-    return float(sum(checks) / len(checks)) if checks else 0.0
+    """What "best" means inside a cell: the gate's quality scores on one scale, higher = better (see
+    `dataforge.quality.scores`); -1 for a record without any, so every scored record ranks above it."""
+    rank = quality_rank(record.scores)
+    return -1.0 if rank is None else rank
 
 
 def _tiebreak(seed: int, rid: str) -> str:

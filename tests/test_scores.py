@@ -13,7 +13,7 @@ from conftest import EXAMPLES
 from dataforge.curate.balance import BalanceConfig, quality_score, run_balance
 from dataforge.io import read_records, write_records
 from dataforge.quality.rules import load_rules
-from dataforge.quality.scores import RANKED, SCORES, goodness, quality_rank
+from dataforge.quality.scores import NO_RANK, RANKED, SCORES, goodness, quality_rank
 from dataforge.records import Record
 
 # Scores exactly as the gate wrote them (dataforge filter on instruct_corpus_shared.jsonl records, with a
@@ -49,8 +49,8 @@ def test_quality_rank_by_hand():
     assert quality_rank(GOOD) == pytest.approx((0.807 + 6.0) / 7)
     assert quality_rank(WORSE) == pytest.approx((0.4107 + 0.62 + 4.0 + (1 - 0.45)) / 7)
     assert quality_rank(SWAPPED) == pytest.approx((0.0 + 0.0833 + 0.0938 + 4.0) / 7)
-    assert quality_rank({"complexity": 9.0, "reference": 0.9}) is None
-    assert quality_rank({}) is None
+    assert quality_rank({"complexity": 9.0, "reference": 0.9}) == NO_RANK < 0
+    assert quality_rank({}) == NO_RANK
     assert quality_rank({"coherence": None, "format": 0.5}) == 0.5  # a missing value is skipped, not zero
 
 

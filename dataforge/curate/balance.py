@@ -95,9 +95,8 @@ class BalanceConfig(IOConfig):
 
 def quality_score(record: Record) -> float:
     """What "best" means inside a cell: the gate's quality scores on one scale, higher = better (see
-    `dataforge.quality.scores`); -1 for a record without any, so every scored record ranks above it."""
-    rank = quality_rank(record.scores)
-    return -1.0 if rank is None else rank
+    `dataforge.quality.scores`); a record without any ranks below every scored one."""
+    return quality_rank(record.scores)
 
 
 def _tiebreak(seed: int, rid: str) -> str:

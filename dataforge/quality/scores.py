@@ -52,8 +52,11 @@ def goodness(name: str, value: float) -> float:
     return v if info.better == "higher" else info.high - v
 
 
-def quality_rank(scores: Mapping[str, float]) -> float | None:
-    """Mean goodness of the ranked scores a record has (None when it has none): what "best" means when
-    records are compared on quality (balance keeps the best of each cell)."""
+NO_RANK = -1.0  # a record without any quality score ranks below every scored one
+
+
+def quality_rank(scores: Mapping[str, float]) -> float:
+    """Mean goodness of the ranked scores a record has (`NO_RANK` when it has none): what "best" means
+    wherever records are compared on quality (balance keeps the best of a cell, the gate of a duplicate group)."""
     values = [goodness(n, scores[n]) for n in RANKED if scores.get(n) is not None]
-    return sum(values) / len(values) if values else None
+    return sum(values) / len(values) if values else NO_RANK

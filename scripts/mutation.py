@@ -227,10 +227,12 @@ class FileResult:
 def collect(scratch: Path, files: list[str], equivalents: list[Equivalent]) -> list[FileResult]:
     """Read mutmut's verdicts from its meta files, in-process (mutmut reads its config from the cwd)."""
     os.chdir(scratch)
+    from mutmut.configuration import reset_config
     from mutmut.mutation.data import SourceFileMutationData
     from mutmut.mutation.diff_apply import get_diff_for_mutant
     from mutmut.stats import status_by_exit_code
 
+    reset_config()  # a previous run's configuration (another scratch copy) must not be reused
     results = []
     for path in files:
         res = FileResult(path)
@@ -326,15 +328,42 @@ def main(argv: list[str] | None = None) -> int:
         mapping = load_test_map()
         groups = [target_files(arg) for arg in args.modules]
         files = list(dict.fromkeys(f for _, fs in groups for f in fs))
-        tests = list(dict.fromkeys(t for f in files for t in tests_for(f, mapping)))
+        # one mutmut run per distinct test set, so a module's figures never depend on what it was run with
+        runs: dict[tuple[str, ...], list[str]] = {}
+        for f in files:
+            runs.setdefault(tuple(tests_for(f, mapping)), []).append(f)
         equivalents = load_equivalents()
     except UsageError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    results: dict[str, FileResult] = {}
+    for tests, run_files in runs.items():
+        got = mutate(run_files, list(tests), equivalents, args)
+        if got is None:
+            return 1
+        results.update((r.path, r) for r in got)
+    print_report([(arg, [results[f] for f in fs]) for arg, fs in groups], equivalents, files)
+    incomplete = [r.path for r in results.values() if r.counts["not run"]]
+    if incomplete:
+        print(f"error: not every mutant was run in {', '.join(incomplete)}: the figures are incomplete",
+              file=sys.stderr)
+        return 1
+    if args.fail_under is not None:
+        low = [r.path for r in results.values() if (r.rate() or 0.0) * 100 < args.fail_under]
+        if low:
+            print(f"kill rate under {args.fail_under}% in: {', '.join(low)}", file=sys.stderr)
+            return 1
+    return 0
+
+
+def mutate(files: list[str], tests: list[str], equivalents: list[Equivalent],
+           args: argparse.Namespace) -> list[FileResult] | None:
+    """One mutmut run over `files` with `tests`, in its own scratch copy; None when mutmut failed."""
     scratch = make_scratch()
+    keep = args.keep
     try:
         write_mutmut_config(scratch, files, tests, args.include_slow)
-        print(f"mutating {len(files)} file(s) in {scratch}; tests: {' '.join(tests)}", flush=True)
+        print(f"mutating {' '.join(files)} in {scratch}; tests: {' '.join(tests)}", flush=True)
         rc = run_mutmut(scratch, args.jobs, scratch / "mutmut.log")
         if rc != 0:
             log = scratch / "mutmut.log"
@@ -342,29 +371,15 @@ def main(argv: list[str] | None = None) -> int:
                 sys.stdout.write(log.read_text(errors="replace")[-4000:])
             print(f"error: mutmut exited with {rc}; no figures (the clean or forced-fail run failed?)",
                   file=sys.stderr)
-            args.keep = True
-            return 1
-        results = {r.path: r for r in collect(scratch, files, equivalents)}
-        grouped = [(arg, [results[f] for f in fs]) for arg, fs in groups]
-        print_report(grouped, equivalents, files)
-        incomplete = [r.path for r in results.values() if r.counts["not run"]]
-        if incomplete:
-            print(f"error: not every mutant was run in {', '.join(incomplete)}: the figures are incomplete",
-                  file=sys.stderr)
-            return 1
-        if args.fail_under is not None:
-            low = [r.path for r in results.values() if (r.rate() or 0.0) * 100 < args.fail_under]
-            if low:
-                print(f"kill rate under {args.fail_under}% in: {', '.join(low)}", file=sys.stderr)
-                return 1
-        return 0
+            keep = True
+            return None
+        return collect(scratch, files, equivalents)
     finally:
         os.chdir(REPO)
-        if args.keep:
+        if keep:
             print(f"scratch copy kept: {scratch}", file=sys.stderr)
         else:
             shutil.rmtree(scratch, ignore_errors=True)
-
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -117,6 +117,7 @@ def test_identical_instruction_has_no_gain_without_any_judge():
     assert asyncio.run(elim.check_info_gain("Name three fruits.", "Name three red fruits.")).ok
 
 
+@pytest.mark.slow  # the real MiniLM decides the fallback; fast tests below pin each branch
 def test_model_judge_over_http_with_embedding_fallback(tmp_path):
     from dataforge.llm import BackendConfig, make_llm
     from dataforge.testing.loopback import LoopbackServer

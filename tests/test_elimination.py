@@ -12,6 +12,7 @@ from dataforge.generate.elimination import (COPIED_PROMPT, EMPTY, NO_INFO_GAIN, 
                                             is_sorry_short, is_stopwords_only, is_unchanged, load_markers,
                                             parse_verdict)
 from dataforge.prompts import default_library
+from vector_helpers import FixedVectors
 
 
 # ---------------------------------------------------------------- rule 2: sorry and short
@@ -180,25 +181,10 @@ def test_copied_words_of_a_fewshot_example_fail_rule_4():
 # ---------------------------------------------------------------- each rule at its bounds (fast, no real model)
 
 
-class FixedVectors:
-    """An embedder that returns the vectors a test chose, so a cosine can sit exactly on the threshold
-    (the real MiniLM decides in `test_model_judge_over_http_with_embedding_fallback`)."""
-
-    def __init__(self, vectors):
-        self.vectors = vectors
-        self.calls = 0
-
-    def encode(self, texts):
-        import numpy as np
-
-        self.calls += 1
-        return np.array([self.vectors[t] for t in texts], dtype=np.float64)
-
-
 def _unit_pair(cos: float):
     import math
 
-    return [1.0, 0.0], [cos, math.sqrt(max(0.0, 1.0 - cos * cos))]
+    return [1.0, 0.0], [cos, math.sqrt(max(0.0, 1.0 - cos * cos))]  # two unit vectors with this cosine
 
 
 def test_sorry_short_at_the_word_limit():

@@ -1,0 +1,188 @@
+"""balance's arithmetic against hand-computed plans: water-filling, largest-remainder quotas, the exact and cap
+modes with topic caps, sizes and unrated records; level schemes; ties broken by the seeded id hash; the summary's
+counts; and the errors that refuse a bad configuration."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+
+import pytest
+
+from dataforge.curate.balance import (BalanceConfig, _quotas, _tiebreak, plan_selection, rejected_path_for,
+                                      run_balance, stats_path_for, waterfill)
+from dataforge.errors import DataforgeError
+from dataforge.io import read_records, write_records
+from dataforge.records import Record
+
+AVAIL = {("t1", "low"): 5, ("t1", "high"): 2, ("t2", "low"): 3, ("t2", "high"): 4}
+HALF = {"low": 0.5, "mid": 0.0, "high": 0.5}
+
+
+def test_waterfill_by_hand():
+    assert waterfill(10, {"a": 2, "b": 8, "c": 8}) == {"a": 2, "b": 4, "c": 4}
+    assert waterfill(7, {"b": 5, "a": 5}) == {"a": 4, "b": 3}          # equal limits: the first name gets the odd one
+    assert waterfill(6, {"x": 2, "y": 4}) == {"x": 2, "y": 4}
+    assert waterfill(2, {"x": 5, "y": 3}) == {"x": 1, "y": 1}
+    assert waterfill(1, {"p": 0, "q": 2, "r": 3}) == {"p": 0, "q": 1, "r": 0}
+    assert waterfill(0, {"a": 3}) == {"a": 0} and waterfill(5, {}) == {}
+    assert waterfill(100, {"a": 3, "b": 4}) == {"a": 3, "b": 4}
+
+
+def test_largest_remainder_quotas_by_hand():
+    assert _quotas(7, {"low": 0.2, "mid": 0.5, "high": 0.3}) == {"low": 1, "mid": 4, "high": 2}  # 1.4 3.5 2.1
+    assert _quotas(10, {"c": 1 / 3, "a": 1 / 3, "b": 1 / 3}) == {"a": 4, "b": 3, "c": 3}  # tie: first name
+    assert _quotas(5, {"low": 0.5, "high": 0.5}) == {"low": 2, "high": 3}
+    assert _quotas(0, {"a": 0.5, "b": 0.5}) == {"a": 0, "b": 0}
+    assert _quotas(9, {"a": 0.5, "b": 0.25, "c": 0.25}) == {"a": 5, "b": 2, "c": 2}  # 4.5 2.25 2.25
+
+
+def test_exact_plan_by_hand():
+    # reach: low 8, high 6 -> total min(8 / .5, 6 / .5) = 12, quotas 6 / 6; high (scarcest) first
+    assert plan_selection(AVAIL, HALF, cap=None) == {("t1", "high"): 2, ("t2", "high"): 4, ("t2", "low"): 3,
+                                                     ("t1", "low"): 3}
+
+
+def test_exact_plan_shrinks_until_the_cap_allows_it():
+    # cap 5: total 12 gives high 2 + 4, then low only 3 + 1 = 4 < 6; retried at min(11, 4 / .5, 6 / .5) = 8: 4 / 4
+    assert plan_selection(AVAIL, HALF, cap=5) == {("t1", "high"): 2, ("t2", "high"): 2, ("t1", "low"): 2,
+                                                  ("t2", "low"): 2}
+
+
+def test_exact_plan_with_a_size():
+    # size 5: quotas 2.5 / 2.5 -> high 3 (remainder tie goes to 'high' < 'low'), low 2
+    assert plan_selection(AVAIL, HALF, cap=None, size=5) == {("t1", "high"): 2, ("t2", "high"): 1,
+                                                             ("t2", "low"): 1, ("t1", "low"): 1}
+
+
+def test_cap_mode_by_hand():
+    # 14 rated candidates, quotas 7 / 7; low: t2 3, t1 4; high: everything (2 + 4 = 6 < 7)
+    assert plan_selection(AVAIL, HALF, cap=None, mode="cap") == {("t1", "low"): 4, ("t2", "low"): 3,
+                                                                 ("t1", "high"): 2, ("t2", "high"): 4}
+    # with a size of 6: quotas 3 / 3; low: t2 (smaller limit) ceil(3 / 2) = 2, t1 1; high: t1 2, t2 1
+    assert plan_selection(AVAIL, HALF, cap=None, size=6, mode="cap") == {("t1", "low"): 1, ("t2", "low"): 2,
+                                                                         ("t1", "high"): 2, ("t2", "high"): 1}
+    # a cap of 4 per topic: low takes t1 4 + t2 3, so high only fits t2's last place
+    plan = plan_selection(AVAIL, HALF, cap=4, mode="cap")
+    assert plan == {("t1", "low"): 4, ("t2", "low"): 3, ("t2", "high"): 1}
+
+
+def test_unrated_records_fill_what_the_cap_and_size_leave():
+    avail = {**AVAIL, ("t1", "unrated"): 3, ("t3", "unrated"): 2}
+    plan = plan_selection(avail, HALF, cap=None)
+    assert plan == {("t1", "high"): 2, ("t2", "high"): 4, ("t2", "low"): 3, ("t1", "low"): 3,
+                    ("t1", "unrated"): 3, ("t3", "unrated"): 2}
+    plan = plan_selection(avail, HALF, cap=None, size=13)  # 12 rated, one place left
+    assert plan[("t3", "unrated")] == 1 and ("t1", "unrated") not in plan and sum(plan.values()) == 13
+    plan = plan_selection(avail, HALF, cap=6)
+    assert sum(n for (t, _), n in plan.items() if t == "t1") <= 6 and plan[("t3", "unrated")] == 2
+    only_unrated = plan_selection({("a", "unrated"): 4, ("b", "unrated"): 1}, HALF, cap=2, size=None)
+    assert only_unrated == {("a", "unrated"): 2, ("b", "unrated"): 1}
+
+
+def test_levels_without_candidates_leave_the_target():
+    plan = plan_selection({("t", "low"): 4, ("t", "mid"): 2}, {"low": 0.25, "mid": 0.25, "high": 0.5}, cap=None)
+    assert plan == {("t", "mid"): 2, ("t", "low"): 2}  # high has none: low / mid renormalised to 1/2 each
+    assert plan_selection({("t", "low"): 4}, {"low": 0.0, "high": 1.0}, cap=None) == {}  # no rated target left
+    assert plan_selection({}, HALF, cap=None) == {}
+
+
+# ---------------------------------------------------------------- level schemes and paths
+
+
+def test_level_scheme_defaults_and_errors():
+    assert BalanceConfig().scheme().score_edges == (4.0, 7.0)
+    two = BalanceConfig(level_names="easy, hard").scheme()
+    assert two.names == ("easy", "hard") and two.score_edges == (5.5,) and two.depth_edges == (1.0,)
+    four = BalanceConfig(level_names="a,b,c,d").scheme()
+    assert four.score_edges == pytest.approx((3.25, 5.5, 7.75)) and four.depth_edges == (1.0, 2.0, 3.0)
+    one = BalanceConfig(level_names="all").scheme()
+    assert one.names == ("all",) and one.score_edges == ()
+    assert BalanceConfig(level_names="x,y,z", level_edges="2,3", depth_edges="0.5,5").scheme().score_edges == (2, 3)
+    for bad in ("", " , ", "a,a", "low,unrated"):
+        with pytest.raises(DataforgeError, match="--level-names"):
+            BalanceConfig(level_names=bad).scheme()
+
+
+def test_side_file_paths():
+    assert str(rejected_path_for("out/final.jsonl")) == "out/final.jsonl.rejected.jsonl"
+    assert str(stats_path_for("out/final.jsonl")) == "out/final.jsonl.stats.json"
+
+
+# ---------------------------------------------------------------- running the stage
+
+
+def _rec(i: int, topic: str = "t", complexity: float = 2.0, **kw) -> Record:
+    return Record(instruction=f"{topic} task {i}", output=f"answer {i}", topic=topic, complexity=complexity, **kw)
+
+
+def test_equal_quality_ties_go_by_the_seeded_id_hash(tmp_path):
+    recs = [_rec(i, scores={"coherence": 0.5}) for i in range(6)]
+    src = tmp_path / "in.jsonl"
+    write_records(src, recs)
+    for seed in (0, 1):
+        out = tmp_path / f"out{seed}.jsonl"
+        run_balance(src, out, BalanceConfig(reuse_topics=True, size=2, topic_cap_ratio=None, seed=seed),
+                    progress=False)
+        want = sorted(recs, key=lambda r: hashlib.sha256(f"{seed}:{r.id}".encode()).hexdigest())[:2]
+        assert sorted(r.id for r in read_records(out)) == sorted(r.id for r in want)
+    assert _tiebreak(3, "abc") == hashlib.sha256(b"3:abc").hexdigest()
+
+
+def test_summary_counts_and_the_default_topic_cap(tmp_path):
+    recs = ([_rec(i, "a") for i in range(6)] + [_rec(i, "b", complexity=8.0) for i in range(2)]
+            + [_rec(9, "a", status="rejected", reasons=["gate:coherence"])])
+    recs.append(recs[0])  # the same record twice
+    src, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    write_records(src, recs)
+    s = run_balance(src, out, BalanceConfig(reuse_topics=True, levels_target="low=1,high=1"), progress=False)
+    # 9 candidates over 2 topics: cap = ceil(2.0 * 9 / 2) = 9; target 1/2 low, 1/2 high: 2 + 2
+    assert s["topic_cap"] == math.ceil(2.0 * 9 / 2) == 9
+    assert s["read"] == 10 and s["duplicate_ids"] == 1 and s["candidates"] == 9 and s["arrived_rejected"] == 1
+    assert s["kept"] == 4 and s["dropped_by_balance"] == 5 and s["kept_by_level"] == {"low": 2, "mid": 0, "high": 2}
+    assert s["level_target"] == {"low": 0.5, "mid": 0.0, "high": 0.5}
+    assert s["written_output"] == 4 and s["written_rejected"] == 6 and s["by_reason"] == {"balance": 5, "gate": 1}
+    assert s["by_status"] == {"pending": 4, "rejected": 6} and s["upstream_counted"] == 0 and s["tokens"] == 0
+    assert s["rejected_file"] == str(out) + ".rejected.jsonl" and s["stats_file"] == str(out) + ".stats.json"
+    s = run_balance(src, out, BalanceConfig(reuse_topics=True, topic_cap_ratio=0.5), progress=False)
+    assert s["topic_cap"] == math.ceil(0.5 * 9 / 2) == 3
+    s = run_balance(src, out, BalanceConfig(reuse_topics=True, topic_cap=1, keep_dropped=True), progress=False)
+    assert s["topic_cap"] == 1 and s["rejected_file"] is None and s["written_output"] == 10
+    assert s["written_rejected"] == 0
+
+
+def test_unrated_records_show_in_the_summary(tmp_path):
+    recs = [Record(instruction=f"u {i}", topic="t") for i in range(3)] + [_rec(0)]
+    src, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    write_records(src, recs)
+    s = run_balance(src, out, BalanceConfig(reuse_topics=True, topic_cap_ratio=None), progress=False)
+    assert s["kept_by_level"] == {"low": 1, "mid": 0, "high": 0, "unrated": 3} and s["kept"] == 4
+
+
+def test_bad_configurations_are_refused(tmp_path):
+    src = tmp_path / "in.jsonl"
+    write_records(src, [_rec(0)])
+    with pytest.raises(DataforgeError, match="--keep-dropped needs --to record or parquet: alpaca"):
+        run_balance(src, tmp_path / "o.json", BalanceConfig(keep_dropped=True, out_format="alpaca"), progress=False)
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("{not json\n")
+    with pytest.raises(DataforgeError, match=r"empty\.jsonl: no readable records to balance"):
+        run_balance(empty, tmp_path / "o.jsonl", BalanceConfig(reuse_topics=True, in_format="record"), progress=False)
+    with pytest.raises(DataforgeError, match=r"missing\.jsonl: no such file \(--upstream\)"):
+        run_balance(src, tmp_path / "o.jsonl", BalanceConfig(reuse_topics=True, upstream=[str(tmp_path / "missing.jsonl")]),
+                    progress=False)
+
+
+def test_side_files_are_read_only_when_asked(tmp_path):
+    src, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    write_records(src, [_rec(0), _rec(1)])
+    write_records(tmp_path / "in.jsonl.rejected.jsonl", [_rec(5, status="rejected", reasons=["gate:x"])])
+    extra = tmp_path / "evolve.rejected.jsonl"
+    write_records(extra, [_rec(6, status="rejected", reasons=["evolve:y"]), _rec(7, status="rejected",
+                                                                             reasons=["evolve:y"])])
+    assert run_balance(src, out, BalanceConfig(reuse_topics=True), progress=False)["upstream_counted"] == 1
+    assert run_balance(src, out, BalanceConfig(reuse_topics=True, auto_upstream=False),
+                       progress=False)["upstream_counted"] == 0
+    s = run_balance(src, out, BalanceConfig(reuse_topics=True, upstream=[str(extra)], auto_upstream=False),
+                    progress=False)
+    assert s["upstream_counted"] == 2 and s["read"] == 2

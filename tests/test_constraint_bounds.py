@@ -135,6 +135,47 @@ def test_keyword_frequency_at_n_and_either_side():
         'Use the word "tide" at least 1 time.'
 
 
+def test_keyword_pool_bounds():
+    """Instruction words of 4+ letters (no task verbs) first; generic words only to top up a short pool."""
+    from dataforge.constraints.form import GENERIC_KEYWORDS, _keywords
+
+    seeds = range(40)
+    assert {_keywords(random.Random(s), "Paint oils, sun.", 1)[0] for s in seeds} == {"paint", "oils"}  # 4: yes, 3: no
+    assert {w for s in seeds for w in _keywords(random.Random(s), "glaciers carve", 2)} == {"glaciers", "carve"}
+    topped = [_keywords(random.Random(s), "Describe glaciers.", 2) for s in seeds]
+    assert any("glaciers" in k for k in topped) and all(set(k) <= {"glaciers", *GENERIC_KEYWORDS} for k in topped)
+    assert all(_keywords(random.Random(s), None, 1)[0] in GENERIC_KEYWORDS for s in seeds)
+    # keyword_frequency takes its one keyword from the instruction when it has one, and n from 2-4
+    freq = [sample_constraint(random.Random(s), "Describe glaciers.", types=["keyword_frequency"])["params"]
+            for s in range(300)]
+    assert {f["keyword"] for f in freq} == {"glaciers"} and {f["n"] for f in freq} == {2, 3, 4}
+    rels = Counter(f["relation"] for f in freq)
+    assert set(rels) == set(RELATIONS) and 0.4 < rels["at_least"] / 300 < 0.6  # drawn from 2 x at_least, 1, 1
+
+
+def test_the_counting_factory_wires_its_parts():
+    """`_counting` builds a type from a measure, a unit, a choice table and a template (called here directly,
+    so what it wires is checked, not only the types the module made at import)."""
+    from dataforge.constraints.counts import _counting
+
+    table = {"at_most": (7,), "at_least": (8,), "exactly": (9,)}
+    try:
+        ct = _counting("test_letters", "letter", lambda s: sum(c.isalpha() for c in s), table, "letters only",
+                       "Use {rel} {count}.")
+        assert CONSTRAINTS["test_letters"] is ct and ct.name == "test_letters" and ct.summary == "letters only"
+        assert ct.conflicts == frozenset() and ct.weight == 1.0
+        rng = random.Random(0)
+        for _ in range(30):
+            p = ct.sample(rng, "ignored")
+            assert p == {"relation": p["relation"], "n": table[p["relation"]][0]}
+        assert ct.phrase({"relation": "at_most", "n": 1}) == "Use at most 1 letter."
+        assert ct.phrase({"relation": "exactly", "n": "2"}) == "Use exactly 2 letters."
+        assert ct.check({"relation": "exactly", "n": 3}, "a1b2c") == (True, "3 letters, wanted exactly 3")
+        assert ct.check({"relation": "at_least", "n": "4"}, "abc") == (False, "3 letters, wanted at least 4")
+    finally:
+        CONSTRAINTS.pop("test_letters", None)
+
+
 def test_keyword_samplers_use_the_instruction_or_fall_back():
     from dataforge.constraints.form import FILLER_WORDS, GENERIC_KEYWORDS, TASK_VERBS, _keywords, _quoted
 
@@ -230,6 +271,7 @@ def test_quotation_marks():
     assert _ok("quotation", "“Curly”")[0]
     assert _ok("quotation", '""')[0]
     assert _ok("quotation", '"') == (False, "not wrapped in double quotes")
+    assert not _ok("quotation", 'X quoted"')[0] and not _ok("quotation", '"quoted X')[0]
     assert not _ok("quotation", "'single'")[0] and not _ok("quotation", '"open')[0] and not _ok("quotation", "")[0]
 
 
@@ -281,7 +323,7 @@ def test_conflicts_are_symmetric_and_weights_drive_sampling():
     assert compatible_types([make_spec("lowercase")], ["uppercase", "title"]) == ["title"]
     with pytest.raises(DataforgeError, match="unknown constraint type"):
         compatible_types([], ["title", "nope"])
-    with pytest.raises(DataforgeError, match="no constraint type is compatible"):
+    with pytest.raises(DataforgeError, match=r"^no constraint type is compatible with the ones already attached$"):
         sample_constraint(random.Random(0), existing=["lowercase"], types=["uppercase"])
     # weights: quotation (0.5) is drawn about half as often as title (1.0)
     rng = random.Random(9)

@@ -153,3 +153,44 @@ def test_pair_where_rapidfuzz_score_cutoff_misreports(tmp_path):
     assert rouge_l(a, b) == expected
     res = NoveltyIndex([b]).check(a)
     assert not res.kept and res.max_score == expected
+
+
+def test_threshold_is_inclusive_and_validated():
+    """F exactly on the threshold is kept (Self-Instruct drops only F > t); the result names the closest text."""
+    from dataforge.generate.novelty import NoveltyResult
+
+    idx = NoveltyIndex(["a b c d"], threshold=0.5)
+    assert rouge_l("a b x y", "a b c d") == 0.5
+    assert idx.check("a b x y") == NoveltyResult(True, 0.5, "a b c d")
+    assert idx.check("a b c x") == NoveltyResult(False, 0.75, "a b c d")
+    assert NoveltyIndex(["a b"], threshold=1.0).check("A, b!").kept  # F = 1.0 is not above 1.0
+    zero = NoveltyIndex(["a b c"], threshold=0.0)
+    assert not zero.check("c z z z z z z").kept and zero.check("x y z").kept  # any shared token vs none
+    for bad in (-0.001, 1.001):
+        with pytest.raises(ValueError, match=rf"ROUGE-L threshold must be within \[0, 1\], got {bad}"):
+            NoveltyIndex(threshold=bad)
+
+
+def test_default_threshold_is_self_instructs_0_7():
+    assert novelty.DEFAULT_THRESHOLD == 0.7 and NoveltyIndex().threshold == 0.7
+    pool = ["the cat sat on the mat"]
+    assert rouge_l("the cat sat on a mat", pool[0]) == pytest.approx(0.8333, abs=1e-4)
+    assert rouge_l("the cat sat on a red mat today", pool[0]) == pytest.approx(2 * 5 / 14)  # 0.714: just above
+    assert rouge_l("the cat sat on a red mat today again", pool[0]) == pytest.approx(2 * 5 / 15)  # 0.667: below
+    assert novel_mask(["the cat sat on a mat", "the cat sat on a red mat today",
+                       "the cat sat on a red mat today again"], pool) == [False, False, True]
+
+
+def test_pool_operations_and_work_counters():
+    idx = NoveltyIndex(["the cat sat on the mat", "a dog ran fast", "the cat sat"])
+    res = idx.check("the cat sat on a mat")
+    assert res == (False, 0.8333333333333334, "the cat sat on the mat") and len(idx) == 3
+    # only the 6-token text can reach F > 0.7 against 6 tokens ('the cat sat' scores 2*3/9 = 0.67 at most)
+    assert (idx.stats.checks, idx.stats.candidate_pairs, idx.stats.lcs_computed) == (1, 1, 1)
+    kept = idx.add_if_novel("completely new words here")
+    assert kept == (True, 0.0, None) and len(idx) == 4
+    assert (idx.stats.checks, idx.stats.candidate_pairs, idx.stats.lcs_computed) == (2, 1, 1)
+    assert not idx.add_if_novel("the cat sat on the mat").kept and len(idx) == 4
+    idx.add("a dog ran fast")  # `add` keeps even a duplicate (human seeds)
+    assert idx.texts == ["the cat sat on the mat", "a dog ran fast", "the cat sat", "completely new words here",
+                         "a dog ran fast"]

@@ -31,6 +31,11 @@ def test_the_default_checks_are_the_documented_ones():
     assert set(rules.checks) == set(DEFAULTS) | {"reference"}
     ref = rules.checks["reference"]
     assert ref.min is None and ref.max is None and ref.on_fail == "review"  # informational: never fails
+    assert rules.judges == "auto" and rules.high_stakes.enabled and rules.high_stakes.min_hits == 2
+    assert set(rules.high_stakes.domains) == {"finance", "law", "health"}
+    d = rules.dedup
+    assert d.exact and d.near.enabled and (d.near.threshold, d.near.num_perm, d.near.shingle) == (0.8, 128, 5)
+    assert d.semantic.enabled and (d.semantic.threshold, d.semantic.block) == (0.95, 4096)
     for name, (kind, bound, action) in DEFAULTS.items():
         rule = rules.checks[name]
         assert getattr(rule, kind) == bound and rule.on_fail == action, name

@@ -341,6 +341,10 @@ def main(argv: list[str] | None = None) -> int:
         got = mutate(run_files, list(tests), equivalents, args)
         if got is None:
             return 1
+        for r in got:  # a first figure as soon as its run ends; the full table comes at the end
+            rate = r.rate()
+            print(f"  done {r.path}: {r.counts['killed'] + r.counts['timeout']}/{r.counts['mutants']} detected"
+                  + ("" if rate is None else f", kill rate {100 * rate:.1f}%"), flush=True)
         results.update((r.path, r) for r in got)
     print_report([(arg, [results[f] for f in fs]) for arg, fs in groups], equivalents, files)
     incomplete = [r.path for r in results.values() if r.counts["not run"]]

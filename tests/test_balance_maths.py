@@ -186,3 +186,44 @@ def test_side_files_are_read_only_when_asked(tmp_path):
     s = run_balance(src, out, BalanceConfig(reuse_topics=True, upstream=[str(extra)], auto_upstream=False),
                     progress=False)
     assert s["upstream_counted"] == 2 and s["read"] == 2
+
+
+def test_topics_are_clustered_when_not_reused(tmp_path):
+    """Without --reuse-topics the records are embedded (real MiniLM) and clustered: 4 sources -> 4 topics that
+    each hold one source, keys `NN_terms`, the model's names when asked, and the clustering facts in the stats."""
+    import json
+    from collections import Counter
+
+    from conftest import TEST_DATA
+    from dataforge.llm import BackendConfig, make_llm
+    from dataforge.testing.loopback import LoopbackServer, last_user_message
+
+    rows = [json.loads(line) for line in (TEST_DATA / "curate_topics.jsonl").read_text().splitlines()]
+    recs = [Record(instruction=r["instruction"], output="ok", complexity=2.0, topic="ignored", meta={"source": r["source"]})
+            for r in rows]
+    recs[0] = recs[0].model_copy(update={"topic": None})  # one record without a topic: reuse is impossible
+    src, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    write_records(src, recs)
+    s = run_balance(src, out, BalanceConfig(reuse_topics=True, k=4, topic_cap_ratio=None), progress=False)
+    assert s["topics"] == 4 and s["kept"] == 48  # one level, no cap: everything is kept
+    kept = list(read_records(out))
+    by_topic: dict[str, Counter] = {}
+    for r in kept:
+        assert r.topic[:2].isdigit() and r.topic[2] == "_" and r.topic != "ignored"
+        by_topic.setdefault(r.topic, Counter())[r.meta["source"]] += 1
+    assert sorted(len(c) for c in by_topic.values()) == [1, 1, 1, 1]  # each topic is one source
+    stats = json.loads((tmp_path / "out.jsonl.stats.json").read_text())
+    facts = stats["balance"]["clustering"]
+    assert facts["method"] == "kmeans" and facts["k"] == 4 and facts["embed_s"] >= 0 and facts["cluster_s"] >= 0
+    with pytest.raises(DataforgeError, match="--name-topics needs a model"):
+        run_balance(src, out, BalanceConfig(k=4, name_topics=True), progress=False)
+
+    def namer(body):
+        text = last_user_message(body).lower()
+        return "Topic: Baking Recipes" if "recipe" in text or "bake" in text else "Travel tips"
+
+    with LoopbackServer(namer) as srv:
+        llm = make_llm(BackendConfig(backend="openai", base_url=srv.base_url, model="test", no_cache=True))
+        s = run_balance(src, out, BalanceConfig(k=4, name_topics=True), llm=llm, progress=False)
+    names = {r.topic for r in read_records(out)}
+    assert any(t.endswith("_baking_recipes") for t in names) and s["tokens"] > 0

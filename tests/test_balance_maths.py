@@ -35,6 +35,7 @@ def test_largest_remainder_quotas_by_hand():
     assert _quotas(5, {"low": 0.5, "high": 0.5}) == {"low": 2, "high": 3}
     assert _quotas(0, {"a": 0.5, "b": 0.5}) == {"a": 0, "b": 0}
     assert _quotas(9, {"a": 0.5, "b": 0.25, "c": 0.25}) == {"a": 5, "b": 2, "c": 2}  # 4.5 2.25 2.25
+    assert _quotas(8, {"a": 2.9 / 8, "b": 5.1 / 8}) == {"a": 3, "b": 5}  # the larger remainder, not the larger share
 
 
 def test_exact_plan_by_hand():
@@ -44,9 +45,25 @@ def test_exact_plan_by_hand():
 
 
 def test_exact_plan_shrinks_until_the_cap_allows_it():
-    # cap 5: total 12 gives high 2 + 4, then low only 3 + 1 = 4 < 6; retried at min(11, 4 / .5, 6 / .5) = 8: 4 / 4
-    assert plan_selection(AVAIL, HALF, cap=5) == {("t1", "high"): 2, ("t2", "high"): 2, ("t1", "low"): 2,
+    # cap 5: at 12 (6 / 6) high takes t1 2 + t2 4, leaving low 3 + 1 = 4 < 6; at 11 (high 6, low 5) low gets 4;
+    # at 10 (5 / 5) high takes t1 2 + t2 3 and low t1 3 + t2 2: met, each topic at its cap of 5
+    assert plan_selection(AVAIL, HALF, cap=5) == {("t1", "high"): 2, ("t2", "high"): 3, ("t1", "low"): 3,
                                                   ("t2", "low"): 2}
+
+
+def test_exact_plan_finds_the_total_the_shrink_bound_skips():
+    """Cap 2 on the only topic, size 3: at 3 (low 2, mid 1) mid finds no room, and the bound from what mid got
+    (0) used to jump straight to an empty output; a total of 2 (low 1, mid 1) fits."""
+    target = {"low": 4 / 9, "mid": 3 / 9, "high": 2 / 9}
+    assert plan_selection({("c", "low"): 3, ("c", "mid"): 6}, target, cap=2, size=3) == {("c", "low"): 1,
+                                                                                        ("c", "mid"): 1}
+
+
+def test_exact_plan_serves_the_scarcest_level_first():
+    """low (80% of the target) exists only in t1, whose cap it needs whole: served first it keeps 8 + 2 high
+    from t2; served after high (which would take one of t1's places) only 6 + 2 fit."""
+    avail = {("t1", "low"): 8, ("t1", "high"): 8, ("t2", "high"): 8}
+    assert plan_selection(avail, {"low": 0.8, "high": 0.2}, cap=8) == {("t1", "low"): 8, ("t2", "high"): 2}
 
 
 def test_exact_plan_with_a_size():
@@ -65,6 +82,17 @@ def test_cap_mode_by_hand():
     # a cap of 4 per topic: low takes t1 4 + t2 3, so high only fits t2's last place
     plan = plan_selection(AVAIL, HALF, cap=4, mode="cap")
     assert plan == {("t1", "low"): 4, ("t2", "low"): 3, ("t2", "high"): 1}
+
+
+def test_cap_mode_counts_every_level_against_the_cap():
+    # one topic, cap 5, quotas 3 / 3 / 3: low 3, mid 2 (cap reached), high nothing
+    avail = {("t", "low"): 3, ("t", "mid"): 3, ("t", "high"): 3}
+    third = {"low": 1 / 3, "mid": 1 / 3, "high": 1 / 3}
+    assert plan_selection(avail, third, cap=5, mode="cap") == {("t", "low"): 3, ("t", "mid"): 2}
+    # a topic without some level: no place is invented for it
+    # 5 rated, quotas 2.5 / 2.5 -> high 3 (tie to the first name), low 2
+    assert plan_selection({("a", "low"): 3, ("b", "high"): 2}, HALF, cap=None, mode="cap") == {("a", "low"): 2,
+                                                                                          ("b", "high"): 2}
 
 
 def test_unrated_records_fill_what_the_cap_and_size_leave():

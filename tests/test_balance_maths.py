@@ -216,7 +216,7 @@ def test_side_files_are_read_only_when_asked(tmp_path):
     assert s["upstream_counted"] == 2 and s["read"] == 2
 
 
-def test_topics_are_clustered_when_not_reused(tmp_path):
+def test_topics_are_clustered_when_not_reused(tmp_path, monkeypatch, capsys):
     """Without --reuse-topics the records are embedded (real MiniLM) and clustered: 4 sources -> 4 topics that
     each hold one source, keys `NN_terms`, the model's names when asked, and the clustering facts in the stats."""
     import json
@@ -232,7 +232,9 @@ def test_topics_are_clustered_when_not_reused(tmp_path):
     recs[0] = recs[0].model_copy(update={"topic": None})  # one record without a topic: reuse is impossible
     src, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
     write_records(src, recs)
-    s = run_balance(src, out, BalanceConfig(reuse_topics=True, k=4, topic_cap_ratio=None), progress=False)
+    monkeypatch.setenv("DATAFORGE_PROGRESS", "1")
+    s = run_balance(src, out, BalanceConfig(reuse_topics=True, k=4, topic_cap_ratio=None), progress=True)
+    assert "embed" in capsys.readouterr().err  # the embedding pass shows its bar too
     assert s["topics"] == 4 and s["kept"] == 48  # one level, no cap: everything is kept
     kept = list(read_records(out))
     by_topic: dict[str, Counter] = {}
@@ -255,3 +257,121 @@ def test_topics_are_clustered_when_not_reused(tmp_path):
         s = run_balance(src, out, BalanceConfig(k=4, name_topics=True), llm=llm, progress=False)
     names = {r.topic for r in read_records(out)}
     assert any(t.endswith("_baking_recipes") for t in names) and s["tokens"] > 0
+    topics = json.loads((tmp_path / "out.jsonl.stats.json").read_text())["topics"]
+    baking = [v for k, v in topics.items() if k.endswith("_baking_recipes")]
+    assert baking and all(v["name"] == "Baking Recipes" and v["label"] and v["label"] != v["name"] for v in baking)
+
+
+def test_the_whole_summary_and_stats_of_a_small_run(tmp_path):
+    """Every summary field and the stats file's balance section, by hand: topic a has 4 low, 1 mid, 1 high;
+    b 1 high; one record arrives rejected with no reason, one with a reason of several colons; target
+    low 1 / high 1 (mid 0); no cap. High reach 2 -> total 4: low 2 (best two of a), high 2."""
+    import json
+
+    recs = [_rec(i, "a", 2.0, scores={"coherence": 0.9 - i / 10}) for i in range(4)]
+    recs += [_rec(10, "a", 5.0), _rec(11, "a", 8.0), _rec(12, "b", 9.0)]
+    recs += [_rec(20, "b", 2.0, status="rejected"), _rec(21, "b", 2.0, status="rejected", reasons=["gate:x:0.1"])]
+    src, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    write_records(src, recs)
+    s = run_balance(src, out, BalanceConfig(reuse_topics=True, levels_target="low=1,high=1", topic_cap_ratio=None),
+                    progress=False)
+    wall = s.pop("wall_s")
+    assert isinstance(wall, float) and 0.0 <= wall < 600 and round(wall, 2) == wall
+    assert s == {
+        "stage": "balance", "input": str(src), "output": str(out),
+        "rejected_file": f"{out}.rejected.jsonl", "stats_file": f"{out}.stats.json",
+        "read": 9, "bad_lines": 0, "duplicate_ids": 0,
+        "candidates": 7, "kept": 4, "dropped_by_balance": 3, "arrived_rejected": 2, "upstream_counted": 0,
+        "written_output": 4, "written_rejected": 5,
+        "by_status": {"pending": 4, "rejected": 5},
+        "by_reason": {"balance": 3, "unknown": 1, "gate": 1},
+        "topics": 2, "topic_cap": None,
+        "kept_by_level": {"low": 2, "mid": 0, "high": 2},
+        "level_target": {"low": 0.5, "mid": 0.0, "high": 0.5},
+        "thin_topics": s["thin_topics"], "thin_levels": s["thin_levels"],
+        "tokens": 0,
+    }
+    assert {r.id for r in read_records(out)} == {recs[0].id, recs[1].id, recs[5].id, recs[6].id}
+    stats = json.loads((tmp_path / "out.jsonl.stats.json").read_text())
+    assert s["thin_topics"] == stats["thin_topics"] and s["thin_levels"] == stats["thin_levels"]
+    assert stats["balance"] == {
+        "topic_cap": None, "size": None, "levels": ["low", "mid", "high"],
+        "plan": [{"topic": "a", "level": "high", "available": 1, "kept": 1},
+                 {"topic": "a", "level": "low", "available": 4, "kept": 2},
+                 {"topic": "a", "level": "mid", "available": 1, "kept": 0},
+                 {"topic": "b", "level": "high", "available": 1, "kept": 1}],
+        "clustering": {"method": "reused", "k": 2},
+    }
+    assert stats["level_target"] == {"low": 0.5, "mid": 0.0, "high": 0.5}
+    assert stats["topics"]["a"]["label"] == "a" and stats["topics"]["a"]["name"] is None
+    assert stats["levels"]["low"]["target_share"] == 0.5
+
+
+def test_uniform_target_is_rounded_to_four_places(tmp_path):
+    src, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    write_records(src, [_rec(0, complexity=2.0), _rec(1, complexity=5.0), _rec(2, complexity=8.0)])
+    s = run_balance(src, out, BalanceConfig(reuse_topics=True), progress=False)
+    assert s["level_target"] == {"low": 0.3333, "mid": 0.3333, "high": 0.3333} and s["kept"] == 3
+
+
+def test_level_names_and_edges_reach_the_records(tmp_path):
+    src, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    write_records(src, [_rec(i, complexity=c) for i, c in enumerate((2.0, 3.0, 6.0, 9.0))])
+    s = run_balance(src, out, BalanceConfig(reuse_topics=True, level_names="easy,hard", level_edges="5"),
+                    progress=False)
+    assert s["kept_by_level"] == {"easy": 2, "hard": 2}
+    depth = [Record(instruction=f"d {i}", topic="t", lineage={"round": r}) for i, r in enumerate((0, 1, 3, 6))]
+    write_records(src, depth)
+    s = run_balance(src, out, BalanceConfig(reuse_topics=True, depth_edges="0.5,5"), progress=False)
+    assert s["kept_by_level"] == {"low": 1, "mid": 1, "high": 1}  # rounds 0 | 1, 3 | 6: mid keeps 1 of 2
+    assert BalanceConfig(depth_edges="0.5,5").scheme().depth_edges == (0.5, 5.0)
+
+
+def test_bad_lines_go_to_the_rejects_file_or_stop_a_strict_run(tmp_path):
+    import json
+
+    src, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    write_records(src, [_rec(0), _rec(1)])
+    with open(src, "a", encoding="utf-8") as fh:
+        fh.write("{not json\n")
+    s = run_balance(src, out, BalanceConfig(reuse_topics=True, in_format="record"), progress=False)
+    assert s["bad_lines"] == 1 and s["read"] == 2
+    (bad,) = [json.loads(line) for line in (tmp_path / "out.jsonl.rejects.jsonl").read_text().splitlines()]
+    assert bad["line"] == 3 and bad["raw"].startswith("{not json")
+    with pytest.raises(DataforgeError, match=r"in\.jsonl:3: "):
+        run_balance(src, out, BalanceConfig(reuse_topics=True, in_format="record", strict=True), progress=False)
+
+
+def test_custom_side_file_paths_and_output_format(tmp_path):
+    import json
+
+    src, out = tmp_path / "in.jsonl", tmp_path / "out.json"
+    write_records(src, [_rec(0, complexity=2.0), _rec(1, complexity=2.0), _rec(2, complexity=8.0)])
+    rej, st = tmp_path / "dropped.jsonl", tmp_path / "facts.json"
+    s = run_balance(src, out, BalanceConfig(reuse_topics=True, out_format="alpaca", rejected_path=str(rej),
+                                            stats_path=str(st), levels_target="low=1,high=1"), progress=False)
+    assert s["rejected_file"] == str(rej) and s["stats_file"] == str(st) and st.is_file()
+    assert not (tmp_path / "out.json.rejected.jsonl").exists() and not (tmp_path / "out.json.stats.json").exists()
+    assert [json.loads(line)["status"] for line in rej.read_text().splitlines()] == ["rejected"]
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(rows) == 2 and set(rows[0]) == {"instruction", "input", "output"}  # alpaca rows
+
+
+def test_topic_cap_is_at_least_one(tmp_path):
+    src, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    write_records(src, [_rec(i, t) for i, t in enumerate("aab")])
+    s = run_balance(src, out, BalanceConfig(reuse_topics=True, topic_cap_ratio=0.1), progress=False)
+    assert s["topic_cap"] == 1 and s["kept"] == 2  # ceil(0.1 x 3 / 2) = 1
+
+
+def test_progress_bars_when_asked(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("DATAFORGE_PROGRESS", "1")
+    src, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    write_records(src, [_rec(i) for i in range(7)])
+    run_balance(src, out, BalanceConfig(reuse_topics=True), progress=True)
+    err = capsys.readouterr().err
+    assert "write" in err and "7/7" in err and "rec/s" in err
+    run_balance(src, out, BalanceConfig(reuse_topics=True), progress=False)
+    assert capsys.readouterr().err == ""
+    run_balance(src, out, BalanceConfig(reuse_topics=True))  # bars are on by default
+    assert "write" in capsys.readouterr().err

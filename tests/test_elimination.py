@@ -333,3 +333,94 @@ def test_model_judge_request_verdicts_tokens_and_failures():
     assert all(b["temperature"] == 0.0 and b["max_tokens"] == 8 for b in bodies)
     assert bodies[0]["seed"] == 7 and "seed" not in bodies[1]
     assert "vitamin" in last_user_message(bodies[0]) and "Name three fruits." in last_user_message(bodies[0])
+
+
+def test_how_each_text_rule_decided():
+    assert Eliminator().check_instruction("Fruits?").how == "length"
+    assert Eliminator().check_response("It is.").how == "text"
+    assert Eliminator().check_response("Sorry, no.").how == "text"
+
+
+def test_only_full_runs_of_n_words_count_as_copying():
+    """The prompt's last words reappearing are no copy when fewer than n (no partial n-grams at the end)."""
+    from dataforge.generate.elimination import copied_prompt_words
+
+    prompt = "Make the task harder for the reader of the data"
+    tail = "Sum numbers for a reader of the data"  # shares only its last 4 words with the prompt's end
+    assert copied_prompt_words(tail, prompt, "", n=5) is None
+    assert copied_prompt_words(tail, prompt, "", n=4) == "reader of the data"
+    six = "Please answer: make the task harder for the reader now"
+    assert copied_prompt_words(six, prompt, "") == "make the task harder for the"
+    assert copied_prompt_words("make the task harder for you", prompt, "") is None  # default n = 6: 5 shared
+
+
+def test_no_gain_case_folding_and_equal_word_sets():
+    from dataforge.generate.elimination import adds_no_words
+
+    assert adds_no_words("List three fruits.", "Fruits: list three!")  # the same words, reordered
+    assert is_unchanged("NAME THREE FRUITS", "name three fruits")
+    assert not is_unchanged("Straße", "STRASSE")  # folded with str.lower, as written
+
+
+def test_markers_can_be_replaced_on_an_eliminator():
+    elim = Eliminator()
+    elim.markers = ("zebra crossing",)
+    assert elim.check_instruction("Describe a ZEBRA CROSSING at night.").reason == COPIED_PROMPT
+    assert elim.check_instruction("Rewritten prompt: describe a road.").ok  # the shipped markers no longer apply
+
+
+def test_default_parent_is_empty():
+    elim = Eliminator(EliminationConfig(copy_ngram=1))
+    assert elim.check_instruction("say xxxx again please", "xxxx").reason == COPIED_PROMPT
+
+
+def test_unreadable_model_verdict_without_an_embedder_keeps_its_tokens():
+    from dataforge.llm import BackendConfig, GenParams, make_llm
+    from dataforge.testing.loopback import LoopbackServer
+
+    with LoopbackServer(lambda body: "Hard to say.") as srv:
+        llm = make_llm(BackendConfig(backend="openai", base_url=srv.base_url, model="test", no_cache=True,
+                                     profile="chat"))
+        elim = Eliminator(EliminationConfig(judge="model"), llm=llm,
+                          judge_params=GenParams(temperature=0.5, max_tokens=4))
+
+        async def run():
+            v = await elim.check_info_gain("Name three fruits.", "Name three fruits from Peru.")
+            await llm.aclose()
+            return v
+
+        v = asyncio.run(run())
+        (body,) = srv.requests
+    assert v.ok and v.how == "no-judge" and v.tokens > 0
+    assert body["temperature"] == 0.5 and body["max_tokens"] == 4  # the caller's judge parameters
+
+
+def test_fewshot_models_are_judged_with_the_fewshot_template():
+    from dataforge.llm import BackendConfig, make_llm
+    from dataforge.prompts import render
+    from dataforge.testing.loopback import LoopbackServer
+
+    with LoopbackServer(lambda body: "different") as srv:
+        llm = make_llm(BackendConfig(backend="openai", base_url=srv.base_url, model="test", no_cache=True,
+                                     profile="fewshot"))
+        elim = Eliminator(EliminationConfig(judge="model"), llm=llm)
+
+        async def run():
+            v = await elim.check_info_gain("Name three fruits.", "Name three fruits from Peru.")
+            await llm.aclose()
+            return v
+
+        v = asyncio.run(run())
+        (body,) = srv.requests
+    assert v.ok and v.how == "model"
+    want = render("judge_info_gain", "fewshot", parent="Name three fruits.", child="Name three fruits from Peru.")
+    assert "messages" not in body and body["prompt"] == want.text
+
+
+def test_default_embedder_factory_uses_the_given_cache(tmp_path):
+    """Lazy: nothing loads until called; then the real MiniLM, caching its vectors under `cache_dir`."""
+    make = default_embedder_factory(str(tmp_path / "cache"))
+    assert not (tmp_path / "cache").exists()
+    emb = make()
+    vecs = emb.encode(["Name three fruits."])
+    assert vecs.shape == (1, 384) and any((tmp_path / "cache").iterdir())

@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import hashlib
 import math
+from pathlib import Path
 
 import pytest
 
-from dataforge.curate.balance import (BalanceConfig, _quotas, _tiebreak, plan_selection, rejected_path_for,
-                                      run_balance, stats_path_for, waterfill)
+from dataforge.curate.balance import BalanceConfig, _quotas, _tiebreak, plan_selection, run_balance, waterfill
 from dataforge.errors import DataforgeError
 from dataforge.io import read_records, write_records
 from dataforge.records import Record
@@ -132,11 +132,6 @@ def test_level_scheme_defaults_and_errors():
             BalanceConfig(level_names=bad).scheme()
 
 
-def test_side_file_paths():
-    assert str(rejected_path_for("out/final.jsonl")) == "out/final.jsonl.rejected.jsonl"
-    assert str(stats_path_for("out/final.jsonl")) == "out/final.jsonl.stats.json"
-
-
 # ---------------------------------------------------------------- running the stage
 
 
@@ -165,18 +160,18 @@ def test_summary_counts_and_the_default_topic_cap(tmp_path):
     write_records(src, recs)
     s = run_balance(src, out, BalanceConfig(reuse_topics=True, levels_target="low=1,high=1"), progress=False)
     # 9 candidates over 2 topics: cap = ceil(2.0 * 9 / 2) = 9; target 1/2 low, 1/2 high: 2 + 2
-    assert s["topic_cap"] == math.ceil(2.0 * 9 / 2) == 9
-    assert s["read"] == 10 and s["duplicate_ids"] == 1 and s["candidates"] == 9 and s["arrived_rejected"] == 1
-    assert s["kept"] == 4 and s["dropped_by_balance"] == 5 and s["kept_by_level"] == {"low": 2, "mid": 0, "high": 2}
-    assert s["level_target"] == {"low": 0.5, "mid": 0.0, "high": 0.5}
-    assert s["written_output"] == 4 and s["written_rejected"] == 6 and s["by_reason"] == {"balance": 5, "gate": 1}
-    assert s["by_status"] == {"pending": 4, "rejected": 6} and s["upstream_counted"] == 0 and s["tokens"] == 0
-    assert s["rejected_file"] == str(out) + ".rejected.jsonl" and s["stats_file"] == str(out) + ".stats.json"
+    d = s.details
+    assert d["topic_cap"] == math.ceil(2.0 * 9 / 2) == 9
+    assert s.records_in == 10 and d["duplicate_ids"] == 1 and d["candidates"] == 9 and d["arrived_rejected"] == 1
+    assert d["kept"] == 4 and d["dropped_by_balance"] == 5 and d["kept_by_level"] == {"low": 2, "mid": 0, "high": 2}
+    assert d["level_target"] == {"low": 0.5, "mid": 0.0, "high": 0.5}
+    assert d["by_reason"] == {"balance": 5, "gate": 1} and d["upstream_counted"] == 0
+    assert s.out == {"pending": 4, "rejected": 6}
+    assert s.files["rejected"] == str(out) + ".rejected.jsonl" and s.files["stats"] == str(out) + ".stats.json"
     s = run_balance(src, out, BalanceConfig(reuse_topics=True, topic_cap_ratio=0.5), progress=False)
-    assert s["topic_cap"] == math.ceil(0.5 * 9 / 2) == 3
+    assert s.details["topic_cap"] == math.ceil(0.5 * 9 / 2) == 3
     s = run_balance(src, out, BalanceConfig(reuse_topics=True, topic_cap=1, keep_dropped=True), progress=False)
-    assert s["topic_cap"] == 1 and s["rejected_file"] is None and s["written_output"] == 10
-    assert s["written_rejected"] == 0
+    assert s.details["topic_cap"] == 1 and "rejected" not in s.files and len(list(read_records(out))) == 10
 
 
 def test_unrated_records_show_in_the_summary(tmp_path):
@@ -184,7 +179,7 @@ def test_unrated_records_show_in_the_summary(tmp_path):
     src, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
     write_records(src, recs)
     s = run_balance(src, out, BalanceConfig(reuse_topics=True, topic_cap_ratio=None), progress=False)
-    assert s["kept_by_level"] == {"low": 1, "mid": 0, "high": 0, "unrated": 3} and s["kept"] == 4
+    assert s.details["kept_by_level"] == {"low": 1, "mid": 0, "high": 0, "unrated": 3} and s.details["kept"] == 4
 
 
 def test_bad_configurations_are_refused(tmp_path):
@@ -194,7 +189,7 @@ def test_bad_configurations_are_refused(tmp_path):
         run_balance(src, tmp_path / "o.json", BalanceConfig(keep_dropped=True, out_format="alpaca"), progress=False)
     empty = tmp_path / "empty.jsonl"
     empty.write_text("{not json\n")
-    with pytest.raises(DataforgeError, match=r"empty\.jsonl: no readable records to balance"):
+    with pytest.raises(DataforgeError, match=r"empty\.jsonl: no usable records \(1 bad lines: "):
         run_balance(empty, tmp_path / "o.jsonl", BalanceConfig(reuse_topics=True, in_format="record"), progress=False)
     with pytest.raises(DataforgeError, match=r"missing\.jsonl: no such file \(--upstream\)"):
         run_balance(src, tmp_path / "o.jsonl", BalanceConfig(reuse_topics=True, upstream=[str(tmp_path / "missing.jsonl")]),
@@ -208,12 +203,12 @@ def test_side_files_are_read_only_when_asked(tmp_path):
     extra = tmp_path / "evolve.rejected.jsonl"
     write_records(extra, [_rec(6, status="rejected", reasons=["evolve:y"]), _rec(7, status="rejected",
                                                                              reasons=["evolve:y"])])
-    assert run_balance(src, out, BalanceConfig(reuse_topics=True), progress=False)["upstream_counted"] == 1
+    assert run_balance(src, out, BalanceConfig(reuse_topics=True), progress=False).details["upstream_counted"] == 1
     assert run_balance(src, out, BalanceConfig(reuse_topics=True, auto_upstream=False),
-                       progress=False)["upstream_counted"] == 0
+                       progress=False).details["upstream_counted"] == 0
     s = run_balance(src, out, BalanceConfig(reuse_topics=True, upstream=[str(extra)], auto_upstream=False),
                     progress=False)
-    assert s["upstream_counted"] == 2 and s["read"] == 2
+    assert s.details["upstream_counted"] == 2 and s.records_in == 2
 
 
 def test_topics_are_clustered_when_not_reused(tmp_path, monkeypatch, capsys):
@@ -235,7 +230,7 @@ def test_topics_are_clustered_when_not_reused(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("DATAFORGE_PROGRESS", "1")
     s = run_balance(src, out, BalanceConfig(reuse_topics=True, k=4, topic_cap_ratio=None), progress=True)
     assert "embed" in capsys.readouterr().err  # the embedding pass shows its bar too
-    assert s["topics"] == 4 and s["kept"] == 48  # one level, no cap: everything is kept
+    assert s.details["topics"] == 4 and s.details["kept"] == 48  # one level, no cap: everything is kept
     kept = list(read_records(out))
     by_topic: dict[str, Counter] = {}
     for r in kept:
@@ -245,8 +240,10 @@ def test_topics_are_clustered_when_not_reused(tmp_path, monkeypatch, capsys):
     stats = json.loads((tmp_path / "out.jsonl.stats.json").read_text())
     facts = stats["balance"]["clustering"]
     assert facts["method"] == "kmeans" and facts["k"] == 4 and facts["embed_s"] >= 0 and facts["cluster_s"] >= 0
+    from dataforge.curate.balance import assign_topics
+
     with pytest.raises(DataforgeError, match="--name-topics needs a model"):
-        run_balance(src, out, BalanceConfig(k=4, name_topics=True), progress=False)
+        assign_topics(recs, BalanceConfig(k=4, name_topics=True), llm=None, progress=False)
 
     def namer(body):
         text = last_user_message(body).lower()
@@ -256,7 +253,7 @@ def test_topics_are_clustered_when_not_reused(tmp_path, monkeypatch, capsys):
         llm = make_llm(BackendConfig(backend="openai", base_url=srv.base_url, model="test", no_cache=True))
         s = run_balance(src, out, BalanceConfig(k=4, name_topics=True), llm=llm, progress=False)
     names = {r.topic for r in read_records(out)}
-    assert any(t.endswith("_baking_recipes") for t in names) and s["tokens"] > 0
+    assert any(t.endswith("_baking_recipes") for t in names) and s.tokens.total > 0
     topics = json.loads((tmp_path / "out.jsonl.stats.json").read_text())["topics"]
     baking = [v for k, v in topics.items() if k.endswith("_baking_recipes")]
     assert baking and all(v["name"] == "Baking Recipes" and v["label"] and v["label"] != v["name"] for v in baking)
@@ -275,25 +272,21 @@ def test_the_whole_summary_and_stats_of_a_small_run(tmp_path):
     write_records(src, recs)
     s = run_balance(src, out, BalanceConfig(reuse_topics=True, levels_target="low=1,high=1", topic_cap_ratio=None),
                     progress=False)
-    wall = s.pop("wall_s")
-    assert isinstance(wall, float) and 0.0 <= wall < 600 and round(wall, 2) == wall
-    assert s == {
-        "stage": "balance", "input": str(src), "output": str(out),
-        "rejected_file": f"{out}.rejected.jsonl", "stats_file": f"{out}.stats.json",
-        "read": 9, "bad_lines": 0, "duplicate_ids": 0,
+    assert s.stage == "balance" and s.input == str(src) and s.output == str(out) and s.records_in == 9
+    assert s.out == {"pending": 4, "rejected": 5} and s.bad_lines == 0 and s.tokens.total == 0
+    assert s.files == {"output": str(out), "rejected": f"{out}.rejected.jsonl", "stats": f"{out}.stats.json"}
+    assert s.details == {
+        "duplicate_ids": 0,
         "candidates": 7, "kept": 4, "dropped_by_balance": 3, "arrived_rejected": 2, "upstream_counted": 0,
-        "written_output": 4, "written_rejected": 5,
-        "by_status": {"pending": 4, "rejected": 5},
         "by_reason": {"balance": 3, "unknown": 1, "gate": 1},
         "topics": 2, "topic_cap": None,
         "kept_by_level": {"low": 2, "mid": 0, "high": 2},
         "level_target": {"low": 0.5, "mid": 0.0, "high": 0.5},
-        "thin_topics": s["thin_topics"], "thin_levels": s["thin_levels"],
-        "tokens": 0,
+        "thin_topics": s.details["thin_topics"], "thin_levels": s.details["thin_levels"],
     }
     assert {r.id for r in read_records(out)} == {recs[0].id, recs[1].id, recs[5].id, recs[6].id}
     stats = json.loads((tmp_path / "out.jsonl.stats.json").read_text())
-    assert s["thin_topics"] == stats["thin_topics"] and s["thin_levels"] == stats["thin_levels"]
+    assert s.details["thin_topics"] == stats["thin_topics"] and s.details["thin_levels"] == stats["thin_levels"]
     assert stats["balance"] == {
         "topic_cap": None, "size": None, "levels": ["low", "mid", "high"],
         "plan": [{"topic": "a", "level": "high", "available": 1, "kept": 1},
@@ -311,7 +304,7 @@ def test_uniform_target_is_rounded_to_four_places(tmp_path):
     src, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
     write_records(src, [_rec(0, complexity=2.0), _rec(1, complexity=5.0), _rec(2, complexity=8.0)])
     s = run_balance(src, out, BalanceConfig(reuse_topics=True), progress=False)
-    assert s["level_target"] == {"low": 0.3333, "mid": 0.3333, "high": 0.3333} and s["kept"] == 3
+    assert s.details["level_target"] == {"low": 0.3333, "mid": 0.3333, "high": 0.3333} and s.details["kept"] == 3
 
 
 def test_level_names_and_edges_reach_the_records(tmp_path):
@@ -319,11 +312,11 @@ def test_level_names_and_edges_reach_the_records(tmp_path):
     write_records(src, [_rec(i, complexity=c) for i, c in enumerate((2.0, 3.0, 6.0, 9.0))])
     s = run_balance(src, out, BalanceConfig(reuse_topics=True, level_names="easy,hard", level_edges="5"),
                     progress=False)
-    assert s["kept_by_level"] == {"easy": 2, "hard": 2}
+    assert s.details["kept_by_level"] == {"easy": 2, "hard": 2}
     depth = [Record(instruction=f"d {i}", topic="t", lineage={"round": r}) for i, r in enumerate((0, 1, 3, 6))]
     write_records(src, depth)
     s = run_balance(src, out, BalanceConfig(reuse_topics=True, depth_edges="0.5,5"), progress=False)
-    assert s["kept_by_level"] == {"low": 1, "mid": 1, "high": 1}  # rounds 0 | 1, 3 | 6: mid keeps 1 of 2
+    assert s.details["kept_by_level"] == {"low": 1, "mid": 1, "high": 1}  # rounds 0 | 1, 3 | 6: mid keeps 1 of 2
     assert BalanceConfig(depth_edges="0.5,5").scheme().depth_edges == (0.5, 5.0)
 
 
@@ -335,8 +328,8 @@ def test_bad_lines_go_to_the_rejects_file_or_stop_a_strict_run(tmp_path):
     with open(src, "a", encoding="utf-8") as fh:
         fh.write("{not json\n")
     s = run_balance(src, out, BalanceConfig(reuse_topics=True, in_format="record"), progress=False)
-    assert s["bad_lines"] == 1 and s["read"] == 2
-    (bad,) = [json.loads(line) for line in (tmp_path / "out.jsonl.rejects.jsonl").read_text().splitlines()]
+    assert s.bad_lines == 1 and s.records_in == 2
+    (bad,) = [json.loads(line) for line in Path(s.files["bad_lines"]).read_text().splitlines()]
     assert bad["line"] == 3 and bad["raw"].startswith("{not json")
     with pytest.raises(DataforgeError, match=r"in\.jsonl:3: "):
         run_balance(src, out, BalanceConfig(reuse_topics=True, in_format="record", strict=True), progress=False)
@@ -350,7 +343,7 @@ def test_custom_side_file_paths_and_output_format(tmp_path):
     rej, st = tmp_path / "dropped.jsonl", tmp_path / "facts.json"
     s = run_balance(src, out, BalanceConfig(reuse_topics=True, out_format="alpaca", rejected_path=str(rej),
                                             stats_path=str(st), levels_target="low=1,high=1"), progress=False)
-    assert s["rejected_file"] == str(rej) and s["stats_file"] == str(st) and st.is_file()
+    assert s.files["rejected"] == str(rej) and s.files["stats"] == str(st) and st.is_file()
     assert not (tmp_path / "out.json.rejected.jsonl").exists() and not (tmp_path / "out.json.stats.json").exists()
     assert [json.loads(line)["status"] for line in rej.read_text().splitlines()] == ["rejected"]
     rows = [json.loads(line) for line in out.read_text().splitlines()]
@@ -361,7 +354,7 @@ def test_topic_cap_is_at_least_one(tmp_path):
     src, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
     write_records(src, [_rec(i, t) for i, t in enumerate("aab")])
     s = run_balance(src, out, BalanceConfig(reuse_topics=True, topic_cap_ratio=0.1), progress=False)
-    assert s["topic_cap"] == 1 and s["kept"] == 2  # ceil(0.1 x 3 / 2) = 1
+    assert s.details["topic_cap"] == 1 and s.details["kept"] == 2  # ceil(0.1 x 3 / 2) = 1
 
 
 def test_progress_bars_when_asked(tmp_path, monkeypatch, capsys):

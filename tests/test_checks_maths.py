@@ -257,28 +257,29 @@ def test_judge_scores_routing_and_complexity_average():
 
     emb = FixedVectors({"Name a colour.": at_angle(0), "Blue is a calm colour.": at_angle(10),
                         "Explain this broken record.": at_angle(0), "It skips a beat here.": at_angle(20),
-                        "": at_angle(45)})
+                        "": at_angle(45), "Name a shape.": at_angle(0)})
     records = [Record(instruction="Name a colour.", output="Blue is a calm colour."),
                Record(instruction="Explain this broken record.", output="It skips a beat here."),
-               Record(instruction="Name a colour.", output="")]
+               Record(instruction="Name a shape.", output="")]
     with LoopbackServer(judge) as srv:
         llm = make_llm(BackendConfig(backend="openai", base_url=srv.base_url, model="test", no_cache=True,
                                      max_retries=0))
         checker = Checker(load_rules(), emb, judge=Judge(llm))
         ok, failed, empty = asyncio.run(checker.score(records))
-        n_requests = len(srv.requests)
+        asked = [json.dumps(b) for b in srv.requests]
         no_cx = asyncio.run(checker.score(records[:1], judge_complexity=False))[0]
         asyncio.run(llm.aclose())
     base = round(complexity_features(records[0], 0), 3)
     assert ok.scores["alignment"] == 1.0 and ok.scores["contradiction"] == 0.0
     assert ok.scores["complexity_judge"] == 8.0 and ok.scores["complexity"] == round((base + 8.0) / 2, 3)
     assert "alignment_emb" not in ok.scores  # a judge replaces the embedding ranks
-    # the broken record's yes/no requests failed: no judge score rather than a made-up one
+    # the broken record's yes/no requests failed: no judge score rather than a made-up one, and it says so
     assert "alignment" not in failed.scores and "contradiction" not in failed.scores
+    assert sorted(failed.unjudged) == ["alignment", "contradiction"] and not ok.unjudged
     assert failed.scores["complexity_judge"] == 8.0
     # nothing is asked about an empty response
     assert not {"alignment", "contradiction", "complexity_judge"} & set(empty.scores)
-    assert n_requests == 6
+    assert not any("Name a shape." in a for a in asked) and any("Name a colour." in a for a in asked)
     assert "complexity_judge" not in no_cx.scores and no_cx.scores["complexity"] == base
 
 

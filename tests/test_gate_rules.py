@@ -21,6 +21,10 @@ DEFAULTS = {
     "refusal": ("min", 1.0, "reject"),
     "contradiction": ("max", 0.5, "reject"),
     "complexity": ("max", 9.0, "reject"),
+    "reference_answer": ("min", 1.0, "review"),
+    "arithmetic": ("min", 1.0, "review"),
+    "execution": ("min", 1.0, "review"),
+    "consistency": ("min", 0.5, "review"),
 }
 STATUS = {"review": "review", "reject": "rejected"}
 EPS = 1e-6
@@ -103,9 +107,11 @@ def test_soft_failures_are_the_refinable_ones():
     rules = load_rules()
     scores = {"coherence": 0.1, "structure": 0.0, "contradiction": 0.9, "complexity": 9.5}
     assert rules.soft_failures(scores) == ["coherence", "contradiction"]
+    assert rules.soft_failures({**scores, "arithmetic": 0.0, "consistency": 0.2}) == ["coherence", "contradiction",
+                                                                                     "arithmetic"]
     assert rules.refine.rounds == 2
     assert rules.refine.checks == ["coherence", "alignment", "alignment_emb", "alignment_local", "format",
-                                   "truncation", "contradiction"]
+                                   "truncation", "contradiction", "arithmetic", "execution", "reference_answer"]
 
 
 def test_merge_is_deep_except_for_domains():

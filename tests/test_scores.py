@@ -37,7 +37,8 @@ def _old_mean(scores: dict[str, float]) -> float:
 
 def test_ranked_scores_share_one_scale_and_direction():
     assert set(RANKED) == {"coherence", "alignment", "alignment_emb", "alignment_local", "format", "truncation",
-                           "structure", "refusal", "contradiction"}
+                           "structure", "refusal", "contradiction", "reference_answer", "arithmetic", "execution",
+                           "consistency"}
     assert "complexity" not in RANKED and "complexity_judge" not in RANKED and "reference" not in RANKED
     assert goodness("contradiction", 0.2) == pytest.approx(0.8) and goodness("coherence", 0.2) == 0.2
     assert goodness("coherence", -0.3) == 0.0 and goodness("contradiction", 1.7) == 0.0  # clipped to 0-1
@@ -73,25 +74,31 @@ def test_balance_keeps_the_better_record_of_a_cell(tmp_path):
     src, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
     write_records(src, [worse, good])
     summary = run_balance(src, out, BalanceConfig(reuse_topics=True, size=1, topic_cap_ratio=None), progress=False)
-    assert summary["kept"] == 1
+    assert summary.details["kept"] == 1
     assert [r.id for r in read_records(out)] == [good.id]
     (dropped,) = read_records(tmp_path / "out.jsonl.rejected.jsonl")
     assert dropped.id == worse.id and dropped.reasons[-1] == "balance:plants/mid"
 
 
 def test_the_table_names_exactly_the_scores_the_gate_writes():
-    """Score a few records with the real checks, once with a judge (loopback server) and once without: every
-    name written is in the table, and every name in the table is written by one of the two."""
+    """Score a few records with the real checks, once with a judge and self-consistency (loopback server) and
+    once without: every name written is in the table, and every name in the table is written by one of the two.
+    A worked sum with a GSM8K-style answer and a Python block bring the correctness signals in."""
     from dataforge.llm import BackendConfig, make_llm
     from dataforge.quality.checks import Checker
+    from dataforge.quality.consistency import SelfConsistency
     from dataforge.quality.embed import get_embedder
     from dataforge.quality.judges import Judge
     from dataforge.testing.loopback import LoopbackServer, last_user_message
 
     seeds = list(read_records(EXAMPLES / "seeds.jsonl"))
+    gsm = Record(instruction="Natalia sold 48 clips in April and half as many in May. How many in all?",
+                 output="In May she sold 48/2 = <<48/2=24>>24 clips.\nIn all 48+24 = <<48+24=72>>72 clips.\n#### 72")
+    code = Record(instruction="Write Python that prints the sum of 0 to 4.",
+                  output="Here it is:\n```python\nprint(sum(range(5)))\n```\nIt prints 10.")
     rules = load_rules()
     emb = get_embedder()
-    records = seeds[:3]
+    records = [*seeds[:3], gsm, code]
     written: set[str] = set()
     checker = Checker(rules, emb, reference=seeds[3:6], pool_prompts=[r.prompt_text for r in seeds])
     for sc in asyncio.run(checker.score(records)):
@@ -99,15 +106,21 @@ def test_the_table_names_exactly_the_scores_the_gate_writes():
 
     def judge(body):
         text = last_user_message(body)
-        return json.dumps({"score": 6}) if "Rate how complex" in text else "yes" if "carry out" in text else "no"
+        if "Rate how complex" in text:
+            return json.dumps({"score": 6})
+        if "carry out" in text or "contradict" in text:
+            return "yes" if "carry out" in text else "no"
+        return ["#### 72"] * int(body.get("n") or 1)  # the sampled answers of self-consistency
 
     with LoopbackServer(judge) as srv:
         llm = make_llm(BackendConfig(backend="openai", base_url=srv.base_url, model="test", no_cache=True))
-        judged = Checker(rules, emb, judge=Judge(llm), reference=seeds[3:6])
+        judged = Checker(rules, emb, judge=Judge(llm), reference=seeds[3:6], consistency=SelfConsistency(llm))
         scored = asyncio.run(judged.score(records))
         asyncio.run(llm.aclose())
     for sc in scored:
         written |= set(sc.scores)
+    assert scored[3].scores["consistency"] == 1.0 and scored[3].scores["arithmetic"] == 1.0
+    assert scored[3].scores["reference_answer"] == 1.0 and scored[4].scores["execution"] == 1.0
     assert written == set(SCORES)
 
 

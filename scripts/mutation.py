@@ -83,11 +83,21 @@ def tests_for(file: str, mapping: dict[str, list[str]]) -> list[str]:
 
 # ------------------------------------------------------------------ equivalent mutants
 
-def change_of(diff: str) -> str:
-    """The -/+ lines of a unified diff, the identity of a mutation inside its function."""
-    lines = [ln.rstrip() for ln in diff.splitlines()
-             if ln[:1] in "-+" and not ln.startswith(("---", "+++"))]
-    return "\n".join(lines)
+def change_of(diff: str) -> tuple[str, ...]:
+    """The body of a mutant's diff (context, - and + lines; no headers), or an entry's `change` text."""
+    lines = [ln.rstrip() for ln in diff.splitlines() if not ln.startswith(("---", "+++", "@@"))]
+    while lines and not lines[0].strip():
+        lines.pop(0)
+    while lines and not lines[-1].strip():
+        lines.pop()
+    return tuple(lines)
+
+
+def matches(entry: tuple[str, ...], body: tuple[str, ...]) -> bool:
+    """An entry names a mutant when its lines (the -/+ lines, and as much context as needed to tell the
+    mutant from another with the same change elsewhere in the function) occur together in its diff."""
+    n = len(entry)
+    return any(body[i:i + n] == entry for i in range(len(body) - n + 1)) if n else False
 
 
 def function_of(mutant: str) -> str:
@@ -217,6 +227,7 @@ class FileResult:
         ("mutants", "killed", "timeout", "survived", "no tests", "equivalent", "not run"), 0))
     survivors: list[tuple[str, str]] = field(default_factory=list)  # (name, diff)
     killed_but_listed: list[str] = field(default_factory=list)
+    ambiguous: list[tuple[str, list[str]]] = field(default_factory=list)  # (entry, mutants it matches)
 
     def rate(self) -> float | None:
         c = self.counts
@@ -238,6 +249,7 @@ def collect(scratch: Path, files: list[str], equivalents: list[Equivalent]) -> l
         res = FileResult(path)
         data = SourceFileMutationData(path=Path(path))
         data.load()
+        verdicts = []  # (name, status, diff body)
         for name, code in sorted(data.exit_code_by_key.items(), key=lambda kv: _natural(kv[0])):
             status = status_by_exit_code[code]
             res.counts["mutants"] += 1
@@ -246,10 +258,20 @@ def collect(scratch: Path, files: list[str], equivalents: list[Equivalent]) -> l
                 continue
             listed = any(function_of(e.mutant) == function_of(name) for e in equivalents)
             diff = get_diff_for_mutant(name, path=path) if status not in DETECTED or listed else ""
-            match = next((e for e in equivalents if function_of(e.mutant) == function_of(name)
-                          and e.change == change_of(diff)), None) if diff else None
-            if match:
-                match.used = True
+            verdicts.append((name, status, diff))
+        # an entry applies only when it names exactly one mutant of its function (killed ones included)
+        named: dict[str, Equivalent] = {}
+        for e in equivalents:
+            hits = [name for name, _, diff in verdicts if diff and function_of(e.mutant) == function_of(name)
+                    and matches(e.change, change_of(diff))]
+            if len(hits) == 1:
+                named[hits[0]] = e
+                e.used = True
+            elif len(hits) > 1:
+                e.used = True
+                res.ambiguous.append((e.mutant, hits))
+        for name, status, diff in verdicts:
+            match = named.get(name)
             if status in DETECTED:
                 res.counts[DETECTED[status]] += 1
                 if match:
@@ -297,6 +319,9 @@ def print_report(groups: list[tuple[str, list[FileResult]]], equivalents: list[E
                 print(f"\nSURVIVED {name}\n{diff}")
             for name in r.killed_but_listed:
                 print(f"\nNOTE {name} is listed in {EQUIVALENT.name} but a test kills it: remove the entry")
+            for entry, hits in r.ambiguous:
+                print(f"\nAMBIGUOUS {EQUIVALENT.name}: the entry for {entry} matches {', '.join(hits)}; "
+                      "add context lines to its change (not applied)")
     modules = {p[:-3].replace("/", ".").removesuffix(".__init__") for p in mutated}
     for e in equivalents:
         if not e.used and function_of(e.mutant).rpartition(".")[0] in modules:

@@ -374,15 +374,15 @@ def test_default_parent_is_empty():
     assert elim.check_instruction("say xxxx again please", "xxxx").reason == COPIED_PROMPT
 
 
-def test_unreadable_model_verdict_without_an_embedder_keeps_its_tokens():
-    from dataforge.llm import BackendConfig, GenParams, make_llm
+def _judge_once(reply: str, profile: str, **elim_kw):
+    """One info-gain check with the model judge over the loopback server: (verdict, the request body)."""
+    from dataforge.llm import BackendConfig, make_llm
     from dataforge.testing.loopback import LoopbackServer
 
-    with LoopbackServer(lambda body: "Hard to say.") as srv:
+    with LoopbackServer(lambda body: reply) as srv:
         llm = make_llm(BackendConfig(backend="openai", base_url=srv.base_url, model="test", no_cache=True,
-                                     profile="chat"))
-        elim = Eliminator(EliminationConfig(judge="model"), llm=llm,
-                          judge_params=GenParams(temperature=0.5, max_tokens=4))
+                                     profile=profile))
+        elim = Eliminator(EliminationConfig(judge="model"), llm=llm, **elim_kw)
 
         async def run():
             v = await elim.check_info_gain("Name three fruits.", "Name three fruits from Peru.")
@@ -391,27 +391,21 @@ def test_unreadable_model_verdict_without_an_embedder_keeps_its_tokens():
 
         v = asyncio.run(run())
         (body,) = srv.requests
+    return v, body
+
+
+def test_unreadable_model_verdict_without_an_embedder_keeps_its_tokens():
+    from dataforge.llm import GenParams
+
+    v, body = _judge_once("Hard to say.", "chat", judge_params=GenParams(temperature=0.5, max_tokens=4))
     assert v.ok and v.how == "no-judge" and v.tokens > 0
     assert body["temperature"] == 0.5 and body["max_tokens"] == 4  # the caller's judge parameters
 
 
 def test_fewshot_models_are_judged_with_the_fewshot_template():
-    from dataforge.llm import BackendConfig, make_llm
     from dataforge.prompts import render
-    from dataforge.testing.loopback import LoopbackServer
 
-    with LoopbackServer(lambda body: "different") as srv:
-        llm = make_llm(BackendConfig(backend="openai", base_url=srv.base_url, model="test", no_cache=True,
-                                     profile="fewshot"))
-        elim = Eliminator(EliminationConfig(judge="model"), llm=llm)
-
-        async def run():
-            v = await elim.check_info_gain("Name three fruits.", "Name three fruits from Peru.")
-            await llm.aclose()
-            return v
-
-        v = asyncio.run(run())
-        (body,) = srv.requests
+    v, body = _judge_once("different", "fewshot")
     assert v.ok and v.how == "model"
     want = render("judge_info_gain", "fewshot", parent="Name three fruits.", child="Name three fruits from Peru.")
     assert "messages" not in body and body["prompt"] == want.text

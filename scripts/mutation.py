@@ -83,11 +83,21 @@ def tests_for(file: str, mapping: dict[str, list[str]]) -> list[str]:
 
 # ------------------------------------------------------------------ equivalent mutants
 
-def change_of(diff: str) -> str:
-    """The -/+ lines of a unified diff, the identity of a mutation inside its function."""
-    lines = [ln.rstrip() for ln in diff.splitlines()
-             if ln[:1] in "-+" and not ln.startswith(("---", "+++"))]
-    return "\n".join(lines)
+def change_of(diff: str) -> tuple[str, ...]:
+    """The body of a mutant's diff (context, - and + lines; no headers), or an entry's `change` text."""
+    lines = [ln.rstrip() for ln in diff.splitlines() if not ln.startswith(("---", "+++", "@@"))]
+    while lines and not lines[0].strip():
+        lines.pop(0)
+    while lines and not lines[-1].strip():
+        lines.pop()
+    return tuple(lines)
+
+
+def matches(entry: tuple[str, ...], body: tuple[str, ...]) -> bool:
+    """An entry names a mutant when its lines (the -/+ lines, and as much context as needed to tell the
+    mutant from another with the same change elsewhere in the function) occur together in its diff."""
+    n = len(entry)
+    return any(body[i:i + n] == entry for i in range(len(body) - n + 1)) if n else False
 
 
 def function_of(mutant: str) -> str:
@@ -217,6 +227,7 @@ class FileResult:
         ("mutants", "killed", "timeout", "survived", "no tests", "equivalent", "not run"), 0))
     survivors: list[tuple[str, str]] = field(default_factory=list)  # (name, diff)
     killed_but_listed: list[str] = field(default_factory=list)
+    ambiguous: list[tuple[str, list[str]]] = field(default_factory=list)  # (entry, mutants it matches)
 
     def rate(self) -> float | None:
         c = self.counts
@@ -227,15 +238,18 @@ class FileResult:
 def collect(scratch: Path, files: list[str], equivalents: list[Equivalent]) -> list[FileResult]:
     """Read mutmut's verdicts from its meta files, in-process (mutmut reads its config from the cwd)."""
     os.chdir(scratch)
+    from mutmut.configuration import reset_config
     from mutmut.mutation.data import SourceFileMutationData
     from mutmut.mutation.diff_apply import get_diff_for_mutant
     from mutmut.stats import status_by_exit_code
 
+    reset_config()  # a previous run's configuration (another scratch copy) must not be reused
     results = []
     for path in files:
         res = FileResult(path)
         data = SourceFileMutationData(path=Path(path))
         data.load()
+        verdicts = []  # (name, status, diff body)
         for name, code in sorted(data.exit_code_by_key.items(), key=lambda kv: _natural(kv[0])):
             status = status_by_exit_code[code]
             res.counts["mutants"] += 1
@@ -244,10 +258,20 @@ def collect(scratch: Path, files: list[str], equivalents: list[Equivalent]) -> l
                 continue
             listed = any(function_of(e.mutant) == function_of(name) for e in equivalents)
             diff = get_diff_for_mutant(name, path=path) if status not in DETECTED or listed else ""
-            match = next((e for e in equivalents if function_of(e.mutant) == function_of(name)
-                          and e.change == change_of(diff)), None) if diff else None
-            if match:
-                match.used = True
+            verdicts.append((name, status, diff))
+        # an entry applies only when it names exactly one mutant of its function (killed ones included)
+        named: dict[str, Equivalent] = {}
+        for e in equivalents:
+            hits = [name for name, _, diff in verdicts if diff and function_of(e.mutant) == function_of(name)
+                    and matches(e.change, change_of(diff))]
+            if len(hits) == 1:
+                named[hits[0]] = e
+                e.used = True
+            elif len(hits) > 1:
+                e.used = True
+                res.ambiguous.append((e.mutant, hits))
+        for name, status, diff in verdicts:
+            match = named.get(name)
             if status in DETECTED:
                 res.counts[DETECTED[status]] += 1
                 if match:
@@ -295,6 +319,9 @@ def print_report(groups: list[tuple[str, list[FileResult]]], equivalents: list[E
                 print(f"\nSURVIVED {name}\n{diff}")
             for name in r.killed_but_listed:
                 print(f"\nNOTE {name} is listed in {EQUIVALENT.name} but a test kills it: remove the entry")
+            for entry, hits in r.ambiguous:
+                print(f"\nAMBIGUOUS {EQUIVALENT.name}: the entry for {entry} matches {', '.join(hits)}; "
+                      "add context lines to its change (not applied)")
     modules = {p[:-3].replace("/", ".").removesuffix(".__init__") for p in mutated}
     for e in equivalents:
         if not e.used and function_of(e.mutant).rpartition(".")[0] in modules:
@@ -326,15 +353,46 @@ def main(argv: list[str] | None = None) -> int:
         mapping = load_test_map()
         groups = [target_files(arg) for arg in args.modules]
         files = list(dict.fromkeys(f for _, fs in groups for f in fs))
-        tests = list(dict.fromkeys(t for f in files for t in tests_for(f, mapping)))
+        # one mutmut run per distinct test set, so a module's figures never depend on what it was run with
+        runs: dict[tuple[str, ...], list[str]] = {}
+        for f in files:
+            runs.setdefault(tuple(tests_for(f, mapping)), []).append(f)
         equivalents = load_equivalents()
     except UsageError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    results: dict[str, FileResult] = {}
+    for tests, run_files in runs.items():
+        got = mutate(run_files, list(tests), equivalents, args)
+        if got is None:
+            return 1
+        for r in got:  # a first figure as soon as its run ends; the full table comes at the end
+            rate = r.rate()
+            print(f"  done {r.path}: {r.counts['killed'] + r.counts['timeout']}/{r.counts['mutants']} detected"
+                  + ("" if rate is None else f", kill rate {100 * rate:.1f}%"), flush=True)
+        results.update((r.path, r) for r in got)
+    print_report([(arg, [results[f] for f in fs]) for arg, fs in groups], equivalents, files)
+    incomplete = [r.path for r in results.values() if r.counts["not run"]]
+    if incomplete:
+        print(f"error: not every mutant was run in {', '.join(incomplete)}: the figures are incomplete",
+              file=sys.stderr)
+        return 1
+    if args.fail_under is not None:
+        low = [r.path for r in results.values() if (r.rate() or 0.0) * 100 < args.fail_under]
+        if low:
+            print(f"kill rate under {args.fail_under}% in: {', '.join(low)}", file=sys.stderr)
+            return 1
+    return 0
+
+
+def mutate(files: list[str], tests: list[str], equivalents: list[Equivalent],
+           args: argparse.Namespace) -> list[FileResult] | None:
+    """One mutmut run over `files` with `tests`, in its own scratch copy; None when mutmut failed."""
     scratch = make_scratch()
+    keep = args.keep
     try:
         write_mutmut_config(scratch, files, tests, args.include_slow)
-        print(f"mutating {len(files)} file(s) in {scratch}; tests: {' '.join(tests)}", flush=True)
+        print(f"mutating {' '.join(files)} in {scratch}; tests: {' '.join(tests)}", flush=True)
         rc = run_mutmut(scratch, args.jobs, scratch / "mutmut.log")
         if rc != 0:
             log = scratch / "mutmut.log"
@@ -342,29 +400,15 @@ def main(argv: list[str] | None = None) -> int:
                 sys.stdout.write(log.read_text(errors="replace")[-4000:])
             print(f"error: mutmut exited with {rc}; no figures (the clean or forced-fail run failed?)",
                   file=sys.stderr)
-            args.keep = True
-            return 1
-        results = {r.path: r for r in collect(scratch, files, equivalents)}
-        grouped = [(arg, [results[f] for f in fs]) for arg, fs in groups]
-        print_report(grouped, equivalents, files)
-        incomplete = [r.path for r in results.values() if r.counts["not run"]]
-        if incomplete:
-            print(f"error: not every mutant was run in {', '.join(incomplete)}: the figures are incomplete",
-                  file=sys.stderr)
-            return 1
-        if args.fail_under is not None:
-            low = [r.path for r in results.values() if (r.rate() or 0.0) * 100 < args.fail_under]
-            if low:
-                print(f"kill rate under {args.fail_under}% in: {', '.join(low)}", file=sys.stderr)
-                return 1
-        return 0
+            keep = True
+            return None
+        return collect(scratch, files, equivalents)
     finally:
         os.chdir(REPO)
-        if args.keep:
+        if keep:
             print(f"scratch copy kept: {scratch}", file=sys.stderr)
         else:
             shutil.rmtree(scratch, ignore_errors=True)
-
 
 if __name__ == "__main__":
     sys.exit(main())

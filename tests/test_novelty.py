@@ -153,3 +153,149 @@ def test_pair_where_rapidfuzz_score_cutoff_misreports(tmp_path):
     assert rouge_l(a, b) == expected
     res = NoveltyIndex([b]).check(a)
     assert not res.kept and res.max_score == expected
+
+
+def test_threshold_is_inclusive_and_validated():
+    """F exactly on the threshold is kept (Self-Instruct drops only F > t); the result names the closest text."""
+    from dataforge.generate.novelty import NoveltyResult
+
+    idx = NoveltyIndex(["a b c d"], threshold=0.5)
+    assert rouge_l("a b x y", "a b c d") == 0.5
+    assert idx.check("a b x y") == NoveltyResult(True, 0.5, "a b c d")
+    assert idx.check("a b c x") == NoveltyResult(False, 0.75, "a b c d")
+    assert NoveltyIndex(["a b"], threshold=1.0).check("A, b!").kept  # F = 1.0 is not above 1.0
+    zero = NoveltyIndex(["a b c"], threshold=0.0)
+    assert not zero.check("c z z z z z z").kept and zero.check("x y z").kept  # any shared token vs none
+    for bad in (-0.001, 1.001):
+        with pytest.raises(ValueError, match=rf"ROUGE-L threshold must be within \[0, 1\], got {bad}"):
+            NoveltyIndex(threshold=bad)
+
+
+def test_default_threshold_is_self_instructs_0_7():
+    assert novelty.DEFAULT_THRESHOLD == 0.7 and NoveltyIndex().threshold == 0.7
+    pool = ["the cat sat on the mat"]
+    assert rouge_l("the cat sat on a mat", pool[0]) == pytest.approx(0.8333, abs=1e-4)
+    assert rouge_l("the cat sat on a red mat today", pool[0]) == pytest.approx(2 * 5 / 14)  # 0.714: just above
+    assert rouge_l("the cat sat on a red mat today again", pool[0]) == pytest.approx(2 * 5 / 15)  # 0.667: below
+    assert novel_mask(["the cat sat on a mat", "the cat sat on a red mat today",
+                       "the cat sat on a red mat today again"], pool) == [False, False, True]
+
+
+def test_pool_operations_and_work_counters():
+    idx = NoveltyIndex(["the cat sat on the mat", "a dog ran fast", "the cat sat"])
+    res = idx.check("the cat sat on a mat")
+    assert res == (False, 0.8333333333333334, "the cat sat on the mat") and len(idx) == 3
+    # only the 6-token text can reach F > 0.7 against 6 tokens ('the cat sat' scores 2*3/9 = 0.67 at most)
+    assert (idx.stats.checks, idx.stats.candidate_pairs, idx.stats.lcs_computed) == (1, 1, 1)
+    kept = idx.add_if_novel("completely new words here")
+    assert kept == (True, 0.0, None) and len(idx) == 4
+    assert (idx.stats.checks, idx.stats.candidate_pairs, idx.stats.lcs_computed) == (2, 1, 1)
+    assert not idx.add_if_novel("the cat sat on the mat").kept and len(idx) == 4
+    idx.add("a dog ran fast")  # `add` keeps even a duplicate (human seeds)
+    assert idx.texts == ["the cat sat on the mat", "a dog ran fast", "the cat sat", "completely new words here",
+                         "a dog ran fast"]
+
+
+def test_fmeasure_edges():
+    from dataforge.generate.novelty import fmeasure_from_lcs
+
+    assert fmeasure_from_lcs(0, 0, 5) == 0.0 and fmeasure_from_lcs(0, 5, 0) == 0.0 and fmeasure_from_lcs(0, 0, 0) == 0.0
+    assert fmeasure_from_lcs(0, 3, 4) == 0.0
+    assert fmeasure_from_lcs(2, 4, 2) == 2 * 1.0 * 0.5 / 1.5  # precision over the prediction, recall over the target
+    assert rouge_l("", "a b") == 0.0 and rouge_l("a b", "") == 0.0
+
+
+def test_empty_results_are_exact():
+    from dataforge.generate.novelty import NoveltyResult
+
+    assert NoveltyIndex().check("anything at all") == NoveltyResult(True, 0.0, None)
+    assert NoveltyIndex(["a b"]).check("!!!") == NoveltyResult(True, 0.0, None)
+    assert NoveltyIndex(["a b"]).check("x y") == NoveltyResult(True, 0.0, None)  # no shared token: no candidate
+
+
+@pytest.mark.parametrize("pool,probe,threshold", [
+    (["c"], "c z", 0.0),           # any shared token counts at threshold 0, even with a 1-token text
+    (["b"], "a b", 0.5),           # F = 2/3
+    (["b"], "a c d e b", 0.3),     # F = 1/3, the shared token is the probe's most common-looking one
+])
+def test_one_token_partners_are_never_skipped(pool, probe, threshold):
+    assert rouge_l(probe, pool[0]) > threshold
+    res = NoveltyIndex(pool, threshold=threshold).check(probe)
+    assert not res.kept and res.max_score == rouge_l(probe, pool[0]) and res.most_similar == pool[0]
+
+
+def test_ties_for_the_maximum_go_to_the_earliest_pool_text():
+    idx = NoveltyIndex(["a b c x", "a b c y"])
+    assert idx.check("a b c z") == (False, 0.75, "a b c x")
+    many = NoveltyIndex([f"a b c d e f w{i}" for i in range(40)])  # 40 equal candidates: the batched path
+    res = many.check("a b c d e f q")
+    assert res == (False, rouge_l("a b c d e f q", "a b c d e f w0"), "a b c d e f w0")
+
+
+def _brute_mask(texts: list[str], pool: list[str], threshold: float) -> list[tuple[bool, float, str | None]]:
+    """The sequential filter by brute force over every pair, with rouge_l (equal to rouge-score, see above)."""
+    pool = list(pool)
+    out = []
+    for t in texts:
+        best, best_text = 0.0, None
+        for p in pool:
+            f = rouge_l(t, p)
+            if f > best:
+                best, best_text = f, p
+        keep = not best > threshold
+        out.append((keep, best, best_text))
+        if keep:
+            pool.append(t)
+    return out
+
+
+@pytest.mark.parametrize("threshold", [0.7, 0.5, 0.3])
+def test_a_crowded_pool_matches_brute_force(threshold):
+    """Many texts over 14 words: postings hold many texts (the numpy path), candidates come in batches (the
+    C path), the index re-ranks its tokens several times. Decisions, the exact max of every drop and the
+    earliest text reaching it equal a brute force over all pairs."""
+    rng = random.Random(11)
+    vocab = _WORDS[:14]
+    pool = [" ".join(rng.choice(vocab) for _ in range(rng.randint(2, 12))) for _ in range(260)]
+    texts = [" ".join(rng.choice(vocab) for _ in range(rng.randint(1, 12))) for _ in range(120)]
+    idx = NoveltyIndex(pool, threshold=threshold)
+    got = [idx.add_if_novel(t) for t in texts]
+    want = _brute_mask(texts, pool, threshold)
+    assert [g.kept for g in got] == [w[0] for w in want]
+    for g, w in zip(got, want):
+        if not g.kept:
+            assert (g.max_score, g.most_similar) == (w[1], w[2])
+    assert sum(g.kept for g in got) < len(got) and (threshold < 0.5 or sum(g.kept for g in got) > 0)
+
+
+WORK_PAIRS, WORK_POOL = 9383, 350  # measured when the test was written (26% of all pairs)
+
+
+def test_the_bounds_keep_the_work_small():
+    """Work done on a fixed crowded corpus: the pairs that pass the length and prefix bounds (and so get an
+    exact LCS) are today's count. A change that prunes less makes this larger: update it only on purpose,
+    with `benchmarks/novelty.py` showing the speed."""
+    rng = random.Random(11)
+    vocab = _WORDS[:14]
+    pool = [" ".join(rng.choice(vocab) for _ in range(rng.randint(2, 12))) for _ in range(260)]
+    texts = [" ".join(rng.choice(vocab) for _ in range(rng.randint(1, 12))) for _ in range(120)]
+    idx = NoveltyIndex(pool)
+    for t in texts:
+        idx.add_if_novel(t)
+    st = idx.stats
+    assert st.checks == 120 and st.candidate_pairs == st.lcs_computed
+    assert (st.candidate_pairs, len(idx)) == (WORK_PAIRS, WORK_POOL)
+    assert st.candidate_pairs < 0.25 * 120 * len(idx)  # far fewer than all pairs
+
+
+def test_int_list_fallback_converts_texts_already_in_the_pool(monkeypatch):
+    monkeypatch.setattr(novelty, "_MAX_CHAR", 8)
+    idx = NoveltyIndex(["a b c", "a b d"])  # 4 tokens: still characters
+    assert idx._as_chars is True
+    texts = ["e f g h i j", "a b c", "a b d x", "k l m a b c", "e f g h i"]
+    got = [idx.add_if_novel(t) for t in texts]
+    assert idx._as_chars is False and all(isinstance(d.seq, list) for d in idx._docs)
+    want = _brute_mask(texts, ["a b c", "a b d"], 0.7)
+    assert [g.kept for g in got] == [w[0] for w in want]
+    assert [(g.max_score, g.most_similar) for g in got if not g.kept] == [(w[1], w[2]) for w in want if not w[0]]
+    assert not got[1].kept and got[1].most_similar == "a b c"  # a text indexed before the switch still matches

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 import re
+from functools import partial
 
 from . import text as T
 from .base import ConstraintType, compare, pick_form, plural, register, relation_words
@@ -15,23 +16,29 @@ def _relation(rng: random.Random) -> str:
     return rng.choices(list(_REL_WEIGHTS), weights=list(_REL_WEIGHTS.values()))[0]
 
 
+def _count_sample(choices: dict[str, tuple[int, ...]], rng: random.Random, instruction: str | None) -> dict:
+    rel = _relation(rng)
+    while not choices.get(rel):
+        rel = _relation(rng)
+    return {"relation": rel, "n": rng.choice(choices[rel])}
+
+
+def _count_phrase(template: str, unit: str, p: dict) -> str:
+    return template.format(rel=relation_words(p["relation"]), count=plural(int(p["n"]), unit))
+
+
+def _count_check(measure, unit: str, p: dict, response: str) -> tuple[bool, str]:
+    got = measure(response)
+    ok = compare(got, p["relation"], int(p["n"]))
+    return ok, f"{plural(got, unit)}, wanted {relation_words(p['relation'])} {p['n']}"
+
+
 def _counting(name: str, unit: str, measure, choices: dict[str, tuple[int, ...]], summary: str,
               template: str) -> ConstraintType:
-    def sample(rng: random.Random, instruction: str | None) -> dict:
-        rel = _relation(rng)
-        while not choices.get(rel):
-            rel = _relation(rng)
-        return {"relation": rel, "n": rng.choice(choices[rel])}
-
-    def phrase(p: dict) -> str:
-        return template.format(rel=relation_words(p["relation"]), count=plural(int(p["n"]), unit))
-
-    def check(p: dict, response: str) -> tuple[bool, str]:
-        got = measure(response)
-        ok = compare(got, p["relation"], int(p["n"]))
-        return ok, f"{plural(got, unit)}, wanted {relation_words(p['relation'])} {p['n']}"
-
-    return register(ConstraintType(name, summary, sample, phrase, check))
+    # plain functions bound with partial, not closures: the logic then runs (and can be tested, mutated)
+    # when a check is made, not only when the module is imported
+    return register(ConstraintType(name, summary, partial(_count_sample, choices),
+                                   partial(_count_phrase, template, unit), partial(_count_check, measure, unit)))
 
 
 _counting("word_count", "word", T.word_count,

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import random
 import re
+from functools import partial
 
 from . import text as T
 from .base import ConstraintType, compare, plural, register, relation_words
@@ -111,24 +112,22 @@ register(ConstraintType(
 
 # ---------------------------------------------------------------- case and punctuation
 
-def _case_check(want: str):
-    def check(p: dict, response: str) -> tuple[bool, str]:
-        letters = [c for c in response if c.isalpha()]
-        if not letters:
-            return False, "no letters"
-        bad = [c for c in letters if (c != c.lower() if want == "lower" else c != c.upper())]
-        return not bad, f"{len(bad)} letters not {want}case" if bad else f"all {want}case"
-    return check
+def _case_check(want: str, p: dict, response: str) -> tuple[bool, str]:
+    letters = [c for c in response if c.isalpha()]
+    if not letters:
+        return False, "no letters"
+    bad = [c for c in letters if (c != c.lower() if want == "lower" else c != c.upper())]
+    return not bad, f"{len(bad)} letters not {want}case" if bad else f"all {want}case"
 
 
 register(ConstraintType(
     "lowercase", "all lowercase letters", lambda rng, ins: {},
     lambda p: "Your entire response must be in lowercase letters; no capital letters are allowed.",
-    _case_check("lower"), conflicts=frozenset({"uppercase", "postscript"})))
+    partial(_case_check, "lower"), conflicts=frozenset({"uppercase", "postscript"})))
 register(ConstraintType(
     "uppercase", "all capital letters", lambda rng, ins: {},
     lambda p: "Your entire response must be in English capital letters only.",
-    _case_check("upper"), conflicts=frozenset({"lowercase", "json_format", "keyword_frequency"}), weight=0.6))
+    partial(_case_check, "upper"), conflicts=frozenset({"lowercase", "json_format", "keyword_frequency"}), weight=0.6))
 
 
 def _no_commas_check(p: dict, response: str) -> tuple[bool, str]:

@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import re
 
-_WORD = re.compile(r"[A-Za-z0-9\u00C0-\uFFFF]+(?:['’\-][A-Za-z0-9\u00C0-\uFFFF]+)*")
+# a letter or digit of any script (a combining accent continues a word); punctuation and symbols of any
+# script (em dash, full-width comma, arrows) separate words and are never counted as one
+_LETTER = r"(?:[^\W_]|[\u0300-\u036F])"
+_WORD = re.compile(_LETTER + r"+(?:['’\-]" + _LETTER + r"+)*")
 _SENTENCE_END = re.compile(r"(?<=[.!?])[\"'’”)\]]*\s+(?=\S)")
 _PARAGRAPH_SPLIT = re.compile(r"\n[ \t]*\n+")
 _BULLET = re.compile(r"^[ \t]*(?:[*\-•+]|\d+[.)])[ \t]+\S", re.M)

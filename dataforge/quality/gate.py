@@ -25,6 +25,7 @@ from ..errors import DataforgeError
 from ..io import RejectSink, read_records
 from ..records import Record
 from ..stage import Cli, IOConfig, SideFiles, Stage, StageContext
+from .scores import quality_rank
 
 if TYPE_CHECKING:
     from ..llm import LLM
@@ -77,10 +78,9 @@ def _reason_key(reason: str) -> str:
 
 
 def _quality(r: Record) -> float:
-    """Which record of a duplicate group survives: better status, then higher scores."""
-    s = r.scores
-    return (s.get("coherence", 0.0) + s.get("alignment", (s.get("alignment_emb", 0.0) + s.get("alignment_local", 0.0)) / 2) + s.get("format", 0.0)
-            + s.get("truncation", 0.0) - s.get("contradiction", 0.0))
+    """Which record of a duplicate group survives: better status, then higher quality (one ranking for the
+    whole tool, `dataforge.quality.scores`)."""
+    return quality_rank(r.scores)
 
 
 def _small_embedded(llm: "LLM") -> bool:

@@ -247,7 +247,8 @@ class FilterStage(Stage[FilterConfig]):
 
     async def _decide(self, checker: Any, batch: list[tuple[int, Record]]) -> list[tuple[int, Record]]:
         from .provenance import gate_meta
-        from .rules import decide
+        from .rules import decide, explained
+        from .turns import judge_turns
 
         # a record an earlier stage already rejected (e.g. evolve --keep-failed) stays rejected with its
         # own reasons: the gate neither re-judges nor "rescues" it, it only passes it through
@@ -258,8 +259,7 @@ class FilterStage(Stage[FilterConfig]):
             scored = list(await asyncio.gather(*(self.refiner.refine(sc) for sc in scored)))
         for (i, _), sc in zip(batch, scored):
             status, reasons = decide(sc.scores, self.rules, [(f"{c}:unjudged", "review") for c in sc.unjudged])
-            reasons = [f"{name}:{sc.details[name]}" if name in sc.details else reason
-                       for reason, name in ((x, x.split(":", 1)[0]) for x in reasons)]
+            reasons = explained(reasons, sc.details)
             reasons += sc.notes  # which detection found a constraint the other missed: noted, status unchanged
             meta = dict(sc.record.meta)
             if sc.domains:
@@ -268,7 +268,7 @@ class FilterStage(Stage[FilterConfig]):
             results.append((i, sc.record.model_copy(update={
                 "scores": {**sc.record.scores, **sc.scores}, "status": status,
                 "reasons": reasons, "complexity": sc.scores.get("complexity"), "meta": meta})))
-        return results
+        return await judge_turns(checker, self.rules, results)  # a conversation's later answers, each judged
 
     def finish(self, ctx: StageContext) -> dict[str, Any]:
         """Dedup over everything (the best-scored record of a group survives), high-stakes routing, outputs."""

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 STAGES = {
     "self-instruct": "dataforge.generate.self_instruct:SelfInstructStage",
     "evolve": "dataforge.generate.evolve:EvolveStage",
+    "magpie": "dataforge.generate.magpie:MagpieStage",
     "converse": "dataforge.generate.converse:ConverseStage",
     "filter": "dataforge.quality.gate:FilterStage",
     "balance": "dataforge.curate.balance:BalanceStage",

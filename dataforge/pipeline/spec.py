@@ -267,6 +267,8 @@ def parse_pipeline(text: str, where: str = "<pipeline>", path: Path | None = Non
             if key in fields and fields[key] not in (None, "record"):
                 raise DataforgeError(f"{where}:{loc.line((*base, key))}: '{key}' is set by the pipeline, "
                                      f"not per stage: {why}")
+        if "out_format" in cfg_cls.model_fields:
+            fields = {**fields, "out_format": "record"}  # stages hand Records on, whatever a command's default
         if "seed" in cfg_cls.model_fields and "seed" not in fields:
             fields = {**fields, "seed": header.seed}  # the pipeline-wide seed, unless the stage sets its own
         try:

@@ -9,7 +9,8 @@ add_constraints, converse's constraint turns) give *verifiable* pairs.
 The output is TRL's DPO format by default (``--to dpo``: conversational; ``dpo_plain``: strings), each row
 with both scores, the reason and the kind; inside a pipeline it is Records with a `preference`, which
 `dataforge train --objective dpo` reads. Instructions without a clear pair go to ``<out>.rejected.jsonl``
-with the reason. Each record's samples are seeded by ``(seed, record id, temperature, sample)`` and each
+with the reason. A pair is accepted (the ranking is what this stage decides; each side's own gate status
+and reasons are in ``meta.pairs``). Each record's samples are seeded by ``(seed, record id, temperature, sample)`` and each
 finished record is journaled: a killed run resumes, shards and Ray batches make the same pairs.
 """
 
@@ -209,12 +210,13 @@ class PairsStage(Stage[PairsConfig]):
                           rejected_temperature=rejected.temperature)
         meta = {**answer_meta(r.meta, chosen.truncated),
                 "pairs": {"candidates": entry["candidates"], "judged_by": self.judged_by,
+                          "chosen_status": chosen.status, "chosen_reasons": chosen.reasons,
                           "rejected_status": rejected.status, "rejected_reasons": rejected.reasons}}
         lineage = Lineage(parents=[r.id], root=r.lineage.root or r.id, generator="pairs", operation=p["kind"],
                           round=r.lineage.round, model=ctx.llm.model_id, template=entry["template"]["template"],
                           template_hash=entry["template"]["template_hash"], timestamp=utc_now())
         out = Record.model_validate({**r.model_dump(), "id": "", "output": chosen.text, "preference": pref.model_dump(),
-                                     "status": chosen.status, "reasons": chosen.reasons, "scores": chosen.scores,
+                                     "status": "accepted", "reasons": [], "scores": chosen.scores,
                                      "meta": meta, "lineage": lineage.model_dump()})
         ctx.out.write(out)
 

@@ -20,7 +20,6 @@ run resumes, a shard or Ray batch makes the same conversations.
 
 from __future__ import annotations
 
-import asyncio
 from collections import Counter
 from typing import TYPE_CHECKING, Annotated, Any, Iterator, Optional
 
@@ -93,31 +92,10 @@ class ConverseStage(Stage[ConverseConfig]):
         return {"rejected": side.rejected}
 
     async def process(self, records: Iterator[Record], ctx: StageContext) -> None:
-        done = {e["id"]: e for e in ctx.journal.entries}
-        sem = asyncio.Semaphore(self.cfg.max_in_flight)
-        chunk: list[Record] = []
+        from ..stage.parallel import each_record
 
-        async def one(r: Record) -> dict[str, Any]:
-            entry = done.get(r.id)
-            if entry is None:
-                async with sem:
-                    entry = await self._converse(r, ctx.llm)
-                ctx.journal.append(entry)
-                bar.advance()
-            return entry
-
-        async def flush() -> None:
-            for r, entry in zip(chunk, await asyncio.gather(*(one(r) for r in chunk))):
-                self._write(r, entry, ctx)
-            ctx.journal.sync()
-            chunk.clear()
-
-        with ctx.bar("converse", unit="conv") as bar:
-            for r in records:
-                chunk.append(r)
-                if len(chunk) >= 4 * self.cfg.max_in_flight:
-                    await flush()
-            await flush()
+        await each_record(ctx, records, lambda r: self._converse(r, ctx.llm), lambda r, e: self._write(r, e, ctx),
+                          max_in_flight=self.cfg.max_in_flight, label="converse", unit="conv")
 
     # ------------------------------------------------------------------ one conversation
     async def _converse(self, r: Record, llm: "LLM") -> dict[str, Any]:

@@ -98,32 +98,11 @@ class PairsStage(Stage[PairsConfig]):
     async def process(self, records: Iterator[Record], ctx: StageContext) -> None:
         checker = self.gate.make_checker(ctx.llm, ctx.read_again())
         self.judged_by = f"model:{self.gate.judge_model}" if checker.judge is not None else "embedding and heuristics"
-        done = {e["id"]: e for e in ctx.journal.entries}
-        sem = asyncio.Semaphore(self.cfg.max_in_flight)
-        chunk: list[Record] = []
-
-        async def one(r: Record) -> dict[str, Any]:
-            entry = done.get(r.id)
-            if entry is None:
-                async with sem:
-                    entry = await self._pair(r, ctx.llm, checker)
-                ctx.journal.append(entry)
-            bar.advance()
-            return entry
-
-        async def flush() -> None:
-            for r, entry in zip(chunk, await asyncio.gather(*(one(r) for r in chunk))):
-                self._write(r, entry, ctx)
-            ctx.journal.sync()
-            chunk.clear()
+        from ..stage.parallel import each_record
 
         try:
-            with ctx.bar("pairs", unit="rec") as bar:
-                for r in records:
-                    chunk.append(r)
-                    if len(chunk) >= 4 * self.cfg.max_in_flight:
-                        await flush()
-                await flush()
+            await each_record(ctx, records, lambda r: self._pair(r, ctx.llm, checker),
+                              lambda r, e: self._write(r, e, ctx), max_in_flight=self.cfg.max_in_flight, label="pairs")
         finally:
             await self.gate.close_judge()
 

@@ -16,23 +16,12 @@ from abc import ABC, abstractmethod
 from collections import Counter
 from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
+from ..stage.parallel import gather_or_cancel
+
 if TYPE_CHECKING:
     from ..progress import Bar
     from ..stage import StageContext, StageJournal
     from .instruction_filters import InstructionFilter
-
-
-async def gather_or_cancel(coros: list[Awaitable[Any]]) -> list[Any]:
-    """gather, but when one fails the others are cancelled before the error propagates, so nothing
-    writes to the journal after the run has stopped."""
-    tasks = [asyncio.ensure_future(c) for c in coros]
-    try:
-        return await asyncio.gather(*tasks)
-    except BaseException:
-        for t in tasks:
-            t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        raise
 
 
 class GrowingPool(ABC):

@@ -34,8 +34,8 @@ def _register(app: typer.Typer, cls: type[Stage]) -> None:
         in_help = "Optional: " + (cls.input_help or in_help)
 
     def run(
-        input_path: Path = typer.Argument(None if cls.input_optional else ..., metavar="[IN]" if cls.input_optional
-                                          else "IN", help=in_help, show_default=False),
+        input_path: Path = typer.Argument(None if cls.input_optional else ..., metavar="IN", help=in_help,
+                                          show_default=False),
         output: Path = typer.Option(..., "-o", "--output", help="Output file (written atomically); side files "
                                     "go beside it."),
         restart: bool = typer.Option(False, "--restart", help="Throw away the journal an unfinished run left "

@@ -23,6 +23,7 @@ from pydantic import Field
 
 from ..records import Lineage, Record, utc_now
 from ..stage import Cli, IOConfig, Stage, StageContext, operation
+from ..stage.config import IO_PANEL
 from .evolve_step import derive_seed
 from .instruction_filters import DEFAULT_BLACKLIST
 
@@ -69,6 +70,9 @@ class MagpieConfig(IOConfig):
     keep_rejected: Annotated[bool, Cli(panel=_M)] = Field(
         False, description="also write dropped queries (status rejected, with the reason)")
     seed: int = Field(0, description="seed of every request (derived per request)")
+    shard: Annotated[Optional[str], Cli("--shard", panel=IO_PANEL, metavar="I/N")] = Field(
+        None, description="make only shard i of n of the requests (request g goes to shard g mod n + 1) and its "
+        "share of -n, for parallel workers")
 
     def shard_spec(self) -> str | None:
         return None  # the input (a novelty pool) is read whole; --shard splits the requests

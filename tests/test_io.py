@@ -93,7 +93,7 @@ def make_input(kind: str, tmp: Path) -> tuple[Path, list[tuple[str, str, str]]]:
 
 
 INPUTS = ("selfinstruct", "alpaca-array", "alpaca-jsonl", "sharegpt", "messages", "parquet", "hf")
-OUTPUTS = ("record", "alpaca", "chat", "parquet")
+OUTPUTS = ("record", "alpaca", "chat", "sharegpt", "parquet")
 
 
 @pytest.mark.parametrize("kind", INPUTS)
@@ -113,6 +113,11 @@ def test_round_trip_every_input_to_every_output(kind, out_fmt, tmp_path):
     path, _ = make_input(kind, tmp_path)
     records = list(read_records(path))
     out = tmp_path / f"out.{'parquet' if out_fmt == 'parquet' else 'jsonl'}"
+    if out_fmt == "alpaca" and any(r.turns for r in records):  # one exchange cannot hold a conversation
+        with pytest.raises(DataforgeError, match="Alpaca holds one exchange: write chat or sharegpt"):
+            write_records(out, records, fmt=out_fmt)
+        assert not out.exists()  # refused, not half-written
+        records = [r for r in records if not r.turns]
     assert write_records(out, records, fmt=out_fmt) == len(records)
     back = list(read_records(out))
     assert len(back) == len(records)
@@ -120,9 +125,10 @@ def test_round_trip_every_input_to_every_output(kind, out_fmt, tmp_path):
         assert back == records  # every field, ids, lineage and meta included
     elif out_fmt == "alpaca":
         assert triples(back) == triples(records)
-    else:  # chat: the input is folded into the user turn, the answer is the assistant turn
+    else:  # chat, sharegpt: the input is folded into the user turn, the answer is the assistant turn
         assert [(b.instruction, b.input, b.output) for b in back] == [(r.prompt_text, "", r.output) for r in records]
         assert [b.id for b in back] == [r.id for r in records]
+        assert [b.turns for b in back] == [r.turns for r in records]  # every later turn, typed
 
 
 def test_multi_turn_conversations_survive_chat_to_chat(tmp_path):

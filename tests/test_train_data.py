@@ -141,3 +141,74 @@ def test_surrounding_whitespace_does_not_break_the_spans():
     e = PromptFormatter(tok, "chat").encode(Record(instruction="  Add the numbers \n", input=" 1 2 ", output=" 3\n"))
     assert tok.decode([i for i, f in zip(e.input_ids, e.learn) if f], skip_special_tokens=True).strip() == "3"
     assert tok.decode([i for i, s in zip(e.input_ids, e.segments) if s == SEG_INSTRUCTION]) == "Add the numbers"
+
+
+# ------------------------------------------------------------------------------------ conversations
+
+def _labelled_runs(e) -> list[list[int]]:
+    """The token ids of each maximal run of labelled positions."""
+    runs, cur = [], []
+    for tok_id, flag in zip(e.input_ids, e.learn):
+        if flag:
+            cur.append(tok_id)
+        elif cur:
+            runs.append(cur)
+            cur = []
+    return runs + ([cur] if cur else [])
+
+
+CONVO = Record(instruction="Add the numbers", input="1 2", output="The result is 3",
+               turns=[{"role": "user", "content": "Now add one more"}, {"role": "assistant", "content": "The result is 4"},
+                      {"role": "user", "content": "And one more?"}, {"role": "assistant", "content": "five"}])
+
+
+def _check_conversation_labels(fmt: PromptFormatter, ends: tuple[str, ...]) -> None:
+    e = fmt.encode(CONVO)
+    runs = [fmt.tok.decode(run) for run in _labelled_runs(e)]
+    answers = ["The result is 3", "The result is 4", "five"]
+    assert len(runs) == 3, runs
+    for run, answer in zip(runs, answers):
+        assert run.lstrip().startswith(answer) and run.lstrip()[len(answer):] in ends, (run, answer)
+    # nothing of a user or system message carries a label, and later user turns are instruction segments
+    for i, (tok_id, flag, seg) in enumerate(zip(e.input_ids, e.learn, e.segments)):
+        assert flag == (seg == SEG_RESPONSE)
+    unlabelled = fmt.tok.decode([t for t, f in zip(e.input_ids, e.learn) if not f])
+    assert "Now add one more" in unlabelled and "And one more?" in unlabelled and "The result" not in unlabelled
+    follow_ups = fmt.tok.decode([t for t, s in zip(e.input_ids, e.segments) if s == SEG_INSTRUCTION])
+    assert "Now add one more" in follow_ups and "And one more?" in follow_ups
+    b = collate([[e]], pad_id=0)
+    labelled = (b["resp_labels"][0] != IGNORE).nonzero().flatten().tolist()
+    assert labelled == [i for i, f in enumerate(e.learn) if f and i > 0]
+
+
+def test_labels_on_every_answer_of_a_conversation_and_none_on_user_turns(formatter):
+    ends = ("</s>\n", "</s>") if formatter.fmt == "chat" else ("</s>",)
+    _check_conversation_labels(formatter, ends)
+
+
+@pytest.mark.slow
+def test_labels_on_every_answer_with_smollm2s_real_chat_template():
+    from transformers import AutoTokenizer
+
+    from dataforge.train.smollm2 import smollm2_gguf_path
+
+    path = smollm2_gguf_path()
+    tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    fmt = PromptFormatter(tok, "auto", max_length=512)
+    assert fmt.fmt == "chat"
+    _check_conversation_labels(fmt, ("<|im_end|>\n",))
+    # the default system prompt SmolLM2's template adds is never labelled
+    e = fmt.encode(CONVO)
+    assert "You are a helpful AI assistant" in tok.decode([t for t, f in zip(e.input_ids, e.learn) if not f])
+
+
+def test_a_template_that_renders_a_conversation_start_differently_is_refused():
+    tok = tiny_tokenizer()
+    tok.chat_template = ("{% for m in messages %}{% if loop.last %}<|last|>{% endif %}<|{{ m['role'] }}|>\n"
+                         "{{ m['content'] }}</s>\n{% endfor %}")
+    fmt = PromptFormatter(tok, "chat", max_length=256)
+    with pytest.raises(ValueError, match="renders the start of a conversation differently"):
+        fmt.encode(CONVO)
+    assert fmt.encode(Record(instruction="Add the numbers", output="3")).learn[-1]  # one exchange needs no prefix
+    drops: dict[str, int] = {}
+    assert encode_records([CONVO], fmt, TASKS, drops) == [] and len(drops) == 1

@@ -28,9 +28,14 @@ def _recap(summary: Any) -> str:
 def _register(app: typer.Typer, cls: type[Stage]) -> None:
     uses_model = cls.needs_llm is not Stage.needs_llm
 
+    in_help = ("Input records (any supported format: Record, Self-Instruct seeds, Alpaca, chat JSONL, JSON, "
+               "Parquet, HF folder).")
+    if cls.input_optional:
+        in_help = "Optional: " + (cls.input_help or in_help)
+
     def run(
-        input_path: Path = typer.Argument(..., metavar="IN", help="Input records (any supported format: Record, "
-                                          "Self-Instruct seeds, Alpaca, chat JSONL, JSON, Parquet, HF folder)."),
+        input_path: Path = typer.Argument(None if cls.input_optional else ..., metavar="IN", help=in_help,
+                                          show_default=False),
         output: Path = typer.Option(..., "-o", "--output", help="Output file (written atomically); side files "
                                     "go beside it."),
         restart: bool = typer.Option(False, "--restart", help="Throw away the journal an unfinished run left "

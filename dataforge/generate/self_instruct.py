@@ -161,24 +161,7 @@ class SelfInstructStage(Stage[SelfInstructConfig]):
     async def _each_task(self, ctx: StageContext, what: str, done: dict[str, dict[str, Any]],
                          ask: Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]) -> None:
         """One request per pool task not yet in `done`, `max_in_flight` at a time; each answer is journaled."""
-        import asyncio
-
-        from .self_instruct_pool import gather_or_cancel
-
-        todo = [t for t in self.pool.tasks if t["task_id"] not in done]
-        sem = asyncio.Semaphore(self.cfg.max_in_flight)
-        with ctx.bar(what, total=len(self.pool.tasks), unit="task") as bar:
-            bar.advance(len(self.pool.tasks) - len(todo))
-
-            async def one(task: dict[str, Any]) -> None:
-                async with sem:
-                    entry = await ask(task)
-                ctx.journal.append(entry)
-                done[task["task_id"]] = entry
-                bar.advance()
-
-            await gather_or_cancel([one(t) for t in todo])
-        ctx.journal.sync()
+        await self.pool.each_task(ctx, what, done, ask, self.cfg.max_in_flight)
 
     def _classify_one(self) -> Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]:
         """Stage 2: a few-shot Yes/No question per task, with seed tasks as examples."""

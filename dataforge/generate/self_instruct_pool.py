@@ -1,6 +1,7 @@
 """Self-Instruct's bootstrap: the pool of new tasks and how it grows, batch by batch.
 
-Each request shows 8 in-context instructions (2 from the machine-made pool, fewer while it is small,
+The loop (batches, journal, replay, stopping rules) is `pool.GrowingPool`'s. Each request shows 8
+in-context instructions (2 from the machine-made pool, fewer while it is small,
 the rest from the human seeds), shuffled, and asks for more as a numbered list; the Alpaca variant
 shows 3 seed tasks with input and output and asks for 20 complete tasks. Candidates go through the
 filters of `instruction_filters` in request order and, if kept, join the pool (and the novelty index)
@@ -10,97 +11,37 @@ later sampling is identical and a resumed run equals an uninterrupted one.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import random
 import re
 from collections import Counter
-from typing import TYPE_CHECKING, Any, Awaitable
+from typing import TYPE_CHECKING, Any
 
 from ..llm import LLM, GenParams, LLMError
-from ..progress import Bar
 from ..prompts import RenderedPrompt, render
 from .instruction_filters import InstructionFilter, normalize_instruction
+from .pool import GrowingPool, gather_or_cancel  # noqa: F401  (gather_or_cancel: re-exported)
 from .self_instruct_parse import SeedTask, parse_alpaca_tasks, parse_numbered_list, task_id_for
 
 from .self_instruct import BOOTSTRAP_TOKENS
 
 if TYPE_CHECKING:
-    from ..stage import StageJournal
     from .self_instruct import SelfInstructConfig
 
 
 
-async def gather_or_cancel(coros: list[Awaitable[Any]]) -> list[Any]:
-    """gather, but when one fails the others are cancelled before the error propagates, so nothing
-    writes to the journal after the run has stopped."""
-    tasks = [asyncio.ensure_future(c) for c in coros]
-    try:
-        return await asyncio.gather(*tasks)
-    except BaseException:
-        for t in tasks:
-            t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        raise
-
-
-class TaskPool:
+class TaskPool(GrowingPool):
     """The new tasks so far, the filters' verdicts, and the bootstrap requests that produced them."""
 
     def __init__(self, cfg: "SelfInstructConfig", seeds: list[SeedTask], llm: LLM):
+        super().__init__(cfg.num_instructions, cfg.max_requests or 20 + 2 * cfg.num_instructions, cfg.patience,
+                         cfg.requests_per_batch)
         self.cfg, self.seeds, self.llm = cfg, seeds, llm
         self.fewshot = llm.profile == "fewshot"
         self.filter = InstructionFilter(cfg.filter_config(), seeds=[s.instruction for s in seeds])
-        self.tasks: list[dict[str, Any]] = []  # accepted new tasks, in order
-        self.rejected: list[dict[str, Any]] = []
-        self.counts: Counter[str] = Counter()  # filter decisions by reason
-        self.requests = self.request_errors = self.truncated = self.batches_done = self.empty_streak = 0
 
-    def apply_batch(self, e: dict[str, Any], live: bool = False) -> None:
-        """Bring the state to 'after batch e'. Live, the filter already put the kept tasks into the novelty
-        index; on replay they are added here, in the same order, so both end in the same state."""
-        for task in e["kept"]:
-            if not live:
-                self.filter.add_to_pool(task["instruction"])
-            self.tasks.append(task)
-        self.rejected.extend(e.get("rejected", []))
-        self.counts.update(e["counts"])
-        self.requests += e["requests"]
-        self.request_errors += e.get("errors", 0)
-        self.truncated += e.get("truncated", 0)
-        self.batches_done = e["batch"] + 1
-        self.empty_streak = 0 if e["kept"] else self.empty_streak + 1
-
-    async def grow(self, journal: "StageJournal", bar: Bar) -> str:
-        """Batches of requests until the target, the request limit or the patience is reached; why it stopped."""
-        cfg = self.cfg
-        n = cfg.num_instructions
-        max_requests = cfg.max_requests or 20 + 2 * n
-        bar.advance(len(self.tasks))
-        self._bar_status(bar)
-        while True:
-            if len(self.tasks) >= n:
-                return "reached target"
-            if self.requests >= max_requests:
-                return f"max requests ({max_requests})"
-            if self.empty_streak >= cfg.patience:
-                return f"{cfg.patience} batches in a row without a new task"
-            batch = self.batches_done
-            results = await gather_or_cancel([self._one_request(batch, r) for r in range(cfg.requests_per_batch)])
-            entry = self._filter_batch(batch, results)
-            before = len(self.tasks)
-            journal.append(entry)
-            journal.sync()
-            self.apply_batch(entry, live=True)
-            bar.advance(len(self.tasks) - before)
-            self._bar_status(bar)
-
-    def _bar_status(self, bar: Bar) -> None:
-        seen = sum(self.counts.values())
-        rate = self.counts["kept"] / seen if seen else 0.0
-        rejected = Counter({k: v for k, v in self.counts.items() if k not in ("kept", "not_needed")})
-        top = ", ".join(f"{k} {v}" for k, v in rejected.most_common(3))
-        bar.status(f"pool {len(self.seeds)}+{len(self.tasks)} · accept {rate:.0%} · {top}")
+    def _size_text(self) -> str:
+        return f"{len(self.seeds)}+{len(self.tasks)}"
 
     def _gen_params(self, batch: int, request: int) -> GenParams:
         cfg = self.cfg

@@ -1,5 +1,7 @@
-"""Record formats: how outside shapes (Self-Instruct seed tasks, Alpaca variants, chat messages) become
-Records, and how Records become Alpaca, chat or flat Parquet rows again. Pure functions, no files."""
+"""Record formats: how outside shapes (Self-Instruct seed tasks, Alpaca variants, chat messages, ShareGPT,
+TRL preference rows) become Records, and how Records become Alpaca, chat, ShareGPT, preference or flat
+Parquet rows again. Pure functions, no files. A conversation keeps every turn in `Record.turns`; a format
+that holds one exchange (Alpaca) refuses a record with later turns rather than drop them."""
 
 from __future__ import annotations
 
@@ -8,11 +10,12 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from ..records import Record
+from ..errors import DataforgeError
+from ..records import Record, Turn
 
 
-IN_FORMATS = ("auto", "record", "selfinstruct", "alpaca", "chat", "parquet", "hf")
-OUT_FORMATS = ("record", "alpaca", "chat", "parquet")
+IN_FORMATS = ("auto", "record", "selfinstruct", "alpaca", "chat", "dpo", "parquet", "hf")
+OUT_FORMATS = ("record", "alpaca", "chat", "sharegpt", "dpo", "dpo_plain", "parquet")
 RECORD_KEYS = frozenset(Record.model_fields)
 _PASSTHROUGH = tuple(k for k in Record.model_fields if k not in ("instruction", "input", "output"))
 
@@ -135,11 +138,21 @@ def _chat_messages(user: str, output: str, system: str | None) -> list[dict[str,
     return messages + [{"role": "user", "content": user}, {"role": "assistant", "content": output}]
 
 
-def from_chat(obj: dict[str, Any]) -> list[Record]:
-    """First user turn -> instruction, first assistant turn after it -> output.
+def _later_turns(turns: list[dict[str, str]]) -> list[Turn] | None:
+    """The turns after the first exchange when the conversation is one optional leading system message and
+    then user and assistant alternating (what `Record.turns` holds); None for any other shape."""
+    convo = turns[1:] if turns and turns[0]["role"] == "system" else turns
+    roles = [t["role"] for t in convo]
+    if len(roles) < 4 or len(roles) % 2 or roles != ["user", "assistant"] * (len(roles) // 2):
+        return None
+    return [Turn(role=t["role"], content=t["content"]) for t in convo[2:]]  # type: ignore[arg-type]
 
-    The whole conversation is kept in ``meta.messages`` whenever those two turns (plus one leading system
-    message, kept in ``meta.system``) do not say everything, so writing chat again loses no turn.
+
+def from_chat(obj: dict[str, Any]) -> list[Record]:
+    """First user turn -> instruction, first assistant turn after it -> output, later turns -> `turns`.
+
+    A conversation of another shape (two user messages in a row, a system message in the middle, a last
+    question without an answer) is kept whole in ``meta.messages``, so writing chat again loses no turn.
     """
     turns = _turns(obj)
     meta: dict[str, Any] = {k: v for k, v in obj.items() if k not in ("messages", "conversations", "id")}
@@ -149,16 +162,22 @@ def from_chat(obj: dict[str, Any]) -> list[Record]:
     system = next((t["content"] for t in turns if t["role"] == "system"), None)
     if system is not None:
         meta["system"] = system
-    if turns != _chat_messages(instruction, output, system):
+    later = _later_turns(turns)
+    if later is None and turns != _chat_messages(instruction, output, system):
         meta["messages"] = turns
     if "id" in obj and not isinstance(obj["id"], str):
         meta["source_id"] = obj["id"]
-    extra = {"id": obj["id"]} if isinstance(obj.get("id"), str) else {}
+    extra: dict[str, Any] = {"id": obj["id"]} if isinstance(obj.get("id"), str) else {}
+    if later:
+        extra["turns"] = later
     return from_record({"instruction": instruction, "output": output, "meta": meta,
                         "lineage": {"generator": "import"}, **extra})
 
 
-NORMALISERS = {"record": from_record, "alpaca": from_alpaca, "selfinstruct": from_seed_task, "chat": from_chat}
+from .preference import PREFERENCE_KEYS, from_dpo, to_dpo, to_dpo_plain  # noqa: E402  (uses the helpers above)
+
+NORMALISERS = {"record": from_record, "alpaca": from_alpaca, "selfinstruct": from_seed_task, "chat": from_chat,
+               "dpo": from_dpo}
 
 
 def detect_object_format(obj: Any) -> str | None:
@@ -167,6 +186,8 @@ def detect_object_format(obj: Any) -> str | None:
     keys = set(obj)
     if "instances" in keys:
         return "selfinstruct"
+    if PREFERENCE_KEYS <= keys:
+        return "dpo"
     if "messages" in keys or "conversations" in keys:
         return "chat"
     if "instruction" in keys and keys <= RECORD_KEYS:
@@ -177,27 +198,41 @@ def detect_object_format(obj: Any) -> str | None:
 
 
 def to_alpaca(r: Record) -> dict[str, Any]:
+    if r.turns:
+        raise DataforgeError(f"record {r.id} is a conversation of {r.assistant_turns} answers; Alpaca holds one "
+                             "exchange: write chat or sharegpt to keep every turn")
     return {"instruction": r.instruction, "input": r.input, "output": r.output}
 
 
 def to_chat(r: Record) -> dict[str, Any]:
-    """OpenAI/TRL `messages` (input appended to the user turn), loadable by datasets' json builder.
-
-    A conversation read from a chat file comes back whole (all turns, from ``meta.messages``) as long as
-    its first exchange was not changed since.
-    """
+    """OpenAI/TRL `messages` (input appended to the first user turn, every later turn kept), loadable by
+    datasets' json builder. A conversation of another shape read from a chat file (``meta.messages``) comes
+    back whole as long as its first exchange was not changed since."""
     kept = r.meta.get("messages")
-    if isinstance(kept, list) and not r.input:
+    if isinstance(kept, list) and not r.input and not r.turns:
         try:
             if _first_exchange(kept) == (r.instruction, r.output):
                 return {"id": r.id, "messages": [{"role": m["role"], "content": m["content"]} for m in kept]}
         except (KeyError, TypeError):
             pass  # meta.messages edited into something else: fall back to the record's own text
     system = r.meta.get("system")
-    return {"id": r.id, "messages": _chat_messages(r.prompt_text, r.output, str(system) if system else None)}
+    return {"id": r.id, "messages": r.messages(str(system) if system else None)}
 
 
-FLAT_JSON_COLUMNS = ("reasons", "scores", "lineage", "meta")
+_SHAREGPT_FROM = {"system": "system", "user": "human", "assistant": "gpt"}
+
+
+def to_sharegpt(r: Record) -> dict[str, Any]:
+    """ShareGPT `conversations` (from: system / human / gpt), every turn kept."""
+    return {"id": r.id, "conversations": [{"from": _SHAREGPT_FROM[m["role"]], "value": m["content"]}
+                                          for m in to_chat(r)["messages"]]}
+
+
+# output format -> one JSON row per record (record and parquet are written by the writer itself)
+ROW_FORMATS = {"alpaca": to_alpaca, "chat": to_chat, "sharegpt": to_sharegpt, "dpo": to_dpo, "dpo_plain": to_dpo_plain}
+
+
+FLAT_JSON_COLUMNS = ("reasons", "scores", "lineage", "meta", "turns", "preference")
 
 
 def parquet_schema():
@@ -210,7 +245,7 @@ def parquet_schema():
 
 def to_flat(r: Record) -> dict[str, Any]:
     """Parquet row: scalar columns; nested fields as JSON strings so the schema stays fixed."""
-    d = r.model_dump()
+    d = {"turns": [], "preference": None, **r.model_dump()}
     for key in FLAT_JSON_COLUMNS:
         d[key] = json.dumps(d[key], ensure_ascii=False, default=str)
     return d

@@ -15,7 +15,7 @@ from typing import IO, Any, Iterator
 from ..errors import DataforgeError
 from ..records import Record
 from .containers import _BOM, _READ_ERRORS, check_input, _open_bytes, detect_container, detect_format
-from .formats import IN_FORMATS, NORMALISERS, BadLine, detect_object_format
+from .formats import FLAT_JSON_COLUMNS, IN_FORMATS, NORMALISERS, BadLine, detect_object_format
 from .rejects import RejectSink
 
 
@@ -197,7 +197,7 @@ def _hf_rows(p: Path) -> Iterator[tuple[int, dict[str, Any]]]:
 
 def _decode_json_columns(row: dict[str, Any]) -> dict[str, Any]:
     """Parquet written by us stores nested fields as JSON strings; turn them back into objects."""
-    for key in ("lineage", "scores", "meta", "reasons"):
+    for key in FLAT_JSON_COLUMNS:
         if isinstance(row.get(key), str):
             try:
                 row[key] = json.loads(row[key])

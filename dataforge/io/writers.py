@@ -15,7 +15,7 @@ from typing import IO, Any, Iterable, Iterator
 
 from ..errors import DataforgeError
 from ..records import Record
-from .formats import OUT_FORMATS, parquet_schema, to_alpaca, to_chat, to_flat
+from .formats import OUT_FORMATS, ROW_FORMATS, parquet_schema, to_flat
 
 
 def _default_mode() -> int:
@@ -99,8 +99,7 @@ class RecordWriter:
                 if self.fmt == "record":
                     line = record.model_dump_json()
                 else:
-                    line = json.dumps(to_alpaca(record) if self.fmt == "alpaca" else to_chat(record),
-                                      ensure_ascii=False)
+                    line = json.dumps(ROW_FORMATS[self.fmt](record), ensure_ascii=False)
                 line.encode("utf-8")
             except (ValueError, UnicodeError) as exc:  # pydantic's serialisation error is a ValueError
                 raise DataforgeError(f"{self.path}: record {record.id} cannot be written as UTF-8 JSON "

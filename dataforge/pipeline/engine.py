@@ -47,6 +47,9 @@ class RunOptions:
     input: str | None = None  # replaces the YAML's input (CWD-relative)
 
 
+NO_INPUT = "no-input.jsonl"  # what a stage that needs no input (magpie) reads when the pipeline gives it none
+
+
 @dataclass
 class PlannedStage:
     item: StageItem
@@ -83,6 +86,8 @@ def plan(spec: PipelineSpec, run_dir: Path, shard: tuple[int, int] | None) -> li
             src = outputs[item.input]
         else:
             src = spec.resolve(item.input)
+        if src is None and cls.input_optional:
+            src = run_dir / item.name / NO_INPUT  # an empty file, made when it runs: a seedless generator
         if src is None:
             raise DataforgeError(f"stage {item.name!r} has no input")
         out = run_dir / item.name / cls.output_name
@@ -219,10 +224,13 @@ class Engine:
                                                "note": "global stage: merge the shards, then run without --shard"})
                 report.append((st.item.name, "stopped: needs all shards (dataforge merge, then run without --shard)"))
                 break
-            if not st.input.exists():
+            if st.stage.input_optional and st.input.name == NO_INPUT and not self.opts.dry_run:
+                st.input.parent.mkdir(parents=True, exist_ok=True)
+                st.input.touch()
+            if not st.input.exists() and not (st.stage.input_optional and st.input.name == NO_INPUT):
                 raise DataforgeError(f"stage {st.item.name!r}: input {st.input} does not exist"
                                      + (" (run the earlier stages first)" if self.opts.dry_run else ""))
-            input_hash = file_hash(st.input)
+            input_hash = file_hash(st.input) if st.input.exists() else None
             key = self.stage_key(st, input_hash)
             done, why = self.is_done(st, key)
             if done and not forced:
@@ -277,7 +285,8 @@ class Engine:
         t0 = time.perf_counter()
         try:
             stage_input, ids, keys = self._stage_input(st)
-            if not st.stage.record_parallel and stage_input.is_file() and stage_input.stat().st_size == 0:
+            if not (st.stage.record_parallel or st.stage.input_optional) and stage_input.is_file() \
+                    and stage_input.stat().st_size == 0:
                 raise DataforgeError(f"stage {st.item.name!r}: its input {stage_input} has no records (the stage "
                                      "before it kept none; its summary in manifest.json says why)")
             # a journal left by an attempt with another key (other settings or input) is not resumed
@@ -318,7 +327,7 @@ class Engine:
         beat = Heartbeat(self.manifest, entry, llm) if llm is not None else None
         try:
             result = run_stage(st.stage, stage_input, st.output, llm=llm, progress=self.opts.progress,
-                               restart=restart, empty_ok=st.stage.record_parallel)
+                               restart=restart, empty_ok=st.stage.record_parallel or st.stage.input_optional)
         finally:
             if beat is not None:
                 beat.stop()

@@ -267,6 +267,8 @@ def parse_pipeline(text: str, where: str = "<pipeline>", path: Path | None = Non
             if key in fields and fields[key] not in (None, "record"):
                 raise DataforgeError(f"{where}:{loc.line((*base, key))}: '{key}' is set by the pipeline, "
                                      f"not per stage: {why}")
+        if "out_format" in cfg_cls.model_fields:
+            fields = {**fields, "out_format": "record"}  # stages hand Records on, whatever a command's default
         if "seed" in cfg_cls.model_fields and "seed" not in fields:
             fields = {**fields, "seed": header.seed}  # the pipeline-wide seed, unless the stage sets its own
         try:
@@ -281,6 +283,6 @@ def parse_pipeline(text: str, where: str = "<pipeline>", path: Path | None = Non
     for idx, s in enumerate(items):
         if s.input is not None and s.input in names and names.index(s.input) >= idx:
             raise DataforgeError(f"{where}:{s.line}: stage {s.name!r} reads {s.input!r}, which runs later")
-    if header.input is None and items and items[0].input is None:
+    if header.input is None and items and items[0].input is None and not stage_class(items[0].kind).input_optional:
         raise DataforgeError(f"{where}:{loc.line(())}: missing required field 'input' (the first stage reads it)")
     return PipelineSpec(path, header, items, data, hashlib.sha256(text.encode("utf-8")).hexdigest()[:16])

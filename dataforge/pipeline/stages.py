@@ -20,6 +20,9 @@ if TYPE_CHECKING:
 STAGES = {
     "self-instruct": "dataforge.generate.self_instruct:SelfInstructStage",
     "evolve": "dataforge.generate.evolve:EvolveStage",
+    "magpie": "dataforge.generate.magpie:MagpieStage",
+    "converse": "dataforge.generate.converse:ConverseStage",
+    "pairs": "dataforge.generate.pairs:PairsStage",
     "filter": "dataforge.quality.gate:FilterStage",
     "balance": "dataforge.curate.balance:BalanceStage",
     "export": "dataforge.curate.export:ExportStage",

@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 from collections import Counter
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Iterator, Literal, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Iterable, Iterator, Literal, Optional
 
 from pydantic import Field
 
@@ -177,17 +177,19 @@ class FilterStage(Stage[FilterConfig]):
     def side_outputs(self, side: SideFiles) -> dict[str, Path]:
         return {} if self.cfg.single_file else {"review": side.review, "rejected": side.rejected}
 
-    async def process(self, records: Iterator[Record], ctx: StageContext) -> None:
+    def make_checker(self, llm: "LLM | None", records: Iterable[Record]) -> Any:
+        """The checks this gate runs, set up over `records` (one pass: the input's answer conventions and
+        its fixed alignment pool): the judges on the judge model, constraint extraction, self-consistency,
+        the embedder and the reference pairs. `filter` runs them on its input; `pairs` scores sampled
+        answers with them."""
         from .checks import Checker, EndingShapes, hash_pool
+        from .consistency import ConsistencySettings, SelfConsistency
         from .embed import get_embedder
         from .judges import Judge
-        from .refine import Refiner
-
-        from .consistency import ConsistencySettings, SelfConsistency
 
         cfg, rules = self.cfg, self.rules
-        llm = ctx.llm if self.needs_llm() else None
-        judge_llm, own_judge = self._judge_llm(llm) if llm is not None and rules.judges != "off" else (llm, False)
+        judge_llm, own = self._judge_llm(llm) if llm is not None and rules.judges != "off" else (llm, False)
+        self._own_judge_llm = judge_llm if own else None
         use_model = (llm is not None and rules.judges != "off"
                      and not (rules.judges == "auto" and _small_embedded(judge_llm)))
         self.judge = Judge(judge_llm, seed=cfg.seed) if use_model else None
@@ -197,24 +199,40 @@ class FilterStage(Stage[FilterConfig]):
         run_consistency = sig.enabled == "on" or (sig.enabled == "auto" and self.judge is None)
         self.consistency = SelfConsistency(llm, ConsistencySettings(sig.samples, sig.temperature, sig.max_tokens),
                                            seed=cfg.seed) if run_consistency and llm is not None else None
-
-        # first pass: the input's answer conventions, the alignment pool, the count
         shapes = EndingShapes()
 
-        def first_pass() -> Iterator[Record]:
-            for r in ctx.read_again():
+        def seen() -> Iterator[Record]:
+            for r in records:
                 shapes.add(r)
-                self.total += 1
                 yield r
 
-        pool = hash_pool(first_pass(), cfg.pool_size)
+        pool = hash_pool(seen(), cfg.pool_size)
         shapes.finish()
         reference = _load_reference(cfg)
         self.embedder = get_embedder(cfg.embedder, cfg.embed_cache)
         pool += [r.prompt_text for r in reference]
-        checker = Checker(rules, self.embedder, judge=self.judge, reference=reference, pool_prompts=pool,
-                          shapes=shapes, extractor=self.extractor, consistency=self.consistency)
-        if use_model:
+        return Checker(rules, self.embedder, judge=self.judge, reference=reference, pool_prompts=pool,
+                       shapes=shapes, extractor=self.extractor, consistency=self.consistency)
+
+    async def close_judge(self) -> None:
+        """Close a judge model of its own (--judge-model), which `make_checker` opened."""
+        if getattr(self, "_own_judge_llm", None) is not None:
+            await self._own_judge_llm.aclose()
+            self._own_judge_llm = None
+
+    async def process(self, records: Iterator[Record], ctx: StageContext) -> None:
+        from .refine import Refiner
+
+        cfg, rules = self.cfg, self.rules
+        llm = ctx.llm if self.needs_llm() else None
+
+        def first_pass() -> Iterator[Record]:
+            for r in ctx.read_again():
+                self.total += 1
+                yield r
+
+        checker = self.make_checker(llm, first_pass())
+        if self.judge is not None:
             self.refiner = Refiner(llm, checker, rules, rounds=rules.refine.rounds, seed=cfg.seed)
 
         # second pass: check, refine, decide, journal (what an earlier run decided is not done again)
@@ -242,12 +260,12 @@ class FilterStage(Stage[FilterConfig]):
             if batch:
                 await flush(batch)
             ctx.journal.sync()
-        if own_judge:
-            await judge_llm.aclose()
+        await self.close_judge()
 
     async def _decide(self, checker: Any, batch: list[tuple[int, Record]]) -> list[tuple[int, Record]]:
         from .provenance import gate_meta
-        from .rules import decide
+        from .rules import decide, explained
+        from .turns import judge_turns
 
         # a record an earlier stage already rejected (e.g. evolve --keep-failed) stays rejected with its
         # own reasons: the gate neither re-judges nor "rescues" it, it only passes it through
@@ -258,8 +276,7 @@ class FilterStage(Stage[FilterConfig]):
             scored = list(await asyncio.gather(*(self.refiner.refine(sc) for sc in scored)))
         for (i, _), sc in zip(batch, scored):
             status, reasons = decide(sc.scores, self.rules, [(f"{c}:unjudged", "review") for c in sc.unjudged])
-            reasons = [f"{name}:{sc.details[name]}" if name in sc.details else reason
-                       for reason, name in ((x, x.split(":", 1)[0]) for x in reasons)]
+            reasons = explained(reasons, sc.details)
             reasons += sc.notes  # which detection found a constraint the other missed: noted, status unchanged
             meta = dict(sc.record.meta)
             if sc.domains:
@@ -268,7 +285,7 @@ class FilterStage(Stage[FilterConfig]):
             results.append((i, sc.record.model_copy(update={
                 "scores": {**sc.record.scores, **sc.scores}, "status": status,
                 "reasons": reasons, "complexity": sc.scores.get("complexity"), "meta": meta})))
-        return results
+        return await judge_turns(checker, self.rules, results)  # a conversation's later answers, each judged
 
     def finish(self, ctx: StageContext) -> dict[str, Any]:
         """Dedup over everything (the best-scored record of a group survives), high-stakes routing, outputs."""

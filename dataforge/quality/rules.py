@@ -162,6 +162,13 @@ def decide(scores: dict[str, float], rules: GateRules, extra: list[tuple[str, Ac
     return status, reasons
 
 
+def explained(reasons: list[str], details: dict[str, str]) -> list[str]:
+    """`decide`'s reasons with each check's own finding in place of its bare score where there is one
+    ("truncation:dangling_word" rather than "truncation:0")."""
+    return [f"{name}:{details[name]}" if name in details else reason
+            for reason, name in ((x, x.split(":", 1)[0]) for x in reasons)]
+
+
 class DomainDetector:
     """High-stakes domains by whole-word keyword hits (cheap, explainable, configurable)."""
 

@@ -32,9 +32,10 @@ C = TypeVar("C", bound=StageConfig)
 class StageContext:
     """What the runner hands a stage: its input, model, journal, outputs and progress bars."""
 
-    def __init__(self, stage: str, input_path: Path, side: SideFiles, cfg: StageConfig, *, progress: bool,
+    def __init__(self, stage: str, input_path: Path | None, side: SideFiles, cfg: StageConfig, *, progress: bool,
                  llm: "LLM | None", journal: StageJournal | None, outputs: Outputs, empty_ok: bool = False):
-        self.stage, self.input, self.side, self.cfg, self.progress = stage, Path(input_path), side, cfg, progress
+        self.stage, self.side, self.cfg, self.progress = stage, side, cfg, progress
+        self.input = Path(input_path) if input_path is not None else None  # None: a stage run without input
         self._llm, self.journal, self.out, self.empty_ok = llm, journal, outputs, empty_ok
         self.read_stats = ReadStats()
         self.records_in = 0
@@ -49,7 +50,7 @@ class StageContext:
         return self._llm
 
     def _empty_input(self) -> bool:
-        return self.empty_ok and self.input.is_file() and self.input.stat().st_size == 0
+        return self.input is None or (self.empty_ok and self.input.is_file() and self.input.stat().st_size == 0)
 
     def records(self) -> Iterator[Record]:
         """The input records (format, --shard and --strict applied); bad items go to the bad-lines file.
@@ -61,7 +62,7 @@ class StageContext:
                                 self.cfg.shard_spec()):
                     self.records_in += 1
                     yield r
-        if self.records_in == 0 and not self.empty_ok:
+        if self.records_in == 0 and not self.empty_ok and self.input is not None:
             shard = self.cfg.shard_spec()
             bad = f" ({self.read_stats.bad} bad lines: {self.side.bad_lines})" if self.read_stats.bad else ""
             raise DataforgeError(f"{self.input}: no usable records" + (f" in shard {shard}" if shard else "") + bad)
@@ -93,6 +94,8 @@ class Stage(ABC, Generic[C]):
     output_is_dir: ClassVar[bool] = False
     cli: ClassVar[bool] = True  # gets a generated `dataforge <name>` command
     owns_run: ClassVar[bool] = False  # reads, resumes and writes on its own (train): `run_alone` is called
+    input_optional: ClassVar[bool] = False  # may run without an input file (a seedless generator: magpie)
+    input_help: ClassVar[str | None] = None  # what its input is, where that is not "records to work on"
 
     def __init__(self, cfg: C):
         self.cfg = cfg

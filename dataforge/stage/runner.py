@@ -52,14 +52,14 @@ def _prompt_hashes() -> dict[str, str]:
     return default_library().hashes()
 
 
-def journal_header(stage: Stage, input_path: Path, model: LLM | None) -> dict[str, Any]:
+def journal_header(stage: Stage, input_path: Path | None, model: LLM | None) -> dict[str, Any]:
     """Everything that decides the output of `stage` on `input_path` (see `journal`)."""
     cfg = stage.cfg.model_dump(mode="json")
     return {
         "stage": stage.name,
         "version": stage.version,
         "config": stage.fingerprint(),
-        "input": file_hash(input_path),
+        "input": file_hash(input_path) if input_path is not None else None,
         "side_inputs": {f: file_hash(cfg[f]) for f in stage.side_inputs if isinstance(cfg.get(f), str)},
         "model": f"{model.model_id} ({model.profile})" if model is not None else None,
         "prompts": stable_hash(_prompt_hashes()) if model is not None else None,
@@ -76,7 +76,7 @@ def _refuse_if_requests_failed(name: str, model: MeteredLLM | None, outputs: Out
                              f"(most common cause: {cause})")
 
 
-def run_stage(stage: Stage | type[Stage], input_path: str | os.PathLike, output_path: str | os.PathLike,
+def run_stage(stage: Stage | type[Stage], input_path: str | os.PathLike | None, output_path: str | os.PathLike,
               cfg: Any = None, *, llm: LLM | None = None, backend: BackendConfig | dict | None = None,
               progress: bool = True, restart: bool = False, empty_ok: bool = False) -> StageSummary:
     """Run `stage` over `input_path` into `output_path` (and its side files); returns the summary.
@@ -84,10 +84,12 @@ def run_stage(stage: Stage | type[Stage], input_path: str | os.PathLike, output_
     `llm`: a model to borrow (left open); without it the stage opens one from `backend` (a BackendConfig,
     its fields, or None for the environment) if it needs one. `restart`: drop an unfinished run's journal
     instead of resuming it. `empty_ok`: an empty input is zero records, not an error (a pipeline's empty
-    shard)."""
+    shard). `input_path` None: a stage that may run without input (`Stage.input_optional`)."""
     if not isinstance(stage, Stage):
         stage = stage(cfg if cfg is not None else stage.Config())
-    input_path, side = Path(input_path), SideFiles(output_path)
+    if input_path is None and not stage.input_optional:
+        raise DataforgeError(f"{stage.name}: needs an input file")
+    input_path, side = (Path(input_path) if input_path is not None else None), SideFiles(output_path)
     t0 = time.time()
     if stage.owns_run:
         check_input(input_path)
@@ -95,7 +97,7 @@ def run_stage(stage: Stage | type[Stage], input_path: str | os.PathLike, output_
         return StageSummary(stage=stage.name, input=str(input_path), output=str(output_path),
                             records_in=int(details.get("records_in") or 0), details=details,
                             wall_s=round(time.time() - t0, 2))
-    if not (empty_ok and input_path.is_file() and input_path.stat().st_size == 0):
+    if input_path is not None and not (empty_ok and input_path.is_file() and input_path.stat().st_size == 0):
         check_input(input_path)
     side.check_writable(*stage.side_outputs(side).values(), *(p for p, _ in stage.copies()))
     with _model(stage, llm, backend) as model:
@@ -129,7 +131,8 @@ def _summary(stage: Stage, ctx: StageContext, outputs: Outputs, model: MeteredLL
     if ctx.read_stats.bad:
         files["bad_lines"] = str(ctx.side.bad_lines)
     return StageSummary(
-        stage=stage.name, input=str(ctx.input), output=str(ctx.side.output), records_in=ctx.records_in,
+        stage=stage.name, input=str(ctx.input) if ctx.input is not None else "", output=str(ctx.side.output),
+        records_in=ctx.records_in,
         out=outputs.by_status(), files=files, bad_lines=ctx.read_stats.bad,
         bad_by_reason=dict(ctx.read_stats.reasons.most_common()), resumed=ctx.resumed,
         model=model.model_id if model is not None else None, profile=model.profile if model is not None else None,

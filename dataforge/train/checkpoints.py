@@ -21,7 +21,7 @@ from ..errors import DataforgeError
 
 CKPT_DIR = "checkpoints"
 STATE_KEYS = ("seed", "batch_size", "grad_accum", "pack", "max_length", "group_by_length", "model", "lora",
-              "lora_r", "lora_alpha", "lora_targets", "qlora", "fsdp")
+              "lora_r", "lora_alpha", "lora_targets", "qlora", "fsdp", "objective", "dpo_beta")
 
 
 def ckpt_dirs(out: Path) -> list[Path]:

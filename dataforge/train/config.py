@@ -66,6 +66,14 @@ class TrainConfig(BaseModel):
     temperature_by_kind: dict[str, float] = Field(default_factory=lambda: dict(DEFAULT_KIND_TEMPERATURES),
                                                   description="target sampling temperature per kind")
 
+    # ------------------------------------------------------------------ preference
+    objective: Literal["sft", "dpo"] = Field("sft", description="sft: learn the answers; dpo: Direct Preference "
+                                                                "Optimization on preference pairs (`dataforge pairs`)")
+    dpo_beta: float = Field(0.1, gt=0, description="DPO's beta: how far the policy may move from the reference "
+                                                   "(the starting checkpoint)")
+    dpo_sft_weight: float = Field(0.0, ge=0.0, description="weight of an SFT term (mean NLL of the chosen answers' "
+                                                           "tokens) added to the DPO loss")
+
     # ------------------------------------------------------------------ forgetting
     ewc_weight: float = Field(0.0, ge=0.0, description=">0: Elastic Weight Consolidation penalty strength")
     ewc_reference: str | None = Field(None, description="reference texts for the Fisher (JSONL records or "
@@ -143,6 +151,15 @@ class TrainConfig(BaseModel):
             raise DataforgeError("inst_repr_weight > 0 needs the instruction encoder: add --fusion")
         if self.attention_bias_complexity and not self.attention_bias:
             raise DataforgeError("attention_bias_complexity needs --attention-bias")
+        if self.objective == "dpo":
+            aux = {"task_cls_weight": self.task_cls_weight > 0, "inst_repr_weight": self.inst_repr_weight > 0,
+                   "temperature_head": self.temperature_head, "ewc_weight": self.ewc_weight > 0,
+                   "l2sp_weight": self.l2sp_weight > 0, "instruction_mask_prob": self.instruction_mask_prob > 0,
+                   "task_weighting": self.task_weighting != "none"}
+            on = [k for k, v in aux.items() if v]
+            if on:
+                raise DataforgeError(f"--objective dpo trains the DPO loss (plus --dpo-sft-weight); "
+                                     f"{', '.join(on)} belong to the SFT objective")
         bad = {k for k in self.task_kinds.values() if k not in self.temperature_by_kind}
         if bad:
             raise DataforgeError(f"task_kinds uses kinds without a temperature: {sorted(bad)}")
@@ -200,6 +217,7 @@ GROUPS: dict[str, list[str]] = {
              "include_status", "instruction_mask_prob", "instruction_mask_mode"],
     "Loss": ["lm_weight", "instruction_weight", "task_weighting", "task_cls_weight", "inst_repr_weight",
              "temperature_weight", "task_kinds", "temperature_by_kind"],
+    "Preference": ["objective", "dpo_beta", "dpo_sft_weight"],
     "Forgetting": ["ewc_weight", "ewc_reference", "ewc_samples", "l2sp_weight"],
     "Architecture": ["inst_tokens", "segment_embedding", "attention_bias", "attention_bias_complexity", "fusion",
                      "fusion_dim", "fusion_layers", "fusion_heads", "temperature_head", "reasoning_head",

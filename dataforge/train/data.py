@@ -93,27 +93,63 @@ class PromptFormatter:
             text, at = bos + user + " ", len(bos)
         return text, [(at + i0, at + i1, SEG_INSTRUCTION), (at + j0, at + j1, SEG_INPUT)]
 
-    def full_text(self, r: Record) -> tuple[str, list[tuple[int, int, int]], int]:
-        """Prompt + response text, segment spans, and the character where the response starts."""
+    def full_text(self, r: Record) -> tuple[str, list[tuple[int, int, int]], list[tuple[int, int]]]:
+        """Prompt + every answer as text, segment spans, and the character range of each answer.
+
+        An answer's range runs from its first character to where the next message starts (the end of the
+        text for the last one), so its end-of-turn tokens are learned and the next user header is not. A
+        conversation's later user turns are instruction segments."""
         user, i0, i1, j0, j1 = self._user_text(r.instruction, r.input)
-        output = r.output.strip()
+        later = [(t.role, t.content.strip()) for t in r.turns]
         if self.fmt == "chat":
-            msgs = [{"role": "user", "content": user}, {"role": "assistant", "content": output}]
-            text = self.tok.apply_chat_template(msgs, tokenize=False)
-            at = text.find(user)
-            resp = text.find(output, at + len(user)) if at >= 0 else -1
-            if at < 0 or resp < 0:
-                raise ValueError("chat template changed the message text")
+            text, user_spans, answers = self._chat_text(user, r.output.strip(), later)
+            at, later_spans = user_spans[0][0], user_spans[1:]
         else:
             bos, eos = self.tok.bos_token or "", self.tok.eos_token or ""
-            text = f"{bos}{user} {output}{eos}"
-            at, resp = len(bos), len(bos) + len(user) + 1
-        spans = [(at + i0, at + i1, SEG_INSTRUCTION), (at + j0, at + j1, SEG_INPUT)]
-        return text, spans, resp
+            text, at = f"{bos}{user} ", len(bos)
+            later_spans, answers = [], []
+            for role, content in [("assistant", r.output.strip()), *later]:
+                if role == "user":
+                    follow, f0, f1, _, _ = self._user_text(content, "")
+                    later_spans.append((len(text) + f0, len(text) + f1, SEG_INSTRUCTION))
+                    text += follow + " "
+                else:
+                    answers.append((len(text), len(text) + len(content) + len(eos)))
+                    text += content + eos
+        return text, [(at + i0, at + i1, SEG_INSTRUCTION), (at + j0, at + j1, SEG_INPUT), *later_spans], answers
+
+    def _chat_text(self, user: str, output: str, later: list[tuple[str, str]]
+                   ) -> tuple[str, list[tuple[int, int, int]], list[tuple[int, int]]]:
+        """The conversation through the chat template; every message found in the text, each answer's end
+        found by rendering the conversation up to it (a template that renders a beginning differently from
+        the whole is refused: the labels could not be placed)."""
+        msgs = [{"role": "user", "content": user}, {"role": "assistant", "content": output},
+                *({"role": role, "content": content} for role, content in later)]
+        text = self.tok.apply_chat_template(msgs, tokenize=False)
+        spans: list[tuple[int, int, int]] = []
+        answers: list[tuple[int, int]] = []
+        cursor = 0
+        for k, m in enumerate(msgs):
+            start = text.find(m["content"], cursor)
+            if start < 0:
+                raise ValueError("chat template changed the message text")
+            cursor = start + len(m["content"])
+            if m["role"] == "user":
+                spans.append((start, cursor, SEG_INSTRUCTION))
+                continue
+            end = len(text)
+            if k < len(msgs) - 1:
+                head = self.tok.apply_chat_template(msgs[: k + 1], tokenize=False)
+                if not text.startswith(head) or len(head) < cursor:
+                    raise ValueError("chat template renders the start of a conversation differently")
+                end = len(head)
+            answers.append((start, end))
+            cursor = end
+        return text, spans, answers
 
     # -- tokens -------------------------------------------------------------------------------------
     def encode(self, r: Record) -> Example:
-        text, spans, resp = self.full_text(r)
+        text, spans, answers = self.full_text(r)
         enc = self.tok(text, add_special_tokens=False, return_offsets_mapping=True)
         ids, offsets = enc["input_ids"], enc["offset_mapping"]
         segs, learn = [], []
@@ -122,7 +158,7 @@ class PromptFormatter:
             while c < b and text[c].isspace():        # a token " word" belongs where "word" belongs
                 c += 1
             c = a if c >= b else c
-            if c >= resp:
+            if any(s0 <= c < s1 for s0, s1 in answers):
                 segs.append(SEG_RESPONSE)
                 learn.append(True)
                 continue

@@ -218,8 +218,11 @@ def run_train(input_path, output_dir, cfg: TrainConfig, *, progress: bool = True
     task_names = sorted({r.task for r in train_recs if r.task})
     tasks = TaskInfo(task_names, cfg.task_kinds, cfg.temperature_by_kind)
     fmt = PromptFormatter(tokenizer, cfg.prompt_format, cfg.inst_tokens, cfg.max_length)
-    train_ex = encode_records(train_recs, fmt, tasks, drops)
-    eval_ex = encode_records(eval_recs, fmt, tasks, {})
+    dpo = None
+    if cfg.objective == "dpo":  # preference pairs instead of answers: data, plan, loss and eval from train/dpo.py
+        from . import dpo
+    train_ex = dpo.encode_pairs(train_recs, fmt, drops) if dpo else encode_records(train_recs, fmt, tasks, drops)
+    eval_ex = dpo.encode_pairs(eval_recs, fmt, {}) if dpo else encode_records(eval_recs, fmt, tasks, {})
     if not train_ex:
         raise DataforgeError(f"{input_path}: no usable training records (dropped: {drops or 'none'})")
     pad_id = next(t for t in (tokenizer.pad_token_id, tokenizer.eos_token_id, 0) if t is not None)
@@ -255,7 +258,8 @@ def run_train(input_path, output_dir, cfg: TrainConfig, *, progress: bool = True
         anchor = Anchor(imodel, fisher, cfg.ewc_weight, cfg.l2sp_weight).to(dist.device)
     counts = [sum(1 for e in train_ex if e.task_id == k) for k in range(len(task_names))]
     counts.append(sum(1 for e in train_ex if e.task_id < 0))
-    objective = Objective(imodel, cfg, len(task_names), counts, anchor).to(dist.device)
+    objective = (dpo.DPOObjective(imodel, cfg, train_ex + eval_ex, pad_id, dist.device, cfg.batch_size) if dpo
+                 else Objective(imodel, cfg, len(task_names), counts, anchor)).to(dist.device)
     objective.train()
     from .lora import param_counts
 
@@ -264,13 +268,16 @@ def run_train(input_path, output_dir, cfg: TrainConfig, *, progress: bool = True
         fsdp.shard(objective, dist)
     opt = torch.optim.AdamW(param_groups(objective, cfg), betas=(0.9, 0.95), eps=1e-8)
 
-    plan = BatchPlan(train_ex, cfg)
+    make_plan, collate_fn = (dpo.pair_plan, dpo.collate_pairs) if dpo else (BatchPlan, collate)
+    evaluate_fn = dpo.evaluate if dpo else evaluate
+    plan = make_plan(train_ex, cfg)
     per_step = cfg.grad_accum * dist.world
     steps_per_epoch = max(1, len(plan) // per_step)
     total_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * steps_per_epoch))
     warmup = max(1, round(cfg.warmup_ratio * total_steps))
-    eval_plan = BatchPlan(eval_ex, cfg, shuffle=False)
-    evalset = EvalSet.build([eval_plan.rows(i) for i in range(len(eval_plan))] if eval_ex else [], eval_recs, pad_id)
+    eval_plan = make_plan(eval_ex, cfg, shuffle=False)
+    eval_rows = [eval_plan.rows(i) for i in range(len(eval_plan))] if eval_ex else []
+    evalset = dpo.eval_set(eval_rows, pad_id) if dpo else EvalSet.build(eval_rows, eval_recs, pad_id)
 
     step, tokens_seen, resumed_from, best = 0, 0, None, BestTracker(cfg.early_stop_patience)
     ckpts = ckpt_dirs(out) if cfg.resume else []
@@ -340,7 +347,7 @@ def run_train(input_path, output_dir, cfg: TrainConfig, *, progress: bool = True
                         rng = random.Random(f"{cfg.seed}:mask:{g}")
                         rows = [[mask_instruction(e, cfg.instruction_mask_prob, cfg.instruction_mask_mode, mask_id, rng)
                                  for e in row] for row in rows]
-                    batch = _to(collate(rows, pad_id), dist.device)
+                    batch = _to(collate_fn(rows, pad_id), dist.device)
                     step_tokens += int((batch["sample_idx"] >= 0).sum())
                     sync = k == cfg.grad_accum - 1 or dist.world == 1
                     with fsdp.grad_sync(train_obj, sync, cfg.fsdp), autocast():
@@ -361,7 +368,7 @@ def run_train(input_path, output_dir, cfg: TrainConfig, *, progress: bool = True
                 tok_window += step_tokens
                 last = sums
                 if cfg.eval_every and step % cfg.eval_every == 0 and step < total_steps:
-                    evals = evaluate(objective, evalset, dist.device, autocast, dist.rank, dist.world, cfg.fsdp)
+                    evals = evaluate_fn(objective, evalset, dist.device, autocast, dist.rank, dist.world, cfg.fsdp)
                     after_eval(evals, step)
                 if dist.main and (step % cfg.log_every == 0 or step == total_steps):
                     now = time.time()
@@ -397,7 +404,7 @@ def run_train(input_path, output_dir, cfg: TrainConfig, *, progress: bool = True
     loop_s = time.time() - t_loop
 
     # -- finish -------------------------------------------------------------------------------------
-    final_eval = evaluate(objective, evalset, dist.device, autocast, dist.rank, dist.world, cfg.fsdp)
+    final_eval = evaluate_fn(objective, evalset, dist.device, autocast, dist.rank, dist.world, cfg.fsdp)
     if not best.stop:
         after_eval(final_eval, step)
     in_sync = None if cfg.fsdp else _ranks_in_sync(objective, dist)     # FSDP: every process holds other shards
@@ -412,7 +419,7 @@ def run_train(input_path, output_dir, cfg: TrainConfig, *, progress: bool = True
         **(best.summary() if final_eval else {}),
         "params": params, "world_size": dist.world, "fsdp": cfg.fsdp, "ranks_in_sync": in_sync,
         "resumed_from": resumed_from, "prompt_format": fmt.fmt, "model_dir": str(out / "model"),
-        "plain_hf": not imodel.has_mods and peft_model is None,
+        "plain_hf": not imodel.has_mods and peft_model is None, "objective": cfg.objective,
     }
     if peft_model is not None:
         summary["adapter"] = {"kind": "qlora" if cfg.qlora else "lora", "r": cfg.lora_r, "alpha": cfg.lora_alpha,

@@ -21,6 +21,7 @@ STAGES = {
     "self-instruct": "dataforge.generate.self_instruct:SelfInstructStage",
     "evolve": "dataforge.generate.evolve:EvolveStage",
     "filter": "dataforge.quality.gate:FilterStage",
+    "decontaminate": "dataforge.quality.decontaminate:DecontaminateStage",
     "balance": "dataforge.curate.balance:BalanceStage",
     "export": "dataforge.curate.export:ExportStage",
     "train": "dataforge.train.stage:TrainStage",

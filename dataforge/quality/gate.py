@@ -25,6 +25,7 @@ from ..errors import DataforgeError
 from ..io import RejectSink, read_records
 from ..records import Record
 from ..stage import Cli, IOConfig, SideFiles, Stage, StageContext
+from .decontaminate import DecontaminationOptions
 
 if TYPE_CHECKING:
     from ..llm import LLM
@@ -33,7 +34,7 @@ _RANK = {"accepted": 0, "review": 1, "rejected": 2}
 _G = "Quality gate"
 
 
-class FilterConfig(IOConfig):
+class FilterConfig(IOConfig, DecontaminationOptions):
     """Options of `dataforge filter` (rule defaults documented in default_gate.yaml)."""
 
     config: Annotated[Optional[str], Cli(panel=_G)] = Field(
@@ -133,7 +134,7 @@ class FilterStage(Stage[FilterConfig]):
     name = "filter"
     Config = FilterConfig
     output_neutral = frozenset({"single_file", "dedup", "out_format", "strict", "embed_cache"})
-    side_inputs = ("config", "reference")
+    side_inputs = ("config", "reference", "benchmarks")
 
     def __init__(self, cfg: FilterConfig):
         from .rules import load_rules
@@ -150,6 +151,7 @@ class FilterStage(Stage[FilterConfig]):
         self.decided: dict[int, Record] = {}
         self.judge = self.refiner = self.embedder = self.extractor = self.consistency = None
         self.judge_model: str | None = None
+        self.decontaminator = None
         self.total = 0
         if cfg.extract_constraints == "on" and not self.needs_llm():
             raise DataforgeError(_NO_EXTRACTOR)
@@ -186,6 +188,10 @@ class FilterStage(Stage[FilterConfig]):
         from .consistency import ConsistencySettings, SelfConsistency
 
         cfg, rules = self.cfg, self.rules
+        if cfg.benchmarks:  # before any model is asked: a contaminated record is rejected unjudged
+            from .decontaminate import Decontaminator
+
+            self.decontaminator = Decontaminator(cfg)
         llm = ctx.llm if self.needs_llm() else None
         judge_llm, own_judge = self._judge_llm(llm) if llm is not None and rules.judges != "off" else (llm, False)
         use_model = (llm is not None and rules.judges != "off"
@@ -251,6 +257,8 @@ class FilterStage(Stage[FilterConfig]):
 
         # a record an earlier stage already rejected (e.g. evolve --keep-failed) stays rejected with its
         # own reasons: the gate neither re-judges nor "rescues" it, it only passes it through
+        if self.decontaminator is not None:
+            batch = list(zip([i for i, _ in batch], self.decontaminator.check([r for _, r in batch])))
         results = [(i, r) for i, r in batch if r.status == "rejected"]
         batch = [(i, r) for i, r in batch if r.status != "rejected"]
         scored = await checker.score([r for _, r in batch]) if batch else []
@@ -301,6 +309,8 @@ class FilterStage(Stage[FilterConfig]):
                                                 "failures": self.extractor.failures}
         if self.consistency is not None:
             details["consistency"] = {"records_sampled": self.consistency.sampled, "errors": self.consistency.errors}
+        if self.decontaminator is not None:
+            details["decontamination"] = self.decontaminator.details()
         return details
 
     def _dedup(self, recs: list[Record]) -> dict[str, int]:

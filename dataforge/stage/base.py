@@ -109,6 +109,21 @@ class Stage(ABC, Generic[C]):
         """The config fields that decide the output: a journal written under others is not resumed."""
         return self.cfg.model_dump(mode="json", exclude=set(self.output_neutral))
 
+    def side_input_hashes(self) -> dict[str, Any]:
+        """Content hashes of the files `side_inputs` name (a field holds a path or a list of paths; a
+        missing file hashes to None), so other files, not only other names, mean other settings."""
+        from ..hashing import file_hash
+
+        cfg = self.cfg.model_dump(mode="json")
+        out: dict[str, Any] = {}
+        for f in self.side_inputs:
+            value = cfg.get(f)
+            if isinstance(value, str):
+                out[f] = file_hash(value)
+            elif isinstance(value, list) and value:
+                out[f] = [file_hash(p) for p in value]
+        return out
+
     def side_outputs(self, side: SideFiles) -> dict[str, Path]:
         """Statuses that go to their own file instead of the output (e.g. {"rejected": side.rejected})."""
         return {}

@@ -54,13 +54,12 @@ def _prompt_hashes() -> dict[str, str]:
 
 def journal_header(stage: Stage, input_path: Path, model: LLM | None) -> dict[str, Any]:
     """Everything that decides the output of `stage` on `input_path` (see `journal`)."""
-    cfg = stage.cfg.model_dump(mode="json")
     return {
         "stage": stage.name,
         "version": stage.version,
         "config": stage.fingerprint(),
         "input": file_hash(input_path),
-        "side_inputs": {f: file_hash(cfg[f]) for f in stage.side_inputs if isinstance(cfg.get(f), str)},
+        "side_inputs": stage.side_input_hashes(),
         "model": f"{model.model_id} ({model.profile})" if model is not None else None,
         "prompts": stable_hash(_prompt_hashes()) if model is not None else None,
     }

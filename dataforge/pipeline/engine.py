@@ -152,7 +152,7 @@ class Engine:
         ident: dict[str, Any] = {"stage": st.item.kind, "config": cfg, "input_from": st.item.input}
         if st.stage.needs_llm():
             ident["backend"] = self.backend_identity()
-        side = {f: h for f, h in st.stage.side_input_hashes().items() if h is not None}
+        side = {f: h for f, h in st.stage.side_input_hashes(st.item.config).items() if h is not None}
         if side:
             ident["side_inputs"] = side  # e.g. evolve's steer stats from a balance stage: new stats, new run
         shard = list(self.opts.shard) if st.mode in ("shard-select", "sharded") else None

@@ -4,12 +4,20 @@ Why: the runner needs to know, for every stage alike, how many requests were sen
 and why (a run where most failed and nothing came out must say so and exit non-zero), and what they
 cost. Counting here, at the one boundary every request crosses, means no stage counts for itself.
 
-Requests are counted per *operation*: by default the stage's name; a stage that wants finer figures
-wraps a step in ``with operation("answer"):`` (a context variable, so concurrent tasks keep their own).
+Requests are counted per *operation*: the name a stage gives a step with ``with operation("answer"):``
+(a context variable, so concurrent tasks keep their own), else the prompt template the request was
+rendered from (``evol_deepen``, ``answer``, ``judge_alignment``: what users recognise, with no stage
+code), else the stage's name.
+
+A `Budget` (see `budget`) is enforced here too: once the job has spent it, a new request waits until
+the requests already on their way have come back (their work gets journaled), then raises
+`BudgetReached` instead of being sent.
 """
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections import Counter
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -18,6 +26,7 @@ from typing import Any, Awaitable, Iterator
 from ..llm import LLM, Completion, GenParams, LLMError, Usage
 from ..llm.base import WrappedLLM
 from ..prompts import RenderedPrompt
+from .budget import Budget, BudgetReached
 from .summary import Tokens
 
 _OPERATION: ContextVar[str | None] = ContextVar("dataforge_operation", default=None)
@@ -55,16 +64,22 @@ def _cause(exc: BaseException) -> str:
 class MeteredLLM(WrappedLLM):
     """Delegates every call to `inner` (the backend, usually behind the request cache) and counts it."""
 
-    def __init__(self, inner: LLM, default_operation: str):
+    def __init__(self, inner: LLM, default_operation: str, budget: Budget | None = None):
         super().__init__(inner)
         self.default_operation = default_operation
+        self.budget = budget if budget is not None and budget.limited else None
+        self.stopped: str | None = None  # why the budget stopped the run
         self.by_operation: dict[str, Tokens] = {}
         self.failures: Counter[str] = Counter()
+        self.in_flight = 0
+        self._drained: asyncio.Event | None = None
+        self.request_seconds = 0.0  # summed over the requests sent (not cached), for time per request
+        self.sent = 0
 
     usage = property(lambda self: self.inner.usage)  # type: ignore[assignment]
 
     async def generate(self, prompt: RenderedPrompt, params: GenParams = GenParams()) -> Completion:
-        return await self._count(self.inner.generate(prompt, params))
+        return await self._count(self.inner.generate(prompt, params), getattr(prompt, "name", None))
 
     async def chat(self, messages: list[dict[str, str]], params: GenParams = GenParams()) -> Completion:
         return await self._count(self.inner.chat(messages, params))
@@ -75,21 +90,47 @@ class MeteredLLM(WrappedLLM):
     def describe(self) -> dict[str, Any]:
         return self.inner.describe()
 
-    async def _count(self, call: Awaitable[Completion]) -> Completion:
-        tokens = self.by_operation.setdefault(_OPERATION.get() or self.default_operation, Tokens())
+    async def _stop_if_spent(self, call: Awaitable[Completion]) -> None:
+        """Past the budget: wait for the requests on their way, then refuse this one."""
+        if self.budget is None:
+            return
+        why = self.stopped or self.budget.reached(self.tokens())
+        if why is None:
+            return
+        self.stopped = why
+        if hasattr(call, "close"):
+            call.close()  # the request coroutine was never started: close it quietly
+        if self.in_flight:
+            if self._drained is None:
+                self._drained = asyncio.Event()
+            await self._drained.wait()
+        raise BudgetReached(why)
+
+    async def _count(self, call: Awaitable[Completion], template: str | None = None) -> Completion:
+        await self._stop_if_spent(call)
+        tokens = self.by_operation.setdefault(_OPERATION.get() or template or self.default_operation, Tokens())
         tokens.requests += 1
         counter = _TALLY.get()
         if counter is not None:
             counter[0] += 1
+        self.in_flight += 1
+        t0 = time.perf_counter()
         try:
             comp = await call
         except LLMError as exc:
             tokens.failed += 1
             self.failures[_cause(exc)] += 1
             raise
+        finally:
+            self.in_flight -= 1
+            if self.in_flight == 0 and self._drained is not None:
+                self._drained.set()
         usage = comp.usage if isinstance(comp.usage, Usage) else Usage()
         if comp.cached:
             tokens.cached += 1
+        else:
+            self.request_seconds += time.perf_counter() - t0
+            self.sent += 1
         tokens.prompt += usage.prompt_tokens
         tokens.completion += usage.completion_tokens
         return comp

@@ -53,7 +53,7 @@ def test_prices_cost_and_budget_arithmetic():
     assert p.cost(t) == pytest.approx(0.30 + 0.30)
     b = Budget(prices=p, tokens=1000, spent_before=Tokens(prompt=600))
     assert b.reached(Tokens(prompt=399)) is None
-    assert "1,000 of 1,000 tokens" in b.reached(Tokens(completion=400))
+    assert b.reached(Tokens(completion=400)) == "token budget of 1,000 reached"
     assert Budget(prices=p, usd=1.0).reached(Tokens(completion=1_666_666)) is None
     assert "dollar budget" in Budget(prices=p, usd=1.0).reached(Tokens(completion=1_666_667))
     with pytest.raises(DataforgeError, match="needs prices"):
@@ -76,7 +76,7 @@ def test_a_budgeted_evolve_stops_within_one_batch_and_resumes_to_the_unbudgeted_
         # one request's worst case: its prompt plus all the completion tokens it may ask for
         biggest = max(count_tokens(prompt_of(b)) + int(b.get("max_tokens") or 0) for b in srv.requests)
 
-        assert stopped.stopped and "token budget reached" in stopped.stopped
+        assert stopped.stopped == f"token budget of {budget_tokens:,} reached"
         spent = stopped.budget["spent_tokens"]
         assert budget_tokens <= spent <= budget_tokens + CONCURRENCY * biggest  # within one batch in flight
         assert spent == stopped.tokens.total and stopped.tokens.total < full.tokens.total
@@ -188,3 +188,70 @@ def test_budget_stop_exits_3_and_a_model_free_stage_refuses_budget_options(seeds
     with pytest.raises(SystemExit) as exit_:
         main(["export", str(seeds), "-o", str(tmp_path / "e.jsonl"), "--budget-tokens", "10"])
     assert exit_.value.code == 2
+
+
+def _pipeline(tmp_path: Path, base_url: str, seeds: Path) -> Path:
+    p = tmp_path / "job.yaml"
+    p.write_text(f"""\
+name: budgeted
+input: {seeds}
+backend: {{backend: openai, base_url: {base_url}, model: test, concurrency: 2}}
+prices: {{input: 0.5, output: 1.5}}
+stages:
+  - stage: evolve
+    rounds: 2
+    keep_failed: true
+  - stage: export
+    statuses: [pending, rejected]
+""")
+    return p
+
+
+def test_a_budgeted_pipeline_stops_on_record_and_resumes_to_the_unbudgeted_result(tmp_path, capsys):
+    from dataforge.cli import main
+    from pipeline_helpers import load_jsonl, scripted_responder, small_seeds
+
+    def run(run_dir: str, *extra: str) -> int:
+        with pytest.raises(SystemExit) as exit_:
+            main(["run", str(job), "--run-dir", str(tmp_path / run_dir), "--cache", str(tmp_path / f"{run_dir}.sqlite"),
+                  *extra])
+        return exit_.value.code
+
+    seeds = small_seeds(tmp_path, 6)
+    with LoopbackServer(scripted_responder) as srv:
+        job = _pipeline(tmp_path, srv.base_url, seeds)
+        assert run("free") == 0
+        free = json.loads((tmp_path / "free" / "manifest.json").read_text())
+        used = free["totals"]["tokens"]["total"]
+        assert run("capped", "--budget-tokens", str(used // 2)) == 3
+        capped = json.loads((tmp_path / "capped" / "manifest.json").read_text())
+        assert capped["stages"]["evolve"]["status"] == "stopped-budget" and "export" not in capped["stages"]
+        assert "Re-run with a larger budget" in capsys.readouterr().err
+        assert run("capped", "--budget-tokens", str(used * 4)) == 0
+    done = json.loads((tmp_path / "capped" / "manifest.json").read_text())
+    assert done["stages"]["evolve"]["status"] == "done" and done["stages"]["export"]["status"] == "done"
+    assert load_jsonl(tmp_path / "capped" / "export" / "records.jsonl") == \
+        load_jsonl(tmp_path / "free" / "export" / "records.jsonl")
+    # the manifest sums every attempt's tokens, and prices them per operation
+    assert done["totals"]["tokens"]["total"] >= used // 2
+    t = done["totals"]
+    assert t["cost_usd"] == pytest.approx((t["tokens"]["prompt"] * 0.5 + t["tokens"]["completion"] * 1.5) / 1e6,
+                                          abs=1e-6)
+    assert set(t["cost_by_operation"]) == set(t["tokens_by_operation"]) and "answer" in t["cost_by_operation"]
+
+
+def test_pipeline_dry_run_estimates_the_model_stages_and_writes_nothing(tmp_path, capsys):
+    from dataforge.cli import main
+    from pipeline_helpers import scripted_responder, small_seeds
+
+    seeds = small_seeds(tmp_path, 6)
+    with LoopbackServer(scripted_responder) as srv:
+        job = _pipeline(tmp_path, srv.base_url, seeds)
+        with pytest.raises(SystemExit) as exit_:
+            main(["run", str(job), "--run-dir", str(tmp_path / "run"), "--cache", str(tmp_path / "c.sqlite"),
+                  "--dry-run"])
+        sent = srv.request_count
+    out = capsys.readouterr().out
+    assert exit_.value.code == 0 and sent > 0 and not (tmp_path / "run" / "manifest.json").exists()
+    assert "evolve: dry run on 4 of 6 records, 1 of 2 rounds" in out and "whole job (6 input records, x3.0)" in out
+    assert "cost" in out and "$" in out  # the YAML's prices

@@ -25,10 +25,15 @@ def _recap(summary: Any) -> str:
     return f"{summary.stage}: {summary.records_in:,} records in{bad} -> {out} in {summary.wall_s:.1f} s"
 
 
-def finish_stopped(stopped: str | None, where: str) -> None:
-    """A run its budget stopped: say so, and how to go on, and exit with status 3."""
+def finish_stopped(stopped: str | None, where: str, budget: dict[str, Any] | None = None) -> None:
+    """A run its budget stopped: say so, what the job spent, how to go on, and exit with status 3."""
     if stopped:
-        typer.secho(f"stopped: {stopped}; {where}. Re-run with a larger budget to resume.", fg="yellow", err=True)
+        spent = ""
+        if budget:
+            cost = f", ${budget['spent_usd']:,.4f}" if budget.get("spent_usd") is not None else ""
+            spent = f" (the job has used {budget['spent_tokens']:,} tokens{cost}; requests in flight were finished)"
+        typer.secho(f"stopped: {stopped}{spent}; {where}. Re-run with a larger budget to resume.", fg="yellow",
+                    err=True)
         raise typer.Exit(BUDGET_EXIT)
 
 
@@ -67,7 +72,8 @@ def _register(app: typer.Typer, cls: type[Stage]) -> None:
                             else None, restart=restart, budget=budget)
         emit_summary(summary.to_dict(), f"{cls.name} -> {output}", as_json)
         typer.echo(_recap(summary), err=True)
-        finish_stopped(summary.stopped, f"the finished work is journaled in {summary.output}.partial.jsonl")
+        finish_stopped(summary.stopped, f"the finished work is journaled in {summary.output}.partial.jsonl",
+                       summary.budget)
 
     help_text = inspect.cleandoc(cls.__doc__ or "") + ("\n\nA killed run resumes when re-run with the same command."
                                                if cls.journaled else "")

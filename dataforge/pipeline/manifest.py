@@ -150,14 +150,28 @@ class Manifest:
         write_json_atomic(self.path, scrub(self.data))
 
     def _totals(self) -> dict[str, Any]:
+        """Sums over the stages: tokens (every attempt), seconds, tokens per operation (each stage's last
+        attempt) and, when the run has prices, the cost of both."""
         tokens: Counter[str] = Counter()
         seconds = 0.0
+        by_op: dict[str, Counter[str]] = {}
         for entry in self.data.get("stages", {}).values():
-            for k, v in (entry.get("tokens") or {}).items():
+            for k, v in (entry.get("tokens_all_attempts") or entry.get("tokens") or {}).items():
                 if isinstance(v, (int, float)):
                     tokens[k] += v
             seconds += float(entry.get("seconds") or 0.0)
-        return {"tokens": dict(tokens), "seconds": round(seconds, 3)}
+            for op, t in ((entry.get("summary") or {}).get("tokens_by_operation") or {}).items():
+                by_op.setdefault(op, Counter()).update({k: v for k, v in t.items() if isinstance(v, (int, float))})
+        totals: dict[str, Any] = {"tokens": dict(tokens), "seconds": round(seconds, 3),
+                                  "tokens_by_operation": {op: dict(c) for op, c in sorted(by_op.items())}}
+        prices = self.data.get("prices")
+        if prices:
+            def cost(t: Counter[str]) -> float:
+                return round((t["prompt"] * prices["input"] + t["completion"] * prices["output"]) / 1e6, 6)
+
+            totals["cost_usd"] = cost(tokens)
+            totals["cost_by_operation"] = {op: cost(c) for op, c in sorted(by_op.items())}
+        return totals
 
 
 def environment_record() -> dict[str, Any]:

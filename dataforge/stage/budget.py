@@ -63,9 +63,9 @@ class Budget(BaseModel):
         total.add(self.spent_before)
         total.add(spent_now)
         if self.tokens is not None and total.total >= self.tokens:
-            return f"token budget reached: {total.total:,} of {self.tokens:,} tokens used"
+            return f"token budget of {self.tokens:,} reached"
         if self.usd is not None and self.prices is not None and self.prices.cost(total) >= self.usd:
-            return f"dollar budget reached: ${self.prices.cost(total):,.4f} of ${self.usd:,.4f} spent"
+            return f"dollar budget of ${self.usd:,.4f} reached"
         return None
 
     def report(self, spent_now: Tokens, stopped: str | None) -> dict[str, Any]:

@@ -187,13 +187,14 @@ def render_estimate(est: Estimate) -> list[str]:
                   f"    requests           {p.requests:>14,}",
                   f"    prompt tokens      {p.prompt_tokens:>14,}",
                   f"    completion tokens  {p.completion_tokens:>14,}",
-                  f"    wall time          {wall:>14}  ({est.parallel} request(s) in flight)",
+                  f"    request time       {wall:>14}  ({est.parallel} request(s) in flight; local work aside)",
                   f"    cost               {cost:>14}"]
         if est.records_out is not None:
             lines.append(f"    records out        {est.records_out:>14,}")
+        width = max((len(op) for op in est.by_operation), default=0)
         for op, figures in est.by_operation.items():
             c = f", ${figures['cost_usd']:,.4f}" if figures.get("cost_usd") is not None else ""
-            lines.append(f"    {op:<22} {figures['requests']:>8,} requests, {figures['total_tokens']:>10,} tokens{c}")
+            lines.append(f"    {op:<{width}} {figures['requests']:>8,} requests, {figures['total_tokens']:>10,} tokens{c}")
     lines += [f"  note: {n}" for n in est.notes]
     return lines
 

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ..io import write_json_atomic
+from ..stage.sidefiles import count_lines, side_reasons  # noqa: F401  (re-exported: the accounting uses them)
 from ..records import utc_now
 
 MANIFEST = "manifest.json"
@@ -89,31 +90,6 @@ def count_records(path: str | os.PathLike) -> dict[str, Any]:
             for reason in r.reasons:
                 by_reason[reason.split(":", 1)[0]] += 1
     return {"records": n, "by_status": dict(by_status), "by_reason": dict(by_reason)}
-
-
-def side_reasons(path: str | os.PathLike) -> dict[str, int]:
-    """Reasons in a file of set-aside items: Records (`reasons`) or bad input lines (`reason`)."""
-    c: Counter[str] = Counter()
-    with open(path, "rb") as fh:
-        for raw in fh:
-            try:
-                obj = json.loads(raw)
-            except ValueError:
-                continue
-            if not isinstance(obj, dict):
-                continue
-            reasons = obj.get("reasons") if isinstance(obj.get("reasons"), list) else [obj.get("reason")]
-            for r in reasons or ["(none)"]:
-                c[str(r or "(none)").split(":", 1)[0]] += 1
-    return dict(c)
-
-
-def count_lines(path: str | os.PathLike) -> int:
-    p = Path(path)
-    if not p.is_file():
-        return 0
-    with open(p, "rb") as fh:
-        return sum(1 for line in fh if line.strip())
 
 
 class Manifest:

@@ -255,3 +255,28 @@ def test_pipeline_dry_run_estimates_the_model_stages_and_writes_nothing(tmp_path
     assert exit_.value.code == 0 and sent > 0 and not (tmp_path / "run" / "manifest.json").exists()
     assert "evolve: dry run on 4 of 6 records, 1 of 2 rounds" in out and "whole job (6 input records, x3.0)" in out
     assert "cost" in out and "$" in out  # the YAML's prices
+
+
+def test_a_separate_judge_models_requests_are_metered_with_the_stage(tmp_path):
+    """filter --judge-model on its own server: its requests count in the summary's tokens, costs and budget."""
+    from dataforge.quality.gate import FilterConfig, run_filter
+    from dataforge.testing.loopback import last_user_message
+
+    def judge(body):
+        text = last_user_message(body)
+        return json.dumps({"score": 3}) if "Rate how complex" in text else "no" if "contradict" in text else "yes"
+
+    src = tmp_path / "in.jsonl"
+    src.write_text("".join(json.dumps({"instruction": f"Name {k} fruits that grow in cold places.",
+                                       "output": f"Apples, pears and {k} kinds of cherries grow there."}) + "\n"
+                           for k in range(2, 5)))
+    cfg = FilterConfig(judges="on", refine_rounds=0, dedup=False, judge_model="critic")
+    with LoopbackServer(lambda body: "draft", models=("writer",)) as gen, \
+            LoopbackServer(judge, models=("critic",)) as jud:
+        cfg = cfg.model_copy(update={"judge_base_url": jud.base_url})
+        s = run_filter(src, tmp_path / "out.jsonl", cfg, backend=BackendConfig(
+            backend="openai", base_url=gen.base_url, model="writer", no_cache=True), progress=False,
+            budget=Budget(prices=Prices(input=1.0, output=1.0)))
+        judged = jud.request_count
+    assert judged >= 9 and s.tokens.requests == judged  # every judge request is on the stage's meter
+    assert any(op.startswith("judge_") for op in s.tokens_by_operation) and s.cost_usd > 0

@@ -194,6 +194,8 @@ class FilterStage(Stage[FilterConfig]):
             self.decontaminator = Decontaminator(cfg)
         llm = ctx.llm if self.needs_llm() else None
         judge_llm, own_judge = self._judge_llm(llm) if llm is not None and rules.judges != "off" else (llm, False)
+        if own_judge and hasattr(llm, "also"):  # its requests count (tokens, cost, budget) like the stage's own
+            judge_llm = llm.also(judge_llm)
         use_model = (llm is not None and rules.judges != "off"
                      and not (rules.judges == "auto" and _small_embedded(judge_llm)))
         self.judge = Judge(judge_llm, seed=cfg.seed) if use_model else None

@@ -20,6 +20,7 @@ import asyncio
 import time
 from collections import Counter
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from contextvars import ContextVar
 from typing import Any, Awaitable, Iterator
 
@@ -61,20 +62,53 @@ def _cause(exc: BaseException) -> str:
     return text[:200]
 
 
+@dataclass
+class _Counts:
+    """What a stage's requests cost so far; shared by every model the stage talks to (see `also`)."""
+
+    by_operation: dict[str, Tokens] = field(default_factory=dict)
+    failures: Counter[str] = field(default_factory=Counter)
+    budget: Budget | None = None
+    stopped: str | None = None  # why the budget stopped the run
+    in_flight: int = 0
+    drained: asyncio.Event | None = None
+    request_seconds: float = 0.0  # summed over the requests sent (not cached), for time per request
+    sent: int = 0
+
+
+def _shared(name: str) -> property:
+    return property(lambda self: getattr(self._counts, name), lambda self, v: setattr(self._counts, name, v))
+
+
 class MeteredLLM(WrappedLLM):
     """Delegates every call to `inner` (the backend, usually behind the request cache) and counts it."""
 
     def __init__(self, inner: LLM, default_operation: str, budget: Budget | None = None):
         super().__init__(inner)
         self.default_operation = default_operation
-        self.budget = budget if budget is not None and budget.limited else None
-        self.stopped: str | None = None  # why the budget stopped the run
-        self.by_operation: dict[str, Tokens] = {}
-        self.failures: Counter[str] = Counter()
-        self.in_flight = 0
-        self._drained: asyncio.Event | None = None
-        self.request_seconds = 0.0  # summed over the requests sent (not cached), for time per request
-        self.sent = 0
+        self._counts = _Counts(budget=budget if budget is not None and budget.limited else None)
+
+    by_operation = _shared("by_operation")
+    failures = _shared("failures")
+    stopped = _shared("stopped")
+    in_flight = _shared("in_flight")
+    _drained = _shared("drained")
+    request_seconds = _shared("request_seconds")
+    sent = _shared("sent")
+
+    @property
+    def budget(self) -> Budget | None:
+        return self._counts.budget
+
+    @budget.setter
+    def budget(self, value: Budget | None) -> None:
+        self._counts.budget = value if value is not None and value.limited else None
+
+    def also(self, other: LLM) -> "MeteredLLM":
+        """`other` (e.g. a separate judge model) metered into the same counts and budget as this one."""
+        twin = MeteredLLM(other, self.default_operation)
+        twin._counts = self._counts
+        return twin
 
     usage = property(lambda self: self.inner.usage)  # type: ignore[assignment]
 

@@ -5,8 +5,10 @@ Every stage that talks to a model gets it from here, the same way: the stage say
 by how much the whole job is larger; the runner runs that sample for real against the configured model
 (answers are not read from the request cache, so they are real requests with real times, but they are
 stored there, so the job later reuses them); the measured requests, tokens and time per request are
-scaled to the whole job. Wall time assumes the server keeps its time per request with the job's
-requests in flight (the backend's concurrency, or the stage's own limit).
+scaled to the whole job. Wall time is bound by the requests: the projected requests times the median
+time per request, divided by the requests the job keeps in flight (the backend's concurrency, or the
+stage's own limit). It assumes the server keeps that time per request under the job's load, and leaves
+out local work (embeddings, a local judge), which matters only when requests are fast.
 """
 
 from __future__ import annotations
@@ -181,13 +183,13 @@ def render_estimate(est: Estimate) -> list[str]:
              f"{s.get('completion_tokens', 0):,} completion tokens, {s.get('wall_s', 0):.1f} s"
              + (f", {s['seconds_per_request']:.2f} s per request" if s.get("seconds_per_request") else "")]
     if est.scale is not None:
-        wall = _duration(p.wall_s) if p.wall_s is not None else "unknown (no request was timed)"
+        wall = _duration(p.wall_s) if p.wall_s is not None else "unknown"
         cost = f"${p.cost_usd:,.4f}" if p.cost_usd is not None else "no prices given (--price-in, --price-out)"
         lines += [f"  whole job ({est.input_records:,} input records, x{est.scale:,.1f}):",
                   f"    requests           {p.requests:>14,}",
                   f"    prompt tokens      {p.prompt_tokens:>14,}",
                   f"    completion tokens  {p.completion_tokens:>14,}",
-                  f"    request time       {wall:>14}  ({est.parallel} request(s) in flight; local work aside)",
+                  f"    wall time          {wall:>14}  (requests only, {est.parallel} in flight)",
                   f"    cost               {cost:>14}"]
         if est.records_out is not None:
             lines.append(f"    records out        {est.records_out:>14,}")

@@ -17,6 +17,7 @@ the requests already on their way have come back (their work gets journaled), th
 from __future__ import annotations
 
 import asyncio
+import statistics
 import time
 from collections import Counter
 from contextlib import contextmanager
@@ -72,8 +73,9 @@ class _Counts:
     stopped: str | None = None  # why the budget stopped the run
     in_flight: int = 0
     drained: asyncio.Event | None = None
-    request_seconds: float = 0.0  # summed over the requests sent (not cached), for time per request
+    request_seconds: float = 0.0  # summed over the requests sent (not cached)
     sent: int = 0
+    durations: list[float] = field(default_factory=list)  # of the requests sent (the first 100,000), for the median
 
 
 def _shared(name: str) -> property:
@@ -95,6 +97,12 @@ class MeteredLLM(WrappedLLM):
     _drained = _shared("drained")
     request_seconds = _shared("request_seconds")
     sent = _shared("sent")
+    durations = _shared("durations")
+
+    def seconds_per_request(self) -> float | None:
+        """The median time of a request sent: a request caught behind a one-off pause (a model loading in
+        this process) does not move it."""
+        return statistics.median(self.durations) if self.durations else None
 
     @property
     def budget(self) -> Budget | None:
@@ -163,8 +171,11 @@ class MeteredLLM(WrappedLLM):
         if comp.cached:
             tokens.cached += 1
         else:
-            self.request_seconds += time.perf_counter() - t0
+            took = time.perf_counter() - t0
+            self.request_seconds += took
             self.sent += 1
+            if len(self.durations) < 100_000:
+                self.durations.append(took)
         tokens.prompt += usage.prompt_tokens
         tokens.completion += usage.completion_tokens
         return comp

@@ -182,7 +182,7 @@ def _costs(model: MeteredLLM | None, budget: Budget | None, stopped: str | None)
     """Time per request, cost in all and per operation (with prices), the budget block, why it stopped."""
     out: dict[str, Any] = {"stopped": stopped}
     if model is not None and model.sent:
-        out["seconds_per_request"] = round(model.request_seconds / model.sent, 4)
+        out["seconds_per_request"] = round(model.seconds_per_request(), 4)
     if budget is not None and budget.prices is not None and model is not None:
         out["cost_usd"] = round(budget.prices.cost(model.tokens()), 6)
         out["cost_by_operation"] = {op: round(budget.prices.cost(t), 6) for op, t in model.by_operation.items()}

@@ -54,7 +54,7 @@ class StageSummary(BaseModel):
     tokens: Tokens = Field(default_factory=Tokens)
     tokens_by_operation: dict[str, Tokens] = Field(default_factory=dict)
     failures: dict[str, int] = Field(default_factory=dict, description="failed model requests by cause")
-    seconds_per_request: float | None = Field(None, description="mean time of a request sent (cache hits aside)")
+    seconds_per_request: float | None = Field(None, description="median time of a request sent (cache hits aside)")
     cost_usd: float | None = Field(None, description="what the requests cost at the prices given (None: no prices)")
     cost_by_operation: dict[str, float] = Field(default_factory=dict)
     budget: dict[str, Any] | None = Field(None, description="limits, what the job spent in all, why it stopped")

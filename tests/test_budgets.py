@@ -280,3 +280,26 @@ def test_a_separate_judge_models_requests_are_metered_with_the_stage(tmp_path):
         judged = jud.request_count
     assert judged >= 9 and s.tokens.requests == judged  # every judge request is on the stage's meter
     assert any(op.startswith("judge_") for op in s.tokens_by_operation) and s.cost_usd > 0
+
+
+def test_self_instruct_dry_run_scales_one_batch_to_the_tasks_asked_for(tmp_path):
+    """Self-instruct's sample is one bootstrap batch; the job is (tasks asked for / tasks the batch kept)
+    times larger, and the projection lands near what the whole run then uses."""
+    from test_self_instruct import responder as si_responder
+
+    from dataforge.generate.self_instruct import SelfInstructStage
+
+    seeds = tmp_path / "seeds.jsonl"
+    seeds.write_text("".join(line + "\n" for line in EXAMPLES.read_text().splitlines()[:12]))
+    cfg = SelfInstructConfig(num_instructions=12, requests_per_batch=2, max_in_flight=2)
+    with LoopbackServer(si_responder) as srv:
+        est = estimate_stage(SelfInstructStage(cfg), seeds, backend=_backend(srv, tmp_path / "dry.sqlite"))
+        sample_requests = srv.request_count
+        full = run_self_instruct(seeds, tmp_path / "full.jsonl", cfg, backend=_backend(srv, tmp_path / "f.sqlite"),
+                                 progress=False)
+    assert est.sample["requests"] == sample_requests > 0
+    assert est.scale is not None and est.scale > 1 and est.sample["records"] == 12
+    p, t = est.projected, full.tokens
+    assert p.cost_usd is None  # no prices given: no cost, never a made-up one
+    for projected, used in ((p.requests, t.requests), (p.total_tokens, t.total)):
+        assert abs(projected - used) <= 0.25 * used, (projected, used)

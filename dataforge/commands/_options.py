@@ -28,6 +28,8 @@ from ..errors import DataforgeError
 from ..stage.config import Cli
 
 BACKEND_PANEL = "Backend"
+COST_PANEL = "Cost and budget"
+BUDGET_EXIT = 3  # the exit status of a run its budget stopped (clean and resumable, but not the whole job)
 # BackendConfig field -> how it shows on the command line (extra help after the field's description)
 BACKEND_OPTIONS = {
     "backend": Cli("--backend"),
@@ -45,6 +47,26 @@ BACKEND_OPTIONS = {
     "profile": Cli("--profile", default_text="by evidence: the server's model size, then the name"),
     "keep_reasoning": Cli("--keep-reasoning"),
 }
+
+
+def cost_options(hidden: bool = False) -> dict[str, Any]:
+    """The typer options of prices, budgets and --dry-run, declared once for every model-calling command."""
+    def opt(*flags: str, help: str, kind: Any = None) -> Any:
+        return typer.Option(kind, *flags, help=help, rich_help_panel=COST_PANEL, hidden=hidden)
+
+    return {
+        "price_in": opt("--price-in", help="Dollars per million prompt tokens (for costs in the summary, the dry "
+                        "run and --budget-usd; dataforge keeps no price list)."),
+        "price_out": opt("--price-out", help="Dollars per million completion tokens."),
+        "budget_tokens": opt("--budget-tokens", help="Stop cleanly once the job has used this many tokens (all "
+                             "attempts together); what is finished is written and journaled, and a re-run with a "
+                             "larger budget resumes. Exit status 3."),
+        "budget_usd": opt("--budget-usd", help="Stop cleanly once the job has cost this many dollars (needs "
+                          "--price-in and --price-out); as --budget-tokens."),
+        "dry_run": typer.Option(False, "--dry-run", help="Run a small real sample against the model and print the "
+                                "projected requests, tokens, wall time and cost of the whole job; write nothing "
+                                "else.", rich_help_panel=COST_PANEL, hidden=hidden),
+    }
 
 
 @dataclass

@@ -7,7 +7,9 @@ from typing import Annotated, Optional
 
 import typer
 
-from ._options import config_command
+from ._options import config_command, cost_options
+
+_COST = cost_options()
 
 
 def run(
@@ -23,19 +25,37 @@ def run(
                                                  "(file or saved HF dataset folder).")] = None,
     from_stage: Annotated[Optional[str], typer.Option("--from", help="Redo this stage and everything after it, "
                                                       "even if done.")] = None,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Validate and show what would run; run nothing.")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Validate and show what would run, and for the "
+                                          "model-calling stages among it run a small real sample and print the "
+                                          "projected requests, tokens, wall time and cost; write nothing.",
+                                          rich_help_panel="Cost and budget")] = False,
+    price_in: Optional[float] = _COST["price_in"], price_out: Optional[float] = _COST["price_out"],
+    budget_tokens: Optional[int] = _COST["budget_tokens"], budget_usd: Optional[float] = _COST["budget_usd"],
     *, backend: dict,
 ) -> None:
     """Run a pipeline YAML: every stage's output in its own folder under the run directory, a manifest
     after every stage; a re-run skips what is done and redoes only what changed."""
-    from ..pipeline import RunOptions, load_pipeline, run_pipeline
+    from ..pipeline import Engine, RunOptions, load_pipeline
+    from ..pipeline.costs import estimate_pipeline, job_budget
     from ..shard import parse_shard
+    from ..stage.estimate import render_estimate
+    from .stages import finish_stopped
 
     spec = load_pipeline(pipeline)
+    budget = job_budget(spec, price_in, price_out, budget_tokens, budget_usd)
     opts = RunOptions(run_dir=run_dir, shard=parse_shard(shard), ray_address=ray, from_stage=from_stage,
-                      dry_run=dry_run, backend_overrides=backend, input=input)
-    result = run_pipeline(spec, opts)
+                      dry_run=dry_run, backend_overrides=backend, input=input, budget=budget)
+    engine = Engine(spec, opts)
+    result = engine.run()
     _print_result(result, dry_run)
+    if dry_run:
+        for est in estimate_pipeline(engine, budget):
+            typer.echo("\n".join(render_estimate(est)))
+        return
+    stopped = next((e for e in result["manifest"].get("stages", {}).values() if e.get("status") == "stopped-budget"),
+                   {})
+    finish_stopped(engine.stopped, f"the finished work is kept under {result['run_dir']} (manifest.json)",
+                   (stopped.get("summary") or {}).get("budget"))
 
 
 def _print_result(result: dict, dry_run: bool) -> None:

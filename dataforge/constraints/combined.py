@@ -85,7 +85,7 @@ register(ConstraintType(
 # ---------------------------------------------------------------- a fixed verdict
 
 OPTION_SETS = (
-    ("My answer is yes.", "My answer is no.", "My answer is maybe."),
+    ("Short answer: yes.", "Short answer: no.", "Short answer: it depends."),
     ("Yes, definitely.", "No, not at all.", "It is unclear."),
     ("Verdict: yes", "Verdict: no", "Verdict: uncertain"),
     ("True", "False"),

@@ -66,11 +66,16 @@ def _bullets_check(p: dict, response: str) -> tuple[bool, str]:
     return got == int(p["n"]), f"{plural(got, 'bullet point')}, wanted exactly {p['n']}"
 
 
+_BULLET_TEMPLATES = (
+    "Lay the answer out as exactly {count} in Markdown, one per line, each line opening with '* '.",
+    "Write exactly {count} and nothing else in list form; begin each of those Markdown lines with '* '.",
+    "Structure the reply as precisely {count} (Markdown lines that begin with '* ').",
+)
+
 register(ConstraintType(
     "bullet_count", "exact number of Markdown bullet points", _bullets_sample,
-    lambda p: f"Your answer must contain exactly {plural(int(p['n']), 'bullet point')} in Markdown, "
-              "each on its own line starting with '* '.",
-    _bullets_check))
+    lambda p: pick_form(_BULLET_TEMPLATES, p).format(count=plural(int(p["n"]), "bullet point")),
+    _bullets_check, forms=len(_BULLET_TEMPLATES)))
 
 
 def _sections_sample(rng: random.Random, instruction: str | None) -> dict:

@@ -9,7 +9,7 @@ import re
 from functools import partial
 
 from . import text as T
-from .base import ConstraintType, compare, plural, register, relation_words
+from .base import ConstraintType, compare, pick_form, plural, register, relation_words
 
 # Generic words a model uses out of habit; banning them is a real, checkable constraint.
 FILLER_WORDS = ("very", "really", "basically", "actually", "important", "simply", "thing", "good",
@@ -22,7 +22,7 @@ TASK_VERBS = frozenset("""explain describe write give list provide create genera
 following given show suggest identify compare discuss summarize summarise classify output return using
 based please need want know think""".split())
 OPENINGS = ("Here is my answer:", "Short answer:", "Let me explain.", "To put it simply,", "In brief:")
-ENDINGS = ("Is there anything else I can help with?", "Hope this helps.", "That is all.",
+ENDINGS = ("Feel free to ask if anything is unclear.", "Hope this helps.", "That is all.",
            "Let me know if you have further questions.")
 POSTSCRIPT_MARKERS = ("P.S.", "P.P.S.")
 
@@ -98,6 +98,13 @@ register(ConstraintType(
     _start_check, conflicts=frozenset({"json_format", "title", "quotation", "lowercase", "uppercase"})))
 
 
+_END_TEMPLATES = (
+    'End your response with the exact phrase "{phrase}" and write nothing after it.',
+    'Close your reply with the words "{phrase}" and add nothing after them.',
+    'The very last words of your answer must be "{phrase}"',
+)
+
+
 def _end_check(p: dict, response: str) -> tuple[bool, str]:
     ok = response.rstrip().lower().endswith(p["phrase"].lower())
     return ok, "ends with the phrase" if ok else f"ends with {response.rstrip()[-40:]!r}"
@@ -106,8 +113,8 @@ def _end_check(p: dict, response: str) -> tuple[bool, str]:
 register(ConstraintType(
     "end_with", "response ends with a fixed phrase",
     lambda rng, ins: {"phrase": rng.choice(ENDINGS)},
-    lambda p: f"Finish your response with the exact phrase \"{p['phrase']}\". No other words should follow it.",
-    _end_check, conflicts=frozenset({"json_format", "postscript", "quotation", "lowercase", "uppercase"})))
+    lambda p: pick_form(_END_TEMPLATES, p).format(phrase=p["phrase"]),
+    _end_check, forms=len(_END_TEMPLATES), conflicts=frozenset({"json_format", "postscript", "quotation", "lowercase", "uppercase"})))
 
 
 # ---------------------------------------------------------------- case and punctuation
@@ -120,10 +127,15 @@ def _case_check(want: str, p: dict, response: str) -> tuple[bool, str]:
     return not bad, f"{len(bad)} letters not {want}case" if bad else f"all {want}case"
 
 
+_LOWER_TEMPLATES = (
+    "Write the whole reply in lowercase, without a single capital letter anywhere.",
+    "Use only lowercase letters throughout your answer, even at the start of sentences.",
+    "Every letter of your response should be lowercase: not a single capital letter, even for names.",
+)
 register(ConstraintType(
     "lowercase", "all lowercase letters", lambda rng, ins: {},
-    lambda p: "Your entire response must be in lowercase letters; no capital letters are allowed.",
-    partial(_case_check, "lower"), conflicts=frozenset({"uppercase", "postscript"})))
+    lambda p: pick_form(_LOWER_TEMPLATES, p), partial(_case_check, "lower"), forms=len(_LOWER_TEMPLATES),
+    conflicts=frozenset({"uppercase", "postscript"})))
 register(ConstraintType(
     "uppercase", "all capital letters", lambda rng, ins: {},
     lambda p: "Your entire response must be in English capital letters only.",
@@ -177,6 +189,13 @@ register(ConstraintType(
 _TITLE = re.compile(r"<<[^<>\n]*\w[^<>\n]*>>")
 
 
+_TITLE_TEMPLATES = (
+    "Add a title set between << and >>, for instance <<A Short Title>>.",
+    "Put a title in your answer, enclosed in double angle brackets like <<My Title>>.",
+    "Give the response a title marked by double angle brackets, e.g. <<Title Here>>.",
+)
+
+
 def _title_check(p: dict, response: str) -> tuple[bool, str]:
     m = _TITLE.search(response)
     return bool(m), f"title {m.group(0)}" if m else "no <<title>> found"
@@ -184,8 +203,7 @@ def _title_check(p: dict, response: str) -> tuple[bool, str]:
 
 register(ConstraintType(
     "title", "a title wrapped in double angular brackets", lambda rng, ins: {},
-    lambda p: "Give your answer a title wrapped in double angular brackets, such as <<a short title>>.",
-    _title_check))
+    lambda p: pick_form(_TITLE_TEMPLATES, p), _title_check, forms=len(_TITLE_TEMPLATES)))
 
 _HIGHLIGHT = re.compile(r"\*{1,2}[^\s*\n][^*\n]*?\*{1,2}")
 
@@ -195,11 +213,22 @@ def _highlights_check(p: dict, response: str) -> tuple[bool, str]:
     return got >= int(p["n"]), f"{plural(got, 'highlighted section')}, wanted at least {p['n']}"
 
 
+_HIGHLIGHT_TEMPLATES = (
+    "Make at least {n} {parts} of the answer stand out as Markdown highlights, written *like this*.",
+    "Use Markdown to mark at least {n} {passages} of your reply as highlights, for example *a key point*.",
+    "Include at least {n} highlighted {spans} in Markdown, such as *an important phrase*.",
+)
+
+
+def _highlights_phrase(p: dict) -> str:
+    n = int(p["n"])
+    words = {w: (w[:-1] if n == 1 else w) for w in ("parts", "passages", "spans")}
+    return pick_form(_HIGHLIGHT_TEMPLATES, p).format(n=n, **words)
+
+
 register(ConstraintType(
     "highlights", "Markdown-highlighted sections", lambda rng, ins: {"n": rng.randint(1, 3)},
-    lambda p: f"Highlight at least {plural(int(p['n']), 'section')} of your answer with Markdown, "
-              "i.e. *highlighted section*.",
-    _highlights_check, weight=0.6))
+    _highlights_phrase, _highlights_check, forms=len(_HIGHLIGHT_TEMPLATES), weight=0.6))
 
 
 def _quotation_check(p: dict, response: str) -> tuple[bool, str]:

@@ -13,6 +13,7 @@ from typing import Any, Iterator, Literal
 
 from pydantic import Field
 
+from ..errors import DataforgeError
 from ..io import OUT_FORMATS
 from ..records import Record
 from ..stage import Stage, StageConfig, StageContext
@@ -28,6 +29,9 @@ class ExportConfig(StageConfig):
         default_factory=lambda: ["accepted", "pending"],
         description="which statuses are kept (pending = never judged, e.g. no filter stage)")
     require_output: bool = Field(True, description="leave out records with an empty response")
+    card: bool = Field(False, description="also write a Hugging Face dataset card, README.md, beside the export "
+                       "(in the copy's folder when `path` is set); in a pipeline it takes the run's manifest")
+    card_license: str = Field("unknown", description="the licence the card states (a Hub licence id)")
 
 
 class ExportStage(Stage[ExportConfig]):
@@ -42,6 +46,10 @@ class ExportStage(Stage[ExportConfig]):
     def __init__(self, cfg: ExportConfig):
         super().__init__(cfg)
         self.left_out: Counter[str] = Counter()
+        self.stats = None
+
+    def _card_path(self, output: Path) -> Path:
+        return (Path(self.cfg.path) if self.cfg.path else output).parent / "README.md"
 
     def copies(self) -> list[tuple[Path, str]]:
         return [(Path(self.cfg.path), self.cfg.format)] if self.cfg.path else []
@@ -54,7 +62,13 @@ class ExportStage(Stage[ExportConfig]):
         return self.cfg.model_copy(update={"path": str(p.with_name(f"{p.stem}.shard-{i}-of-{n}{p.suffix}"))})
 
     def process(self, records: Iterator[Record], ctx: StageContext) -> None:
+        from .card import RecordStats, may_overwrite
+
+        if self.cfg.card and not may_overwrite(self._card_path(ctx.side.output)):
+            raise DataforgeError(f"{self._card_path(ctx.side.output)}: a README.md that dataforge did not write is "
+                                 "there; move it, or export elsewhere (--card never overwrites it)")
         keep = set(self.cfg.statuses)
+        self.stats = RecordStats() if self.cfg.card else None
         for r in records:
             if r.status not in keep:
                 self.left_out[f"status:{r.status}"] += 1
@@ -62,10 +76,29 @@ class ExportStage(Stage[ExportConfig]):
                 self.left_out["empty_output"] += 1
             else:
                 ctx.out.write(r)
+                if self.stats is not None:
+                    self.stats.add(r)
 
     def finish(self, ctx: StageContext) -> dict[str, Any]:
+        if self.stats is not None and self.stats.n:
+            ctx.files["card"] = str(self._write_card(ctx.side.output))
         return {"left_out": dict(self.left_out), "format": self.cfg.format,
                 "path": str(Path(self.cfg.path).resolve()) if self.cfg.path else None}
+
+    def _write_card(self, output: Path) -> Path:
+        """README.md beside the export: the exported records, what the export left out, the run's manifest."""
+        from ..io import write_text_atomic
+        from .card import CardOptions, card_from
+
+        data = Path(self.cfg.path) if self.cfg.path else output
+        manifest = output.parent.parent / "manifest.json"  # a pipeline's: <run_dir>/<stage>/<output>
+        aside = {"left out by the export": {"records": sum(self.left_out.values()),
+                                            "by_reason": dict(self.left_out)}} if self.left_out else {}
+        card = card_from(self.stats, CardOptions(license=self.cfg.card_license, data_files=data.name), aside,
+                         manifest if manifest.is_file() else None)
+        path = self._card_path(output)
+        write_text_atomic(path, str(card).rstrip("\n") + "\n")
+        return path
 
 
 def run_export(input_path, output_path, cfg: ExportConfig | None = None, **kwargs: Any):

@@ -120,6 +120,7 @@ class EvolveStage(Stage[EvolveConfig]):
     version = 3  # 2: steps seeded by chain_key; 3: the runner's header (input hash instead of seed ids)
     output_neutral = frozenset({"keep_failed", "include_seeds", "max_in_flight", "out_format", "strict", "speculate"})
     side_inputs = ("steer",)
+    partial_output = True  # stopped by a budget, it writes the steps finished so far
 
     def __init__(self, cfg: EvolveConfig):
         super().__init__(cfg)
@@ -131,6 +132,17 @@ class EvolveStage(Stage[EvolveConfig]):
 
     def needs_llm(self) -> bool:
         return True
+
+    def sample_plan(self, n_input: int):
+        """A dry run evolves a few records one round; the job is records x rounds steps."""
+        from ..stage.estimate import SamplePlan
+
+        k = min(n_input, 4)
+        return SamplePlan(self.cfg.model_copy(update={"rounds": 1}), k, n_input * self.cfg.rounds / k,
+                          f"{k} of {n_input:,} records, 1 of {self.cfg.rounds} rounds")
+
+    def parallel_requests(self, n_input: int) -> int:
+        return max(1, min(self.cfg.max_in_flight, n_input * (2 if self.cfg.speculate else 1)))
 
     async def process(self, records: Iterator[Record], ctx: StageContext) -> None:
         cfg = self.cfg
@@ -242,7 +254,8 @@ class EvolveStage(Stage[EvolveConfig]):
                 t.cancel()  # only on an error is anything left running
 
     def finish(self, ctx: StageContext) -> dict[str, Any]:
-        """Deterministic output: seeds (optional), then round by round in input order."""
+        """Deterministic output: seeds (optional), then round by round in input order. Stopped early (a
+        budget), only the steps finished so far: a chain's rounds are done in order, so its first ones."""
         seen: set[str] = set()
         duplicates = 0
         if self.cfg.include_seeds:
@@ -252,7 +265,9 @@ class EvolveStage(Stage[EvolveConfig]):
                     ctx.out.write(r)
         for rnd in range(1, self.cfg.rounds + 1):
             for slot in self.slots:
-                e = self.entries[(rnd, slot.index)]
+                e = self.entries.get((rnd, slot.index)) if ctx.stopped else self.entries[(rnd, slot.index)]
+                if e is None:
+                    continue
                 if e["reason"] is not None and not self.cfg.keep_failed:
                     continue
                 rec = Record.model_validate(e["record"])
@@ -261,7 +276,10 @@ class EvolveStage(Stage[EvolveConfig]):
                     continue
                 seen.add(rec.id)
                 ctx.out.write(rec)
-        return self._details(duplicates)
+        details = self._details(duplicates)
+        if ctx.stopped:
+            details["steps_not_done"] = len(self.slots) * self.cfg.rounds - len(self.entries)
+        return details
 
     def _details(self, duplicates: int) -> dict[str, Any]:
         per_round: dict[str, dict[str, int]] = {}
@@ -278,7 +296,7 @@ class EvolveStage(Stage[EvolveConfig]):
                 reasons[e["reason"]] += 1
         tried = sum(c["tried"] for c in per_op.values())
         survived = sum(c["survived"] for c in per_op.values())
-        wall = time.time() - self.t0
+        wall = time.time() - getattr(self, "t0", time.time())
         return {
             "rounds": per_round,
             "operations": {op: {"tried": c["tried"], "survived": c["survived"],

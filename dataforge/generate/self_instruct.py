@@ -125,6 +125,7 @@ class SelfInstructStage(Stage[SelfInstructConfig]):
     # a larger -n (or request limit, or patience) resumes the same pool: they only say when to stop
     output_neutral = frozenset({"max_in_flight", "out_format", "strict", "include_seeds", "num_instructions",
                                 "max_requests", "patience"})
+    partial_output = True  # stopped by a budget, it writes the tasks whose every step is done
 
     def __init__(self, cfg: SelfInstructConfig):
         super().__init__(cfg)
@@ -138,6 +139,22 @@ class SelfInstructStage(Stage[SelfInstructConfig]):
 
     def needs_llm(self) -> bool:
         return True
+
+    def sample_plan(self, n_input: int):
+        """A dry run does one bootstrap batch over all the seeds (and the classification and instances of
+        what it kept); the job is -n / (tasks the batch kept) times larger."""
+        from ..stage.estimate import SamplePlan
+
+        cfg = self.cfg.model_copy(update={"max_requests": self.cfg.requests_per_batch, "keep_rejected": False})
+        return SamplePlan(cfg, n_input, None, f"one bootstrap batch of {self.cfg.requests_per_batch} requests "
+                          f"(the job: {self.cfg.num_instructions:,} new tasks)")
+
+    def sample_scale(self, summary: Any, n_input: int) -> float | None:
+        made = int(summary.details.get("new_tasks") or 0)
+        return self.cfg.num_instructions / made if made else None
+
+    def parallel_requests(self, n_input: int) -> int:
+        return max(1, min(self.cfg.max_in_flight, self.cfg.num_instructions))
 
     async def process(self, records: Iterator[Record], ctx: StageContext) -> None:
         from .self_instruct_pool import TaskPool
@@ -245,15 +262,21 @@ class SelfInstructStage(Stage[SelfInstructConfig]):
                        lineage=Lineage(operation="bootstrap", history=history, **lineage))
                 for n, i in enumerate(inst["instances"])]
 
+    def _complete(self, task: dict[str, Any]) -> bool:
+        return self.cfg.variant == "alpaca" or (task["task_id"] in self.classes and task["task_id"] in self.instances)
+
     def finish(self, ctx: StageContext) -> dict[str, Any]:
         """One record per instance, in pool order (seeds first with --include-seeds, rejected candidates
-        last with --keep-rejected)."""
+        last with --keep-rejected). Stopped early (a budget): the tasks whose every step is done."""
         model = ctx.llm.model_id
         written: Counter[str] = Counter()
         if self.cfg.include_seeds:
             for r in self.seed_records:
                 ctx.out.write(r)
         for task in self.pool.tasks:
+            if ctx.stopped and not self._complete(task):
+                written["tasks_not_done"] += 1
+                continue
             recs = self._records_for(task, model)
             for r in recs:
                 ctx.out.write(r)
@@ -275,6 +298,7 @@ class SelfInstructStage(Stage[SelfInstructConfig]):
             "candidates": seen, "acceptance_rate": round(pool.counts["kept"] / seen, 4) if seen else 0.0,
             "rejected_by_reason": {k: v for k, v in sorted(pool.counts.items()) if k not in ("kept", "not_needed")},
             "tasks_written": written["tasks"], "tasks_without_instances": written["tasks_without_instances"],
+            "tasks_not_done": written["tasks_not_done"],
             "resumed_by_kind": dict(self.resumed),
         }
         if self.cfg.variant == "self_instruct":

@@ -127,6 +127,7 @@ class CachedLLM(WrappedLLM):
         # where the answers come from: the server (host, never credentials) or e.g. the GGUF file
         self.host = server_host(base_url) or getattr(inner, "cache_identity", "")
         self._inflight: dict[str, asyncio.Future] = {}
+        self.read = True  # False: send every request (a measurement, e.g. a dry run) but still store answers
 
     def __getstate__(self) -> dict[str, Any]:  # in-flight futures belong to this process's event loop
         return {**self.__dict__, "_inflight": {}}
@@ -140,7 +141,7 @@ class CachedLLM(WrappedLLM):
             await resolve()
         key, material = request_key(self.inner.backend, self.inner.model, self.host, kind, payload, params)
         loop = asyncio.get_running_loop()
-        while True:
+        while self.read:
             hit = self.cache.get(key)
             if hit is not None:
                 self.usage.cached += 1

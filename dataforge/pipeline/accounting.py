@@ -39,11 +39,12 @@ def file_counts(stage_input: Path, output: Path, output_is_dir: bool) -> dict[st
 
 
 def earlier_attempt_tokens(old: dict[str, Any], key: dict[str, Any]) -> dict[str, int]:
-    """Tokens an interrupted attempt of this same stage (same key) spent."""
-    if old.get("status") not in ("running", "failed") or old.get("key") != key:
+    """Tokens interrupted or budget-stopped attempts of this same stage (same key) spent."""
+    if old.get("status") not in ("running", "failed", "stopped-budget") or old.get("key") != key:
         return {}
     total: dict[str, int] = dict(old.get("tokens_earlier_attempts") or {})
-    for k, v in (old.get("tokens_so_far") or {}).items():
+    last = old.get("tokens") if old.get("status") == "stopped-budget" else old.get("tokens_so_far")
+    for k, v in (last or {}).items():
         total[k] = total.get(k, 0) + v
     return total
 

@@ -24,8 +24,10 @@ from ..progress import console
 from ..records import utc_now
 from ..shard import shard_of
 from ..stage import SideFiles, Stage, run_stage
+from ..stage.budget import Budget
 from . import order
 from .accounting import Heartbeat, add_tokens, earlier_attempt_tokens, file_counts
+from .costs import stage_budget
 from .lock import RunLock
 from .manifest import Manifest, environment_record, prompt_hashes, scrub
 from .spec import PipelineSpec, RaySettings, StageItem
@@ -45,6 +47,7 @@ class RunOptions:
     progress: bool = True
     backend_overrides: dict[str, Any] = field(default_factory=dict)
     input: str | None = None  # replaces the YAML's input (CWD-relative)
+    budget: Budget | None = None  # prices and the job's limits (see pipeline/costs.py)
 
 
 NO_INPUT = "no-input.jsonl"  # what a stage that needs no input (magpie) reads when the pipeline gives it none
@@ -123,6 +126,8 @@ class Engine:
         self.manifest = Manifest.load(self.run_dir)
         self._backend_cfg = None
         self._prompt_hashes: dict[str, str] | None = None
+        self.last_plan: list[tuple[str, str]] = []  # what the last run() did or would do, per stage
+        self.stopped: str | None = None  # why a budget stopped the run
         if self.opts.from_stage:
             spec.stage(self.opts.from_stage)  # a clear error for a typo
 
@@ -157,8 +162,7 @@ class Engine:
         ident: dict[str, Any] = {"stage": st.item.kind, "config": cfg, "input_from": st.item.input}
         if st.stage.needs_llm():
             ident["backend"] = self.backend_identity()
-        side = {f: file_hash(cfg[f]) for f in st.stage.side_inputs
-                if isinstance(cfg.get(f), str) and Path(cfg[f]).is_file()}
+        side = {f: h for f, h in st.stage.side_input_hashes(st.item.config).items() if h is not None}
         if side:
             ident["side_inputs"] = side  # e.g. evolve's steer stats from a balance stage: new stats, new run
         shard = list(self.opts.shard) if st.mode in ("shard-select", "sharded") else None
@@ -214,8 +218,11 @@ class Engine:
             m.data["prompts"] = self.prompts()
         ray = self.ray_settings()
         m.data["ray"] = ray.model_dump(mode="json") if ray else None
+        budget = self.opts.budget
+        m.data["prices"] = budget.prices.model_dump() if budget is not None and budget.prices is not None else None
         forced = False
         report: list[tuple[str, str]] = []
+        self.last_plan = report
         for st in self.stages:
             if self.opts.from_stage == st.item.name:
                 forced = True
@@ -247,7 +254,10 @@ class Engine:
                     report.append((later.item.name, "run if its input changes" if known and not forced
                                    else "run (after the stages before it)"))
                 break
-            self._run_stage(st, key, why)
+            self.stopped = self._run_stage(st, key, why)
+            if self.stopped:
+                report.append((st.item.name, f"stopped ({self.stopped})"))
+                break
             report.append((st.item.name, f"ran ({why})"))
         if not self.opts.dry_run:
             m.data.setdefault("runs", []).append({"finished": utc_now(), "actions": dict(report),
@@ -266,7 +276,8 @@ class Engine:
 
         return make_llm(self.backend_config())
 
-    def _run_stage(self, st: PlannedStage, key: dict[str, Any], why: str) -> None:
+    def _run_stage(self, st: PlannedStage, key: dict[str, Any], why: str) -> str | None:
+        """Run one stage and record it; returns why a budget stopped it (None: it finished)."""
         m = self.manifest
         st.dir.mkdir(parents=True, exist_ok=True)
         if self.run_dir.resolve() in st.input.resolve().parents:
@@ -291,6 +302,8 @@ class Engine:
                                      "before it kept none; its summary in manifest.json says why)")
             # a journal left by an attempt with another key (other settings or input) is not resumed
             summary = self._execute(st, stage_input, entry, restart=old.get("key") != key)
+            if summary.get("stopped"):
+                return self._stopped(st, entry, summary, earlier, t0)
             if st.stage.record_parallel:
                 shard = list(self.opts.shard) if st.mode in ("shard-select", "sharded") else None
                 entry["order"] = order.canonicalize(st.output, ids, keys, shard=shard, stage=st.item.name)
@@ -313,12 +326,31 @@ class Engine:
             c = entry.get("counts", {})
             console.print(f"[green]{st.item.name}[/green]: {c.get('in', '?')} in -> {c.get('out', '?')} out "
                           f"in {entry['seconds']:.1f}s")
+        return None
+
+    def _stopped(self, st: PlannedStage, entry: dict[str, Any], summary: dict[str, Any], earlier: dict[str, int],
+                 t0: float) -> str:
+        """A stage its budget stopped: on record as such (not done), its spending kept for the budget."""
+        tokens = summary.get("tokens") or {}
+        entry.update({"status": "stopped-budget", "stopped": summary["stopped"], "summary": scrub(summary),
+                      "tokens": tokens, "finished": utc_now(), "seconds": round(time.perf_counter() - t0, 3)})
+        if earlier:
+            entry["tokens_all_attempts"] = add_tokens(tokens, earlier)
+        self.manifest.save()
+        if self.opts.progress:
+            console.print(f"[yellow]{st.item.name}[/yellow]: stopped ({summary['stopped']})")
+        return str(summary["stopped"])
 
     def _execute(self, st: PlannedStage, stage_input: Path, entry: dict[str, Any], *, restart: bool) -> dict[str, Any]:
         """Run the stage with the executor that fits: Ray batches, or `run_stage` here with the job's model."""
         ray = self.ray_settings()
+        budget = stage_budget(self.opts.budget, self.manifest, st.item.name) if st.stage.needs_llm() else None
         if ray is not None and st.stage.can_fan_out():
             from .ray_executor import run_stage_on_ray
+
+            if budget is not None and budget.limited:
+                raise DataforgeError("a token or dollar budget is not enforced on Ray workers yet: run without "
+                                     "--ray, or without a budget")
 
             summary = run_stage_on_ray(st.stage, stage_input, st.output, self.backend_config(), ray,
                                        progress=self.opts.progress)
@@ -327,7 +359,8 @@ class Engine:
         beat = Heartbeat(self.manifest, entry, llm) if llm is not None else None
         try:
             result = run_stage(st.stage, stage_input, st.output, llm=llm, progress=self.opts.progress,
-                               restart=restart, empty_ok=st.stage.record_parallel or st.stage.input_optional)
+                               restart=restart, empty_ok=st.stage.record_parallel or st.stage.input_optional,
+                               budget=budget)
         finally:
             if beat is not None:
                 beat.stop()

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ..io import write_json_atomic
+from ..stage.sidefiles import count_lines, side_reasons  # noqa: F401  (re-exported: the accounting uses them)
 from ..records import utc_now
 
 MANIFEST = "manifest.json"
@@ -91,31 +92,6 @@ def count_records(path: str | os.PathLike) -> dict[str, Any]:
     return {"records": n, "by_status": dict(by_status), "by_reason": dict(by_reason)}
 
 
-def side_reasons(path: str | os.PathLike) -> dict[str, int]:
-    """Reasons in a file of set-aside items: Records (`reasons`) or bad input lines (`reason`)."""
-    c: Counter[str] = Counter()
-    with open(path, "rb") as fh:
-        for raw in fh:
-            try:
-                obj = json.loads(raw)
-            except ValueError:
-                continue
-            if not isinstance(obj, dict):
-                continue
-            reasons = obj.get("reasons") if isinstance(obj.get("reasons"), list) else [obj.get("reason")]
-            for r in reasons or ["(none)"]:
-                c[str(r or "(none)").split(":", 1)[0]] += 1
-    return dict(c)
-
-
-def count_lines(path: str | os.PathLike) -> int:
-    p = Path(path)
-    if not p.is_file():
-        return 0
-    with open(p, "rb") as fh:
-        return sum(1 for line in fh if line.strip())
-
-
 class Manifest:
     """The manifest as a dict with helpers; `save()` writes it atomically."""
 
@@ -150,14 +126,28 @@ class Manifest:
         write_json_atomic(self.path, scrub(self.data))
 
     def _totals(self) -> dict[str, Any]:
+        """Sums over the stages: tokens (every attempt), seconds, tokens per operation (each stage's last
+        attempt) and, when the run has prices, the cost of both."""
         tokens: Counter[str] = Counter()
         seconds = 0.0
+        by_op: dict[str, Counter[str]] = {}
         for entry in self.data.get("stages", {}).values():
-            for k, v in (entry.get("tokens") or {}).items():
+            for k, v in (entry.get("tokens_all_attempts") or entry.get("tokens") or {}).items():
                 if isinstance(v, (int, float)):
                     tokens[k] += v
             seconds += float(entry.get("seconds") or 0.0)
-        return {"tokens": dict(tokens), "seconds": round(seconds, 3)}
+            for op, t in ((entry.get("summary") or {}).get("tokens_by_operation") or {}).items():
+                by_op.setdefault(op, Counter()).update({k: v for k, v in t.items() if isinstance(v, (int, float))})
+        totals: dict[str, Any] = {"tokens": dict(tokens), "seconds": round(seconds, 3),
+                                  "tokens_by_operation": {op: dict(c) for op, c in sorted(by_op.items())}}
+        prices = self.data.get("prices")
+        if prices:
+            def cost(t: Counter[str]) -> float:
+                return round((t["prompt"] * prices["input"] + t["completion"] * prices["output"]) / 1e6, 6)
+
+            totals["cost_usd"] = cost(tokens)
+            totals["cost_by_operation"] = {op: cost(c) for op, c in sorted(by_op.items())}
+        return totals
 
 
 def environment_record() -> dict[str, Any]:

@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ..errors import DataforgeError
 from ..paths import resource_dir
+from ..stage.budget import Prices
 
 # stage options the engine decides for every stage (a stage setting them would break chaining)
 _ENGINE_OWNED = {
@@ -46,6 +47,15 @@ class RaySettings(BaseModel):
     local_cpus: int | None = Field(None, ge=1, description="CPUs for a local instance (address: local)")
 
 
+class JobBudget(BaseModel):
+    """Where the whole job stops (all stages and attempts together); --budget-tokens/--budget-usd override."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    tokens: int | None = Field(None, ge=1, description="stop once the job has used this many tokens")
+    usd: float | None = Field(None, gt=0, description="stop once the job has cost this many dollars (needs prices)")
+
+
 class PipelineHeader(BaseModel):
     """Everything in the YAML except the stage list."""
 
@@ -62,6 +72,8 @@ class PipelineHeader(BaseModel):
                                   description="BackendConfig fields for the filter stages' judge model (merged over "
                                   "`backend`), so generator and judge can differ; empty: the generator judges")
     ray: RaySettings | None = None
+    prices: Prices | None = Field(None, description="dollars per million tokens: {input: prompt, output: completion}")
+    budget: JobBudget | None = None
 
 
 @dataclass

@@ -24,6 +24,7 @@ STAGES = {
     "converse": "dataforge.generate.converse:ConverseStage",
     "pairs": "dataforge.generate.pairs:PairsStage",
     "filter": "dataforge.quality.gate:FilterStage",
+    "decontaminate": "dataforge.quality.decontaminate:DecontaminateStage",
     "balance": "dataforge.curate.balance:BalanceStage",
     "export": "dataforge.curate.export:ExportStage",
     "train": "dataforge.train.stage:TrainStage",

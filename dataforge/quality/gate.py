@@ -25,6 +25,7 @@ from ..errors import DataforgeError
 from ..io import RejectSink, read_records
 from ..records import Record
 from ..stage import Cli, IOConfig, SideFiles, Stage, StageContext
+from .decontaminate import DecontaminationOptions
 from .scores import quality_rank
 
 if TYPE_CHECKING:
@@ -34,7 +35,7 @@ _RANK = {"accepted": 0, "review": 1, "rejected": 2}
 _G = "Quality gate"
 
 
-class FilterConfig(IOConfig):
+class FilterConfig(IOConfig, DecontaminationOptions):
     """Options of `dataforge filter` (rule defaults documented in default_gate.yaml)."""
 
     config: Annotated[Optional[str], Cli(panel=_G)] = Field(
@@ -133,7 +134,7 @@ class FilterStage(Stage[FilterConfig]):
     name = "filter"
     Config = FilterConfig
     output_neutral = frozenset({"single_file", "dedup", "out_format", "strict", "embed_cache"})
-    side_inputs = ("config", "reference")
+    side_inputs = ("config", "reference", "benchmarks")
 
     def __init__(self, cfg: FilterConfig):
         from .rules import load_rules
@@ -150,6 +151,7 @@ class FilterStage(Stage[FilterConfig]):
         self.decided: dict[int, Record] = {}
         self.judge = self.refiner = self.embedder = self.extractor = self.consistency = None
         self.judge_model: str | None = None
+        self.decontaminator = None
         self.total = 0
         if cfg.extract_constraints == "on" and not self.needs_llm():
             raise DataforgeError(_NO_EXTRACTOR)
@@ -190,6 +192,8 @@ class FilterStage(Stage[FilterConfig]):
         cfg, rules = self.cfg, self.rules
         judge_llm, own = self._judge_llm(llm) if llm is not None and rules.judges != "off" else (llm, False)
         self._own_judge_llm = judge_llm if own else None
+        if own and hasattr(llm, "also"):  # its requests count (tokens, cost, budget) like the stage's own
+            judge_llm = llm.also(judge_llm)
         use_model = (llm is not None and rules.judges != "off"
                      and not (rules.judges == "auto" and _small_embedded(judge_llm)))
         self.judge = Judge(judge_llm, seed=cfg.seed) if use_model else None
@@ -224,6 +228,10 @@ class FilterStage(Stage[FilterConfig]):
         from .refine import Refiner
 
         cfg, rules = self.cfg, self.rules
+        if cfg.benchmarks:  # before any model is asked: a contaminated record is rejected unjudged
+            from .decontaminate import Decontaminator
+
+            self.decontaminator = Decontaminator(cfg)
         llm = ctx.llm if self.needs_llm() else None
 
         def first_pass() -> Iterator[Record]:
@@ -269,6 +277,8 @@ class FilterStage(Stage[FilterConfig]):
 
         # a record an earlier stage already rejected (e.g. evolve --keep-failed) stays rejected with its
         # own reasons: the gate neither re-judges nor "rescues" it, it only passes it through
+        if self.decontaminator is not None:
+            batch = list(zip([i for i, _ in batch], self.decontaminator.check([r for _, r in batch])))
         results = [(i, r) for i, r in batch if r.status == "rejected"]
         batch = [(i, r) for i, r in batch if r.status != "rejected"]
         scored = await checker.score([r for _, r in batch]) if batch else []
@@ -318,6 +328,8 @@ class FilterStage(Stage[FilterConfig]):
                                                 "failures": self.extractor.failures}
         if self.consistency is not None:
             details["consistency"] = {"records_sampled": self.consistency.sampled, "errors": self.consistency.errors}
+        if self.decontaminator is not None:
+            details["decontamination"] = self.decontaminator.details()
         return details
 
     def _dedup(self, recs: list[Record]) -> dict[str, int]:

@@ -25,6 +25,7 @@ from .sidefiles import SideFiles
 
 if TYPE_CHECKING:
     from ..llm import LLM
+    from .estimate import SamplePlan
 
 C = TypeVar("C", bound=StageConfig)
 
@@ -41,6 +42,7 @@ class StageContext:
         self.records_in = 0
         self.files: dict[str, str] = {}  # other files the stage wrote (role -> path), listed in the summary
         self.resumed = len(journal.entries) if journal is not None else 0
+        self.stopped: str | None = None  # set before `finish` when a budget stopped `process` early
 
     @property
     def llm(self) -> "LLM":
@@ -96,6 +98,7 @@ class Stage(ABC, Generic[C]):
     owns_run: ClassVar[bool] = False  # reads, resumes and writes on its own (train): `run_alone` is called
     input_optional: ClassVar[bool] = False  # may run without an input file (a seedless generator: magpie)
     input_help: ClassVar[str | None] = None  # what its input is, where that is not "records to work on"
+    partial_output: ClassVar[bool] = False  # `finish` can write what is done when a budget stopped it early
 
     def __init__(self, cfg: C):
         self.cfg = cfg
@@ -111,6 +114,38 @@ class Stage(ABC, Generic[C]):
     def fingerprint(self) -> dict[str, Any]:
         """The config fields that decide the output: a journal written under others is not resumed."""
         return self.cfg.model_dump(mode="json", exclude=set(self.output_neutral))
+
+    def sample_plan(self, n_input: int) -> "SamplePlan":
+        """How `--dry-run` samples this stage (see `estimate`): by default up to 8 input records with the
+        same options, the whole job being n_input / 8 times larger."""
+        from .estimate import SamplePlan
+
+        k = min(n_input, 8)
+        return SamplePlan(self.cfg, k, n_input / k, f"{k} of {n_input:,} records")
+
+    def sample_scale(self, summary: Any, n_input: int) -> float | None:
+        """The job / sample ratio when only the sample run tells it (a plan whose `scale` is None)."""
+        return None
+
+    def parallel_requests(self, n_input: int) -> int:
+        """Requests the whole job keeps in flight at most (besides the backend's concurrency)."""
+        return max(1, n_input)
+
+    def side_input_hashes(self, cfg: StageConfig | None = None) -> dict[str, Any]:
+        """Content hashes of the files `side_inputs` name in `cfg` (default: this stage's; a field holds a
+        path or a list of paths; a missing file hashes to None): other files, not only other names, mean
+        other settings."""
+        from ..hashing import file_hash
+
+        fields = (cfg or self.cfg).model_dump(mode="json")
+        out: dict[str, Any] = {}
+        for f in self.side_inputs:
+            value = fields.get(f)
+            if isinstance(value, str):
+                out[f] = file_hash(value)
+            elif isinstance(value, list) and value:
+                out[f] = [file_hash(p) for p in value]
+        return out
 
     def side_outputs(self, side: SideFiles) -> dict[str, Path]:
         """Statuses that go to their own file instead of the output (e.g. {"rejected": side.rejected})."""
@@ -139,4 +174,6 @@ class Stage(ABC, Generic[C]):
 
     @abstractmethod
     def finish(self, ctx: StageContext) -> dict[str, Any]:
-        """Write what is left (`ctx.out`, extra files) and return the stage's own summary details."""
+        """Write what is left (`ctx.out`, extra files) and return the stage's own summary details. With
+        `partial_output`, also called after a budget stopped `process` (`ctx.stopped` says why): then it
+        writes the work that is complete and nothing else."""

@@ -14,6 +14,9 @@ from typing import Any
 
 from ..errors import DataforgeError
 from ..io import Journal
+from .summary import Tokens
+
+SPENT = "__spent__"  # key of the lines that record what a stopped attempt spent (never a stage's entry)
 
 
 def _differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
@@ -48,7 +51,11 @@ class StageJournal(Journal):
             raise DataforgeError(
                 f"{path}: an unfinished {header.get('stage', 'stage')} run with other settings left this journal "
                 f"(changed: {what}); re-run with the same settings to resume it, or pass --restart to start over")
-        self.entries: list[dict[str, Any]] = lines[1:]
+        self.entries: list[dict[str, Any]] = [e for e in lines[1:] if SPENT not in e]
+        self.spent = Tokens()  # what earlier, stopped attempts spent (a budget counts it)
+        for e in lines[1:]:
+            if SPENT in e:
+                self.spent.add(Tokens.model_validate(e[SPENT]))
         self._appended = 0
         if not lines:
             super().append({"header": header})
@@ -59,8 +66,14 @@ class StageJournal(Journal):
         self._appended += 1
 
     def holds_work(self) -> bool:
-        """Whether any finished work is in it (from an earlier run or this one), beyond the header."""
-        return bool(self.entries) or self._appended > 0
+        """Whether any finished work or recorded spending is in it (earlier runs' or this one's)."""
+        return bool(self.entries) or self._appended > 0 or self.spent.total > 0
+
+    def record_spent(self, tokens: Tokens) -> None:
+        """Note what this attempt spent, so that a budget still counts it when the run resumes."""
+        if tokens.total or tokens.requests:
+            Journal.append(self, {SPENT: tokens.model_dump()})
+            self.sync()
 
     def discard(self) -> None:
         """Remove the journal (the run finished, or its work must not be resumed)."""

@@ -9,6 +9,11 @@ A run in which more than half of the model requests failed and nothing was produ
 (`RequestsFailed`, one line naming the most common cause): a job never "succeeds" with nothing made. What
 it did decide is still written (nothing is lost), and its journal is dropped so a re-run retries every
 request instead of resuming the failures.
+
+A `Budget` (``budget=``) prices the requests for the summary and may stop the run: the meter refuses new
+requests once the job has spent it, the stage writes what it finished (stages with `partial_output`),
+the journal keeps the work and records the spending, and the summary's `stopped` says why. Re-running
+with a larger budget resumes.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from ..hashing import file_hash, stable_hash
 from ..io import check_input
 from ..llm import LLM, BackendConfig, run_sync, stage_llm
 from .base import Stage, StageContext
+from .budget import Budget, BudgetReached
 from .journal import StageJournal
 from .meter import MeteredLLM
 from .outputs import Outputs
@@ -46,6 +52,15 @@ def _model(stage: Stage, llm: LLM | None, backend: BackendConfig | dict | None) 
         yield MeteredLLM(inner, stage.name)
 
 
+def _with_earlier_spending(budget: Budget | None, journal: StageJournal | None) -> Budget | None:
+    """The budget with what earlier, stopped attempts of this run spent (their journal says) added."""
+    if budget is None or journal is None or not journal.spent.total:
+        return budget
+    before = budget.spent_before.model_copy()
+    before.add(journal.spent)
+    return budget.model_copy(update={"spent_before": before})
+
+
 def _prompt_hashes() -> dict[str, str]:
     from ..prompts import default_library
 
@@ -54,13 +69,12 @@ def _prompt_hashes() -> dict[str, str]:
 
 def journal_header(stage: Stage, input_path: Path | None, model: LLM | None) -> dict[str, Any]:
     """Everything that decides the output of `stage` on `input_path` (see `journal`)."""
-    cfg = stage.cfg.model_dump(mode="json")
     return {
         "stage": stage.name,
         "version": stage.version,
         "config": stage.fingerprint(),
         "input": file_hash(input_path) if input_path is not None else None,
-        "side_inputs": {f: file_hash(cfg[f]) for f in stage.side_inputs if isinstance(cfg.get(f), str)},
+        "side_inputs": stage.side_input_hashes(),
         "model": f"{model.model_id} ({model.profile})" if model is not None else None,
         "prompts": stable_hash(_prompt_hashes()) if model is not None else None,
     }
@@ -78,13 +92,15 @@ def _refuse_if_requests_failed(name: str, model: MeteredLLM | None, outputs: Out
 
 def run_stage(stage: Stage | type[Stage], input_path: str | os.PathLike | None, output_path: str | os.PathLike,
               cfg: Any = None, *, llm: LLM | None = None, backend: BackendConfig | dict | None = None,
-              progress: bool = True, restart: bool = False, empty_ok: bool = False) -> StageSummary:
+              progress: bool = True, restart: bool = False, empty_ok: bool = False,
+              budget: Budget | None = None) -> StageSummary:
     """Run `stage` over `input_path` into `output_path` (and its side files); returns the summary.
 
     `llm`: a model to borrow (left open); without it the stage opens one from `backend` (a BackendConfig,
     its fields, or None for the environment) if it needs one. `restart`: drop an unfinished run's journal
     instead of resuming it. `empty_ok`: an empty input is zero records, not an error (a pipeline's empty
-    shard). `input_path` None: a stage that may run without input (`Stage.input_optional`)."""
+    shard). `input_path` None: a stage that may run without input (`Stage.input_optional`). `budget`: prices
+    for the summary's costs and limits the run stops at (see `budget`)."""
     if not isinstance(stage, Stage):
         stage = stage(cfg if cfg is not None else stage.Config())
     if input_path is None and not stage.input_optional:
@@ -104,30 +120,53 @@ def run_stage(stage: Stage | type[Stage], input_path: str | os.PathLike | None, 
         journal = None
         if stage.journaled:
             journal = StageJournal(side.journal, journal_header(stage, input_path, model), restart=restart)
+        budget = _with_earlier_spending(budget, journal)
+        if model is not None and budget is not None and budget.limited:
+            model.budget = budget
         outputs = Outputs(side.output, stage.cfg.output_format(), stage.side_outputs(side), stage.copies())
         ctx = StageContext(stage.name, input_path, side, stage.cfg, progress=progress, llm=model, journal=journal,
                            outputs=outputs, empty_ok=empty_ok)
         side.legacy_bad_lines.unlink(missing_ok=True)  # a stale one from before the rename would mislead
+        details: dict[str, Any] = {}
         try:
-            pending = stage.process(ctx.records(), ctx)
-            if inspect.isawaitable(pending):
-                run_sync(pending)
-            details = stage.finish(ctx)
-            outputs.commit()  # a refused run below still leaves its (complete, truthful) outputs: nothing lost
+            try:
+                pending = stage.process(ctx.records(), ctx)
+                if inspect.isawaitable(pending):
+                    run_sync(pending)
+            except BudgetReached as stop:
+                ctx.stopped = str(stop)
+            if ctx.stopped is None or stage.partial_output:
+                details = stage.finish(ctx)
+                outputs.commit()  # a refused run below still leaves its (complete, truthful) outputs: nothing lost
+            else:
+                outputs.abort()  # this stage writes only complete outputs; its journal keeps the work
         except BaseException:
             outputs.abort()
             if journal is not None:
-                journal.close() if journal.holds_work() else journal.discard()
+                _keep_or_drop(journal, model)
             raise
         if journal is not None:
-            journal.discard()  # finished (or refused: then a re-run retries every request)
+            if ctx.stopped is not None:
+                journal.record_spent(model.tokens() if model is not None else Tokens())
+                journal.close()  # the work so far, for the re-run with a larger budget
+            else:
+                journal.discard()  # finished (or refused: then a re-run retries every request)
         _refuse_if_requests_failed(stage.name, model, outputs)
-        return _summary(stage, ctx, outputs, model, details, time.time() - t0)
+        return _summary(stage, ctx, outputs, model, details, time.time() - t0, budget)
+
+
+def _keep_or_drop(journal: StageJournal, model: MeteredLLM | None) -> None:
+    """After an error or an interrupt: keep the journal when it holds work (and note the spending)."""
+    if journal.holds_work():
+        journal.record_spent(model.tokens() if model is not None else Tokens())
+        journal.close()
+    else:
+        journal.discard()
 
 
 def _summary(stage: Stage, ctx: StageContext, outputs: Outputs, model: MeteredLLM | None,
-             details: dict[str, Any], wall: float) -> StageSummary:
-    files = {**outputs.paths(), **ctx.files}
+             details: dict[str, Any], wall: float, budget: Budget | None = None) -> StageSummary:
+    files = {**outputs.paths(), **ctx.files} if ctx.stopped is None or stage.partial_output else {}
     if ctx.read_stats.bad:
         files["bad_lines"] = str(ctx.side.bad_lines)
     return StageSummary(
@@ -139,4 +178,18 @@ def _summary(stage: Stage, ctx: StageContext, outputs: Outputs, model: MeteredLL
         profile_reason=model.profile_decision.reason if model is not None else None,
         tokens=model.tokens() if model is not None else Tokens(),
         tokens_by_operation=dict(model.by_operation) if model is not None else {},
-        failures=dict(model.failures) if model is not None else {}, wall_s=round(wall, 2), details=details)
+        failures=dict(model.failures) if model is not None else {}, wall_s=round(wall, 2), details=details,
+        **_costs(model, budget, ctx.stopped))
+
+
+def _costs(model: MeteredLLM | None, budget: Budget | None, stopped: str | None) -> dict[str, Any]:
+    """Time per request, cost in all and per operation (with prices), the budget block, why it stopped."""
+    out: dict[str, Any] = {"stopped": stopped}
+    if model is not None and model.sent:
+        out["seconds_per_request"] = round(model.seconds_per_request(), 4)
+    if budget is not None and budget.prices is not None and model is not None:
+        out["cost_usd"] = round(budget.prices.cost(model.tokens()), 6)
+        out["cost_by_operation"] = {op: round(budget.prices.cost(t), 6) for op, t in model.by_operation.items()}
+    if budget is not None and budget.limited:
+        out["budget"] = budget.report(model.tokens() if model is not None else Tokens(), stopped)
+    return out

@@ -8,7 +8,9 @@ old name is still found where earlier runs left it (`bad_lines_written`).
 
 from __future__ import annotations
 
+import json
 import os
+from collections import Counter
 from pathlib import Path
 
 from ..errors import DataforgeError
@@ -82,3 +84,28 @@ class SideFiles:
         for p in (self.output, *others):
             if p.is_dir():
                 raise DataforgeError(f"{p}: is a folder; give an output file name")
+
+
+def side_reasons(path: str | os.PathLike) -> dict[str, int]:
+    """Reasons in a file of set-aside items: Records (`reasons`) or bad input lines (`reason`)."""
+    c: Counter[str] = Counter()
+    with open(path, "rb") as fh:
+        for raw in fh:
+            try:
+                obj = json.loads(raw)
+            except ValueError:
+                continue
+            if not isinstance(obj, dict):
+                continue
+            reasons = obj.get("reasons") if isinstance(obj.get("reasons"), list) else [obj.get("reason")]
+            for r in reasons or ["(none)"]:
+                c[str(r or "(none)").split(":", 1)[0]] += 1
+    return dict(c)
+
+
+def count_lines(path: str | os.PathLike) -> int:
+    p = Path(path)
+    if not p.is_file():
+        return 0
+    with open(p, "rb") as fh:
+        return sum(1 for line in fh if line.strip())

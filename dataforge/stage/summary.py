@@ -2,8 +2,8 @@
 
 Stage-specific facts (rounds, dedup counts, topic plans, ...) go under `details`; everything a user or
 a pipeline compares across stages has a fixed name here. To report something new for every stage
-(issue 19's cost per operation, say), add a field here, fill it in `runner`, and every command, the
-pipeline manifest and `--json` carry it.
+(like the cost per operation), add a field here, fill it in `runner`, and every command, the pipeline
+manifest and `--json` carry it.
 """
 
 from __future__ import annotations
@@ -54,6 +54,11 @@ class StageSummary(BaseModel):
     tokens: Tokens = Field(default_factory=Tokens)
     tokens_by_operation: dict[str, Tokens] = Field(default_factory=dict)
     failures: dict[str, int] = Field(default_factory=dict, description="failed model requests by cause")
+    seconds_per_request: float | None = Field(None, description="median time of a request sent (cache hits aside)")
+    cost_usd: float | None = Field(None, description="what the requests cost at the prices given (None: no prices)")
+    cost_by_operation: dict[str, float] = Field(default_factory=dict)
+    budget: dict[str, Any] | None = Field(None, description="limits, what the job spent in all, why it stopped")
+    stopped: str | None = Field(None, description="why the run stopped before its end (a budget); None: finished")
     wall_s: float = 0.0
     details: dict[str, Any] = Field(default_factory=dict, description="what only this stage knows")
 

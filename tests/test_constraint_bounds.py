@@ -80,7 +80,9 @@ def test_counting_phrases():
     assert phrase(make_spec("paragraph_count", relation="at_most", n=3)) == \
         "Write at most 3 paragraphs, separated by blank lines."
     assert phrase(make_spec("bullet_count", n=1)) == \
-        "Your answer must contain exactly 1 bullet point in Markdown, each on its own line starting with '* '."
+        "Lay the answer out as exactly 1 bullet point in Markdown, one per line, each line opening with '* '."
+    assert phrase(make_spec("bullet_count", n=3, form=2)) == \
+        "Structure the reply as precisely 3 bullet points (Markdown lines that begin with '* ')."
     assert phrase(make_spec("sections", n=2)).startswith("Organise your answer into exactly 2 sections, each")
 
 

@@ -303,3 +303,37 @@ def test_self_instruct_dry_run_scales_one_batch_to_the_tasks_asked_for(tmp_path)
     assert p.cost_usd is None  # no prices given: no cost, never a made-up one
     for projected, used in ((p.requests, t.requests), (p.total_tokens, t.total)):
         assert abs(projected - used) <= 0.25 * used, (projected, used)
+
+
+def test_magpie_dry_run_needs_no_input_and_projects_the_whole_job_within_25_percent(tmp_path):
+    """Magpie's sample is one batch of query requests with no input at all; the job is its -n over the
+    queries that batch kept."""
+    import random
+
+    from dataforge.generate.magpie import MagpieConfig, MagpieStage
+    from dataforge.stage import run_stage
+
+    words = [f"{a}{b}" for a in ("bra", "cle", "dro", "fli", "gra", "plo", "stu", "tri") for b in
+             ("ck", "mp", "nt", "sh", "ve", "rd", "lk", "ft")]
+
+    def reply(body: dict) -> str:
+        if "prompt" in body:  # a query: a question of its own, made from the request's seed
+            return "How do I " + " ".join(random.Random(body["seed"]).sample(words, 7)) + " today?<|im_end|>"
+        return "An answer about " + body["messages"][-1]["content"][9:60]
+
+    template = tmp_path / "chatml.jinja"
+    template.write_text("{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\n' + m['content'] + '<|im_end|>\n' }}"
+                        "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
+    cfg = MagpieConfig(num=40, requests_per_batch=4, chat_template=str(template))
+    with LoopbackServer(reply) as srv:
+        est = estimate_stage(MagpieStage(cfg), None, backend=_backend(srv, tmp_path / "dry.sqlite"),
+                             budget=Budget(prices=Prices(input=1.0, output=2.0)))
+        sample_requests = srv.request_count
+        full = run_stage(MagpieStage(cfg), None, tmp_path / "full.jsonl", backend=_backend(srv, tmp_path / "f.sqlite"),
+                         progress=False)
+    assert est.sample["requests"] == sample_requests and 4 < sample_requests <= 8  # 4 queries, their answers
+    assert full.details["made"] == 40 and est.scale == pytest.approx(40 / (sample_requests - 4))
+    p, t = est.projected, full.tokens
+    for projected, used in ((p.requests, t.requests), (p.total_tokens, t.total)):
+        assert abs(projected - used) <= 0.25 * used, (projected, used)
+    assert p.cost_usd == pytest.approx((p.prompt_tokens * 1.0 + p.completion_tokens * 2.0) / 1e6, rel=1e-3)

@@ -100,6 +100,22 @@ class MagpieStage(Stage[MagpieConfig]):
     def needs_llm(self) -> bool:
         return True
 
+    def sample_plan(self, n_input: int):
+        """A dry run sends one batch of query requests (with the whole input as the novelty pool) and answers
+        what it kept; the job is (its share of -n) / (queries the batch kept) times larger."""
+        from ..stage.estimate import SamplePlan
+
+        cfg = self.cfg.model_copy(update={"max_requests": self.cfg.requests_per_batch, "keep_rejected": False})
+        return SamplePlan(cfg, n_input, None, f"one batch of {self.cfg.requests_per_batch} query requests "
+                          f"(the job: {self.cfg.num:,} records)")
+
+    def sample_scale(self, summary: Any, n_input: int) -> float | None:
+        made, target = int(summary.details.get("made") or 0), int(summary.details.get("target") or 0)
+        return target / made if made and target else None
+
+    def parallel_requests(self, n_input: int) -> int:
+        return max(1, min(max(self.cfg.requests_per_batch, self.cfg.max_in_flight), self.cfg.num))
+
     def fingerprint(self) -> dict[str, Any]:
         fp = super().fingerprint()
         if self.cfg.chat_template:  # what the template says, not only where it is

@@ -58,6 +58,7 @@ def stage_budget(budget: Budget | None, manifest: "Manifest", stage_name: str) -
 def estimate_pipeline(engine: "Engine", budget: Budget | None) -> list["Estimate"]:
     """Dry-run estimates of the model-calling stages that would run, chained through their samples."""
     from ..stage.estimate import estimate_stage
+    from .engine import NO_INPUT
 
     to_run = {name for name, action in engine.last_plan if action.startswith("run")}
     estimates: list[Estimate] = []
@@ -71,8 +72,10 @@ def estimate_pipeline(engine: "Engine", budget: Budget | None) -> list["Estimate
                 break
             if not st.stage.needs_llm():
                 continue  # passes its input on, as far as the estimate goes
-            source = sample if sample is not None else st.input
-            if not source.exists():
+            source: Path | None = sample if sample is not None else st.input
+            if st.stage.input_optional and sample is None and source.name == NO_INPUT:
+                source = None  # a seedless generator (magpie) first in the pipeline: it samples without input
+            elif not source.exists():
                 raise DataforgeError(f"stage {st.item.name!r}: input {source} does not exist")
             out = Path(tmp) / f"{st.item.name}.jsonl"
             est = estimate_stage(st.stage, source, backend=engine.backend_config(), budget=budget, n_input=n,

@@ -134,7 +134,7 @@ def _cache_of(model: "LLM") -> Any:
     return model
 
 
-def estimate_stage(stage: "Stage", input_path: str | Path, *, backend: "BackendConfig", budget: Budget | None = None,
+def estimate_stage(stage: "Stage", input_path: str | Path | None, *, backend: "BackendConfig", budget: Budget | None = None,
                    n_input: int | None = None, sample_output: Path | None = None,
                    llm: "LLM | None" = None) -> Estimate:
     """Run the stage's sample for real and project the whole job. `n_input`: records the whole job reads
@@ -143,9 +143,11 @@ def estimate_stage(stage: "Stage", input_path: str | Path, *, backend: "BackendC
     from ..llm import make_llm, run_sync
     from .runner import run_stage
 
-    input_path = Path(input_path)
-    n = n_input if n_input is not None else _count(input_path, stage)
-    if n == 0:
+    if input_path is None and not stage.input_optional:
+        raise DataforgeError(f"{stage.name}: needs an input file")
+    input_path = Path(input_path) if input_path is not None else None
+    n = n_input if n_input is not None else _count(input_path, stage) if input_path is not None else 0
+    if n == 0 and not stage.input_optional:
         raise DataforgeError(f"{input_path}: no records to estimate from")
     plan = stage.sample_plan(n)
     own = llm is None
@@ -155,9 +157,11 @@ def estimate_stage(stage: "Stage", input_path: str | Path, *, backend: "BackendC
         inner.read = False  # real requests, real times; the answers still go into the cache
     try:
         with tempfile.TemporaryDirectory(prefix="dataforge-dry-run-") as tmp:
-            sample_in = Path(tmp) / "sample.jsonl"
-            if _write_sample(input_path, stage, plan.records, sample_in) == 0:
-                raise DataforgeError(f"{input_path}: no records to estimate from")
+            sample_in: Path | None = None  # a stage that needs no input (magpie) may sample without one
+            if input_path is not None and plan.records:
+                sample_in = Path(tmp) / "sample.jsonl"
+                if _write_sample(input_path, stage, plan.records, sample_in) == 0:
+                    raise DataforgeError(f"{input_path}: no records to estimate from")
             out = sample_output or Path(tmp) / "sample-out.jsonl"
             sample_stage = type(stage)(plan.cfg)
             t0 = time.time()
@@ -185,7 +189,8 @@ def render_estimate(est: Estimate) -> list[str]:
     if est.scale is not None:
         wall = _duration(p.wall_s) if p.wall_s is not None else "unknown"
         cost = f"${p.cost_usd:,.4f}" if p.cost_usd is not None else "no prices given (--price-in, --price-out)"
-        lines += [f"  whole job ({est.input_records:,} input records, x{est.scale:,.1f}):",
+        size = f"{est.input_records:,} input records, " if est.input_records else ""
+        lines += [f"  whole job ({size}x{est.scale:,.1f}):",
                   f"    requests           {p.requests:>14,}",
                   f"    prompt tokens      {p.prompt_tokens:>14,}",
                   f"    completion tokens  {p.completion_tokens:>14,}",

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import math
 import shutil
 
 import pytest
@@ -100,3 +101,98 @@ def test_train_and_generate_commands(records_file, tmp_path):
     assert out["temperature_source"] == "head" and 0.05 < out["temperature"] < 3 and isinstance(out["text"], str)
     bad = runner.invoke(app, ["train", str(records_file), "-o", str(tmp_path / "x"), "--model", str(tmp_path / "nope")])
     assert bad.exit_code != 0
+
+
+# ---------------------------------------------------------------------------------------- the loop's maths
+
+
+def _run(records_file, out, tok=None, model=None, **cfg):
+    tok = tok or tiny_tokenizer()
+    return run_train(records_file, out, TrainConfig(**cfg), model=model or tiny_llama(len(tok)), tokenizer=tok,
+                     progress=False)
+
+
+def test_accumulated_step_equals_one_batch_of_the_whole_step(records_file, tmp_path):
+    """2 micro-batches of 2 rows give the gradient of 1 batch of 4 rows (same samples): compared through the
+    AdamW first moment after one step (m = 0.1 * g, no clipping), with every loss term on."""
+    from safetensors.torch import load_file
+
+    common = dict(max_steps=1, pack=False, group_by_length=False, max_grad_norm=0.0, eval_fraction=0.0,
+                  max_length=128, segment_embedding=True, attention_bias=True, fusion=True, fusion_dim=16,
+                  temperature_head=True, reasoning_head=True, task_cls_weight=0.3, inst_repr_weight=0.2,
+                  task_weighting="uncertainty", l2sp_weight=0.1)
+    _run(records_file, tmp_path / "big", batch_size=4, grad_accum=1, **common)
+    _run(records_file, tmp_path / "acc", batch_size=2, grad_accum=2, **common)
+    a = load_file(str(tmp_path / "big" / "checkpoints" / "step-0000001" / "optimizer.safetensors"))
+    b = load_file(str(tmp_path / "acc" / "checkpoints" / "step-0000001" / "optimizer.safetensors"))
+    moments = [k for k in a if k.endswith("exp_avg")]
+    assert len(moments) > 20 and moments == [k for k in b if k.endswith("exp_avg")]
+    for k in moments:
+        assert torch.allclose(a[k], b[k], rtol=1e-4, atol=1e-9), k
+    la, lb = _log(tmp_path / "big")[0], _log(tmp_path / "acc")[0]
+    for key in ("loss", "lm", "instruction", "instruction_weighted", "temperature", "task_cls", "inst_repr"):
+        assert abs(la[key] - lb[key]) < 1e-5, key
+    assert la["tokens"] == lb["tokens"]
+
+
+def test_learning_rate_follows_the_schedule(records_file, tmp_path):
+    """Linear warmup to the peak, then cosine decay to 10%, written out; and the optimizer really uses it:
+    AdamW's first update is lr * g/(|g|+eps), so the largest weight change is the step's learning rate,
+    per parameter group (base weights at --lr, new modules at --mods-lr)."""
+    from safetensors.torch import load_file
+
+    tok = tiny_tokenizer()
+    model = tiny_llama(len(tok))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    _run(records_file, tmp_path / "run", tok, model, max_steps=6, warmup_ratio=0.34, lr=1e-3, mods_lr=4e-2,
+         batch_size=2, max_length=128, save_every=1, keep_checkpoints=10, segment_embedding=True)
+    c = math.cos
+    factors = [1 / 2, 2 / 2, 1.0, 0.1 + 0.45 * (1 + c(math.pi / 4)), 0.1 + 0.45 * (1 + c(math.pi / 2)),
+               0.1 + 0.45 * (1 + c(3 * math.pi / 4))]                 # warmup = round(0.34 * 6) = 2 steps
+    assert [e["lr"] for e in _log(tmp_path / "run")] == pytest.approx([1e-3 * f for f in factors], rel=1e-9)
+    step1 = load_file(str(tmp_path / "run" / "checkpoints" / "step-0000001" / "weights.safetensors"))
+    base_change = max(float((step1["model.base." + k] - v).abs().max()) for k, v in before.items())
+    assert base_change == pytest.approx(1e-3 * 0.5, rel=1e-3)
+    seg = step1["model.segment_emb.table.weight"]                          # zero-initialised module
+    assert float(seg.abs().max()) == pytest.approx(4e-2 * 0.5, rel=1e-3)
+
+
+def test_the_loop_masks_instructions_with_the_dedicated_token(records_file, tmp_path, monkeypatch):
+    from dataforge.train.data import MASK_TOKEN, SEG_INSTRUCTION
+    from dataforge.train.losses import Objective
+
+    seen = []
+    real_forward = Objective.forward
+
+    def spy(self, batch, norm=None):
+        seen.append({k: v.clone() for k, v in batch.items()})
+        return real_forward(self, batch, norm)
+
+    monkeypatch.setattr(Objective, "forward", spy)
+    tok = tiny_tokenizer()
+    summary = _run(records_file, tmp_path / "run", tok, max_steps=2, batch_size=4, max_length=128,
+                   instruction_mask_prob=0.5)
+    mask_id = tok.convert_tokens_to_ids(MASK_TOKEN)
+    assert mask_id not in (tok.eos_token_id, tok.unk_token_id, tok.pad_token_id) and mask_id == len(tok) - 1
+    meta = json.loads((tmp_path / "run" / "model" / "dataforge.json").read_text())
+    assert meta["prompt_only_ids"] == [mask_id] and summary["plain_hf"] is False   # never predicted
+    assert len(seen) == 2
+    for b in seen:
+        masked = b["input_ids"] == mask_id
+        inst = b["segment_ids"] == SEG_INSTRUCTION
+        assert not bool((masked & ~inst).any())                          # only instruction tokens
+        share = float(masked.sum()) / float(inst.sum())
+        assert 0.3 < share < 0.7                                          # p = 0.5
+        assert bool((b["lm_labels"][masked] == -100).all())               # never a target
+
+
+def test_precision_choice():
+    from dataforge.train.device import choose_precision
+
+    assert choose_precision("auto", "cpu", False) is None
+    assert choose_precision("auto", "cuda", True) is torch.bfloat16
+    assert choose_precision("auto", "cuda", False) is torch.float16      # + gradient scaler
+    assert choose_precision("on", "cpu", False) is torch.bfloat16
+    assert choose_precision("off", "cuda", True) is None
+    with pytest.raises(DataforgeError, match="no native bf16"):
+        choose_precision("on", "cuda", False)

@@ -26,12 +26,15 @@ def register(app: typer.Typer) -> None:
                                                    "(for a complexity-modulated attention bias)."),
         seed: int = typer.Option(0, "--seed", help="Sampling seed."),
         as_json: bool = typer.Option(False, "--json", help="Print a JSON object with text and temperature."),
+        device: str = typer.Option("auto", "--device", help="auto (a GPU when present, else CPU), cpu, cuda, "
+                                   "cuda:N, mps."),
     ) -> None:
         """Answer an instruction with a model trained by `dataforge train`."""
         from ..train.data import PromptFormatter
+        from ..train.device import resolve_device
         from ..train.model import load_instruct
 
-        model, tok, meta = load_instruct(run_dir)
+        model, tok, meta = load_instruct(run_dir, resolve_device(device))
         fmt = PromptFormatter(tok, meta.get("prompt_format", "auto"), bool(meta["mods"].get("inst_tokens")),
                               meta.get("max_length", 512))
         text, temp = model.generate(fmt, instruction, input, max_new_tokens=max_new_tokens, temperature=temperature,

@@ -1,8 +1,8 @@
 """Training checkpoints: `run_dir/checkpoints/step-N/`, written to a temp dir and renamed, the last
 `keep_checkpoints` kept.
 
-A checkpoint holds the weights, the AdamW moments, the RNG state and `state.json` (step, param groups,
-config, counters). Full fine-tuning saves every weight; adapter runs only the trainable tensors (the
+A checkpoint holds the weights, the AdamW moments, the RNG states (CPU, and GPU when used) and
+`state.json` (step, param groups, config, counters, the fp16 loss scaler). Full fine-tuning saves every weight; adapter runs only the trainable tensors (the
 frozen base is the model the run starts from); FSDP runs write through `fsdp.save` (every process takes
 part). Resuming with settings that shape the data plan, the model or the sharding is refused.
 """
@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from ..errors import DataforgeError
+from .device import restore_rng, rng_states
 
 CKPT_DIR = "checkpoints"
 STATE_KEYS = ("seed", "batch_size", "grad_accum", "pack", "max_length", "group_by_length", "model", "lora",
@@ -39,8 +40,9 @@ def _barrier(dist) -> None:
 
 
 def save_checkpoint(out: Path, step: int, objective, opt: torch.optim.Optimizer, cfg, extra: dict[str, Any],
-                    dist=None) -> Path:
-    """Rank 0 alone calls it, except under FSDP where every process must (pass `dist`)."""
+                    dist=None, scaler=None) -> Path:
+    """Rank 0 alone calls it, except under FSDP where every process must (pass `dist`). `scaler`: the fp16
+    loss scaler, whose scale a resumed run continues from."""
     from safetensors.torch import save_file, save_model
 
     root = out / CKPT_DIR
@@ -51,7 +53,8 @@ def save_checkpoint(out: Path, step: int, objective, opt: torch.optim.Optimizer,
     if main:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
-    state: dict[str, Any] = {"step": step, "config": cfg.model_dump(mode="json")} | extra
+    state: dict[str, Any] = {"step": step, "config": cfg.model_dump(mode="json"),
+                             "scaler": scaler.state_dict() if scaler is not None else {}} | extra
     if sharded:
         from . import fsdp
 
@@ -67,7 +70,7 @@ def save_checkpoint(out: Path, step: int, objective, opt: torch.optim.Optimizer,
             save_model(objective, str(tmp / "weights.safetensors"))
         sd = opt.state_dict()
         tensors = {f"{i}.{k}": v.detach().contiguous().cpu() for i, st in sd["state"].items() for k, v in st.items()}
-        tensors["rng.torch"] = torch.get_rng_state()
+        tensors |= rng_states()
         save_file(tensors, str(tmp / "optimizer.safetensors"))
         state["param_groups"] = [{k: v for k, v in g.items()} for g in sd["param_groups"]]
     if main:
@@ -81,7 +84,7 @@ def save_checkpoint(out: Path, step: int, objective, opt: torch.optim.Optimizer,
     return final
 
 
-def load_checkpoint(path: Path, objective, opt: torch.optim.Optimizer, cfg, dist=None) -> dict:
+def load_checkpoint(path: Path, objective, opt: torch.optim.Optimizer, cfg, dist=None, scaler=None) -> dict:
     from safetensors.torch import load_file, load_model
 
     state = json.loads((path / "state.json").read_text(encoding="utf-8"))
@@ -90,6 +93,8 @@ def load_checkpoint(path: Path, objective, opt: torch.optim.Optimizer, cfg, dist
     if changed:
         raise DataforgeError(f"{path}: checkpoint was made with different {', '.join(changed)}; "
                              "use a new output dir or --no-resume")
+    if scaler is not None and state.get("scaler"):
+        scaler.load_state_dict(state["scaler"])
     if cfg.fsdp and dist is not None and dist.world > 1:
         from . import fsdp
 
@@ -104,7 +109,7 @@ def load_checkpoint(path: Path, objective, opt: torch.optim.Optimizer, cfg, dist
     else:
         load_model(objective, str(path / "weights.safetensors"), strict=True)
     tensors = load_file(str(path / "optimizer.safetensors"))
-    torch.set_rng_state(tensors.pop("rng.torch"))
+    restore_rng(tensors)
     per_param: dict[int, dict[str, torch.Tensor]] = {}
     for key, v in tensors.items():
         i, name = key.split(".", 1)

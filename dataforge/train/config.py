@@ -48,8 +48,9 @@ class TrainConfig(BaseModel):
     include_status: list[str] = Field(["accepted", "pending"], description="record statuses to train on")
     instruction_mask_prob: float = Field(0.0, ge=0.0, lt=1.0, description="training only: each instruction "
                                                                           "token is masked/dropped with this p")
-    instruction_mask_mode: Literal["mask", "drop"] = Field("mask", description="replace with a mask token, "
-                                                                              "or drop the token")
+    instruction_mask_mode: Literal["mask", "drop"] = Field("mask", description="replace with a dedicated mask "
+                                                                              "token (added like [INST]), or "
+                                                                              "drop the token")
 
     # ------------------------------------------------------------------ loss
     lm_weight: float = Field(1.0, ge=0.0, description="weight of L_next_token (LM loss over all tokens)")
@@ -109,7 +110,10 @@ class TrainConfig(BaseModel):
                                                                   "then cosine decay to 10%")
     max_grad_norm: float = Field(1.0, ge=0.0, description="gradient clipping (0 = off)")
     grad_checkpointing: bool = Field(False, description="recompute activations to save memory")
-    bf16: Literal["auto", "on", "off"] = Field("auto", description="bf16 autocast (auto: on CUDA only)")
+    bf16: Literal["auto", "on", "off"] = Field("auto", description="mixed precision. auto: bf16 on a GPU with "
+                                                                 "native bf16, fp16 with a gradient scaler on "
+                                                                 "other GPUs, float32 on CPU; on: bf16 (refused "
+                                                                 "on a GPU without it); off: float32")
     neftune_alpha: float = Field(0.0, ge=0.0, description="NEFTune: uniform noise of scale alpha/sqrt(L*d) on the "
                                                           "input embeddings while training (L: the sample's length); "
                                                           "0 = off, 5 is the paper's usual value")

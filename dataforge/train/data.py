@@ -28,6 +28,13 @@ SEG_PAD, SEG_TEMPLATE, SEG_INSTRUCTION, SEG_INPUT, SEG_RESPONSE = 0, 1, 2, 3, 4
 NUM_SEGMENTS = 5
 IGNORE = -100
 INST_OPEN, INST_CLOSE = "[INST]", "[/INST]"
+#: the token instruction masking puts in place of a masked instruction token (added like [INST]: special,
+#: never split, never predicted), so masking never reuses a token with a meaning such as end-of-text
+MASK_TOKEN = "<|dataforge_mask|>"
+#: stand in for the answer when rendering training texts to cut a generation prompt out of them: words
+#: that BPE merges with the space before them and words it does not
+_PLACEHOLDERS = ("Certainly", "the", "42")
+_PLACEHOLDER = _PLACEHOLDERS[0]
 
 
 @dataclass
@@ -78,20 +85,6 @@ class PromptFormatter:
             text += input
             j1 = len(text)
         return text + tail, i0, i1, j0, j1
-
-    def prompt_text(self, instruction: str, input: str = "") -> tuple[str, list[tuple[int, int, int]]]:
-        """The prompt as the model sees it before answering, with segment spans."""
-        user, i0, i1, j0, j1 = self._user_text(instruction, input)
-        if self.fmt == "chat":
-            text = self.tok.apply_chat_template([{"role": "user", "content": user}], tokenize=False,
-                                                add_generation_prompt=True)
-            at = text.rfind(user)
-            if at < 0:
-                raise ValueError("chat template changed the user message")
-        else:
-            bos = self.tok.bos_token or ""
-            text, at = bos + user + " ", len(bos)
-        return text, [(at + i0, at + i1, SEG_INSTRUCTION), (at + j0, at + j1, SEG_INPUT)]
 
     def full_text(self, r: Record) -> tuple[str, list[tuple[int, int, int]], list[tuple[int, int]]]:
         """Prompt + every answer as text, segment spans, and the character range of each answer.
@@ -148,10 +141,11 @@ class PromptFormatter:
         return text, spans, answers
 
     # -- tokens -------------------------------------------------------------------------------------
-    def encode(self, r: Record) -> Example:
+    def _tokens(self, r: Record) -> tuple[list[int], list[int], list[bool], list[tuple[int, int]], int]:
+        """Whole training text of r: ids, segments, learn flags, offsets and the first answer's first character."""
         text, spans, answers = self.full_text(r)
         enc = self.tok(text, add_special_tokens=False, return_offsets_mapping=True)
-        ids, offsets = enc["input_ids"], enc["offset_mapping"]
+        ids, offsets = list(enc["input_ids"]), enc["offset_mapping"]
         segs, learn = [], []
         for a, b in offsets:
             c = a
@@ -170,24 +164,41 @@ class PromptFormatter:
             learn.append(False)
         if not any(learn):
             raise ValueError("no response tokens")
+        return ids, segs, learn, offsets, answers[0][0]
+
+    def encode(self, r: Record) -> Example:
+        ids, segs, learn, _, _ = self._tokens(r)
         first_resp = learn.index(True)
         if first_resp >= self.max_length - 1:
             raise ValueError("prompt_too_long")
         ids, segs, learn = ids[: self.max_length], segs[: self.max_length], learn[: self.max_length]
-        return Example(list(ids), segs, learn, record_id=r.id)
+        return Example(ids, segs, learn, record_id=r.id)
 
     def encode_prompt(self, instruction: str, input: str = "") -> tuple[list[int], list[int]]:
-        """Token ids and segments of a generation prompt (`dataforge generate`)."""
-        text, spans = self.prompt_text(instruction, input)
-        enc = self.tok(text, add_special_tokens=False, return_offsets_mapping=True)
-        segs = []
-        for a, b in enc["offset_mapping"]:
-            c = a
-            while c < b and text[c].isspace():
-                c += 1
-            c = a if c >= b else c
-            segs.append(next((k for s0, s1, k in spans if s0 <= c < s1), SEG_TEMPLATE))
-        return list(enc["input_ids"]), segs
+        """Token ids and segments of a generation prompt (`dataforge generate`): the tokens that every training
+        sample with this instruction and input starts with, whatever its answer. (Rendering the prompt on its
+        own differs: in the [INST] format it ends with a lone space that training merges into the answer's
+        first token, " positive"; cut there, generation continues exactly as training texts do.)"""
+        variants = [self._tokens(Record(instruction=instruction, input=input, output=p)) for p in _PLACEHOLDERS]
+        ids, segs = variants[0][0], variants[0][1]
+        n = min(v[2].index(True) for v in variants)
+        for other in variants[1:]:
+            n = next((i for i, (a, b) in enumerate(zip(ids[:n], other[0])) if a != b), n)
+        return ids[:n], segs[:n]
+
+    def stop_ids(self, generation_config=None) -> set[int]:
+        """Tokens that end an answer: the tokenizer's end-of-text, every end id of the model's generation
+        config, and the special token a training text puts right after the answer (the chat template's end
+        of turn, e.g. `<|eot_id|>`, `<end_of_turn>`, `<|im_end|>`)."""
+        eos = getattr(generation_config, "eos_token_id", None)
+        stops = {self.tok.eos_token_id} | (set(eos) if isinstance(eos, (list, tuple)) else {eos})
+        ids, _, _, offsets, resp = self._tokens(Record(instruction="Hi.", output=_PLACEHOLDER))
+        special = set(self.tok.all_special_ids) | {i for i, t in self.tok.added_tokens_decoder.items() if t.special}
+        end = resp + len(_PLACEHOLDER)
+        after = next((i for i, (a, _) in zip(ids, offsets) if a >= end), None)
+        if after in special:
+            stops.add(after)
+        return stops - {None}
 
 
 @dataclass

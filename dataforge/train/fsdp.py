@@ -64,7 +64,9 @@ def save(tmp: Path, objective, opt, fmt: str, rank: int) -> dict[str, Any]:
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
 
-    torch.save(torch.get_rng_state(), tmp / f"rng-{rank}.pt")
+    from .device import rng_states
+
+    torch.save(rng_states(), tmp / f"rng-{rank}.pt")
     if fmt == "sharded":
         model_sd, optim_sd = get_state_dict(objective, opt)
         dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(tmp / SHARDS))
@@ -93,7 +95,9 @@ def load(path: Path, objective, opt, state: dict[str, Any], rank: int) -> None:
         raise DataforgeError(f"{path}: not an FSDP checkpoint; resume it without --fsdp, or use a new output dir")
     rng = path / f"rng-{rank}.pt"
     if rng.exists():
-        torch.set_rng_state(torch.load(rng))
+        from .device import restore_rng
+
+        restore_rng(torch.load(rng))
     if fmt == "sharded":
         from torch.distributed.checkpoint import DefaultLoadPlanner
 

@@ -6,10 +6,16 @@
 - auxiliary: task classification (CE), instruction representation (MSE encoder vs model), temperature (MSE);
 - forgetting: EWC with a diagonal Fisher from the base model, or L2-SP (distance to the pretrained weights).
 All token losses are means over the tokens of the whole batch, so packing rows differently cannot change them.
+
+Gradient accumulation and DDP: every term is computed as this micro-batch's *share* of the optimizer
+step's value (sums over its tokens or samples divided by the step's totals, counted over all micro-batches
+of all processes: `StepNorm`), so the shares add up to exactly the loss of one batch holding the whole
+step, and so does the gradient (a mean of per-micro-batch means would weight short micro-batches up).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Iterable
 
 import torch
@@ -30,9 +36,9 @@ def shifted_token_ce(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.
     return loss.view(tgt.shape), tgt != IGNORE
 
 
-def masked_mean(tok_loss: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-    """Mean over the valid positions, summed in float64 (exact enough to match HF's loss to 1e-6)."""
-    total = (tok_loss.double() * valid).sum() / valid.sum().clamp(min=1)
+def masked_share(tok_loss: torch.Tensor, valid: torch.Tensor, denom: torch.Tensor) -> torch.Tensor:
+    """Sum over the valid positions / denom, summed in float64 (exact enough to match HF's loss to 1e-6)."""
+    total = (tok_loss.double() * valid).sum() / denom.clamp(min=1)
     return total.to(tok_loss.dtype)
 
 
@@ -64,17 +70,35 @@ class TaskWeighting(nn.Module):
     def log_var(self) -> torch.Tensor:
         return LOG_VAR_BOUND * torch.tanh(self.raw_log_var / LOG_VAR_BOUND)
 
-    def forward(self, tok_loss: torch.Tensor, tok_task: torch.Tensor) -> torch.Tensor:
-        slot = torch.where(tok_task < 0, self.slots - 1, tok_task)
+    def slot(self, tok_task: torch.Tensor) -> torch.Tensor:
+        return torch.where(tok_task < 0, self.slots - 1, tok_task)
+
+    def counts(self, tok_task: torch.Tensor) -> torch.Tensor:
+        """What these tokens add to the step's denominators: [sum of inverse-frequency weights,
+        tokens per slot...] (float64)."""
+        slot = self.slot(tok_task)
+        w = self.inv_freq.to(slot.device)[slot].double().sum().reshape(1)
+        per_slot = torch.zeros(self.slots, dtype=torch.float64, device=slot.device)
+        return torch.cat([w, per_slot.index_add(0, slot, torch.ones_like(slot, dtype=torch.float64))])
+
+    def forward(self, tok_loss: torch.Tensor, tok_task: torch.Tensor,
+                step_counts: torch.Tensor | None = None) -> torch.Tensor:
+        """The weighted response loss; with `step_counts` (from `counts`, summed over the optimizer step)
+        this batch's share of the step's value."""
+        slot = self.slot(tok_task)
+        if step_counts is None:
+            step_counts = self.counts(tok_task)
+        step_counts = step_counts.to(tok_loss.dtype)
         if self.mode == "inverse_frequency":
             w = self.inv_freq.to(tok_loss.device)[slot]
-            return (w * tok_loss).sum() / w.sum().clamp(min=1e-12)
+            return (w * tok_loss).sum() / step_counts[0].clamp(min=1e-12)
+        step_tokens = step_counts[1:]
         sums = tok_loss.new_zeros(self.slots).index_add(0, slot, tok_loss)
         counts = tok_loss.new_zeros(self.slots).index_add(0, slot, torch.ones_like(tok_loss))
-        present = (counts > 0).to(tok_loss.dtype)
-        per_task = sums / counts.clamp(min=1)
+        present = (step_tokens > 0).to(tok_loss.dtype)
+        per_task = sums / step_tokens.clamp(min=1)                 # this batch's share of each task's mean
         s = self.log_var()
-        terms = 0.5 * torch.exp(-s) * per_task + 0.5 * s
+        terms = 0.5 * torch.exp(-s) * per_task + 0.5 * s * counts / step_tokens.clamp(min=1)
         return (terms * present).sum() / present.sum().clamp(min=1)
 
 
@@ -138,6 +162,19 @@ def estimate_fisher(model: InstructModel, batches: Iterable[dict[str, torch.Tens
     return {k: v * scale for k, v in fisher.items()}
 
 
+@dataclass
+class StepNorm:
+    """Denominators of one optimizer step: `Objective.counts` summed over its micro-batches (and processes),
+    and how many (micro-batch, process) shares the step has (the forgetting penalty is split over them)."""
+
+    counts: torch.Tensor
+    shares: int = 1
+
+
+# layout of Objective.counts
+_LM, _RESP, _TASK, _TEMP, _SAMPLES, _WEIGHTING = range(6)
+
+
 class Objective(nn.Module):
     """Model + loss in one module, so DDP sees every trainable parameter (task weights included)."""
 
@@ -150,44 +187,70 @@ class Objective(nn.Module):
                           if cfg.task_weighting != "none" else None)
         self.anchor = anchor
 
-    def forward(self, batch: dict[str, torch.Tensor], outputs_only: bool = False) -> dict[str, torch.Tensor]:
-        """Loss terms; `outputs_only`: the model's outputs instead (eval goes through here so that FSDP, which
-        hooks the root module's forward, gathers the weights)."""
-        cfg = self.cfg
+    def _targets(self, batch: dict[str, torch.Tensor]):
+        """(LM targets, mask of LM-target positions, mask of response-target positions), shifted by one."""
+        lm_labels = self.model.lm_labels(batch["lm_labels"])
+        lm_valid = lm_labels[:, 1:] != IGNORE
+        return lm_labels, lm_valid, (batch["resp_labels"][:, 1:] != IGNORE) & lm_valid
+
+    def _token_tasks(self, batch: dict[str, torch.Tensor], valid: torch.Tensor) -> torch.Tensor:
+        """Task id of each response target (the target token's sample's task)."""
+        return batch["task_ids"][batch["sample_idx"][:, 1:].clamp(min=0)][valid]
+
+    @torch.no_grad()
+    def counts(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """What this batch adds to its step's denominators (float64): LM targets, response targets, samples
+        with a task, samples with a temperature target, samples, then the task weighting's counts."""
+        _, lm_valid, valid = self._targets(batch)
+        t = batch["task_ids"]
+        head = torch.stack([lm_valid.sum(), valid.sum(), (t >= 0).sum(),
+                            torch.isfinite(batch["temp_target"]).sum(), torch.tensor(t.numel(), device=t.device)])
+        head = head.to(torch.float64)
+        if self.weighting is None:
+            return head
+        return torch.cat([head, self.weighting.counts(self._token_tasks(batch, valid))])
+
+    def forward(self, batch: dict[str, torch.Tensor], norm: StepNorm | None = None,
+                outputs_only: bool = False) -> dict[str, torch.Tensor]:
+        """Loss terms of `batch`; with `norm`, this batch's shares of its optimizer step's terms.
+        `outputs_only`: the model's outputs instead (eval goes through here so that FSDP, which hooks the root
+        module's forward, gathers the weights)."""
         out = self.model(batch)
         if outputs_only:
             return out
+        cfg = self.cfg
+        if norm is None:
+            norm = StepNorm(self.counts(batch))
+        n = norm.counts
         logits = out["logits"]
         parts: dict[str, torch.Tensor] = {}
         # one cross-entropy pass: response targets are a subset of the all-token targets
-        lm_labels = self.model.lm_labels(batch["lm_labels"])
-        tok, lm_valid = shifted_token_ce(logits, lm_labels)
-        valid = (batch["resp_labels"][:, 1:] != IGNORE) & lm_valid
-        parts["lm"] = masked_mean(tok, lm_valid)
-        parts["instruction"] = masked_mean(tok, valid)
+        lm_labels, lm_valid, valid = self._targets(batch)
+        tok, _ = shifted_token_ce(logits, lm_labels)
+        parts["lm"] = masked_share(tok, lm_valid, n[_LM])
+        parts["instruction"] = masked_share(tok, valid, n[_RESP])
         inst_term = parts["instruction"]
         if self.weighting is not None:
-            tok_task = batch["task_ids"][batch["sample_idx"][:, 1:].clamp(min=0)]
-            inst_term = self.weighting(tok[valid], tok_task[valid])
+            inst_term = self.weighting(tok[valid], self._token_tasks(batch, valid), n[_WEIGHTING:])
             parts["instruction_weighted"] = inst_term
         total = cfg.lm_weight * parts["lm"] + cfg.instruction_weight * inst_term
         if "task_logits" in out and cfg.task_cls_weight > 0:
             t = batch["task_ids"]
             ce = F.cross_entropy(out["task_logits"].float(), t.clamp(min=0), reduction="none")
-            has = (t >= 0).float()
-            parts["task_cls"] = (ce * has).sum() / has.sum().clamp(min=1)
+            parts["task_cls"] = (ce * (t >= 0)).sum() / n[_TASK].clamp(min=1).float()
             total = total + cfg.task_cls_weight * parts["task_cls"]
         if "inst_enc" in out and cfg.inst_repr_weight > 0:
-            parts["inst_repr"] = F.mse_loss(out["inst_enc"].float(), out["pooled"].float())
+            sq = F.mse_loss(out["inst_enc"].float(), out["pooled"].float(), reduction="sum")
+            parts["inst_repr"] = sq / (n[_SAMPLES].clamp(min=1).float() * out["pooled"].shape[-1])
             total = total + cfg.inst_repr_weight * parts["inst_repr"]
         if "temperature" in out:
             tgt = batch["temp_target"]
             has = torch.isfinite(tgt)
             sq = (out["temperature"] - torch.nan_to_num(tgt, nan=0.0)) ** 2
-            parts["temperature"] = (sq * has).sum() / has.sum().clamp(min=1)
+            parts["temperature"] = (sq * has).sum() / n[_TEMP].clamp(min=1).float()
             total = total + cfg.temperature_weight * parts["temperature"]
         if self.anchor is not None:
-            parts["forgetting"] = self.anchor.penalty(self.model)
+            parts["forgetting"] = self.anchor.penalty(self.model) / norm.shares
             total = total + parts["forgetting"]
         parts["loss"] = total
         return parts

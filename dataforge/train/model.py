@@ -3,11 +3,13 @@
 The base model stays an ordinary HF model (its config and weights are never patched), so a run without
 modifications saves a checkpoint that `AutoModelForCausalLM.from_pretrained` (or vLLM) loads as is. The
 modules reach inside it in two architecture-neutral ways:
-- a forward pre-hook on each layer's attention module swaps in a 4-D float attention mask with that layer's
-  per-head bias added (HF passes a ready 4-D mask straight through to the attention function, eager or sdpa);
+- a forward pre-hook on each layer's attention module swaps in that layer's own 4-D mask (its sliding
+  window, see `arch.py`) with, on the float-mask route, its per-head bias added (HF passes a ready 4-D mask
+  straight through to the attention function, eager or sdpa);
 - a forward hook on each decoder layer adds the gated instruction re-injection to its output.
 Both read the per-batch tensors that `forward` leaves in `self._ctx` (kept after the call, because gradient
-checkpointing re-runs the layers during backward).
+checkpointing re-runs the layers during backward). What a model's own forward does after the layers
+(soft-capping, logit scaling) is reproduced by `arch.logit_transform`.
 """
 
 from __future__ import annotations
@@ -22,15 +24,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
-
 from ..errors import DataforgeError
-from .data import IGNORE, INST_CLOSE, INST_OPEN, SEG_INSTRUCTION, SEG_RESPONSE, PromptFormatter
+from .arch import attention_windows, check_attention_implementation, logit_transform
+from .attention import BIASED_ATTENTION, register_biased_attention
+from .data import IGNORE, INST_CLOSE, INST_OPEN, MASK_TOKEN, SEG_INSTRUCTION, SEG_RESPONSE, PromptFormatter
 from .modules import (InstructionAttentionBias, InstructionEncoder, ReasoningHead, SegmentEmbedding,
                       TemperatureHead, TwoStreamFusion, sample_mean)
 from .neftune import add_neftune_noise
 
-BIASED_ATTENTION = "dataforge_instruction_bias"
 META_FILE = "dataforge.json"
 MODS_FILE = "dataforge_mods.safetensors"
 _ATTN_NAMES = ("self_attn", "attn", "attention", "self_attention")
@@ -69,46 +70,23 @@ def attention_module(layer: nn.Module) -> nn.Module:
     raise DataforgeError(f"cannot find the attention module of {type(layer).__name__}")
 
 
-def _biased_attention(module, query, key, value, attention_mask, scaling=None, **kwargs):
-    """Attention with a per-head bias on instruction keys, without materialising a (B,H,T,T) mask.
+def add_prompt_only_tokens(tokenizer, tokens: list[str]) -> list[int]:
+    """Add tokens as special (never split) tokens, no-op if present; return their ids. The caller resizes
+    the embeddings and lists the ids as prompt-only (read, never predicted)."""
+    from tokenizers import AddedToken
 
-    One extra dimension does it: q' = [q, bias_h / scaling], k' = [k, is_instruction], v' = [v, 0], so
-    scaling * q'.k' = scaling * q.k + bias_h * is_instruction; the wrapped kernel (sdpa, flash, ...) keeps
-    its boolean mask and fast path. On GPU the extra width is padded to a multiple of 8; the extra outputs are cut.
-    """
-    owner_ref, layer, inner_name = module.__dict__["_dataforge_route"]
-    owner = owner_ref()
-    inner = ALL_ATTENTION_FUNCTIONS[inner_name]
-    D = query.shape[-1]
-    scaling = scaling if scaling is not None else D ** -0.5
-    ctx = owner._ctx if owner is not None else {}
-    if "inst_key" not in ctx:
-        return inner(module, query, key, value, attention_mask, scaling=scaling, **kwargs)
-    B, H, T, _ = query.shape
-    extra = (8 - D % 8 if D % 8 else 8) if query.is_cuda else 1     # GPU kernels want multiples of 8
-    q_col = (owner.attn_bias.query_column(layer, ctx["query_cx"]).to(query.dtype) / scaling).expand(B, H, T, 1)
-    k_col = ctx["inst_key"].to(key.dtype)[:, None, :, None].expand(B, key.shape[1], key.shape[2], 1)
-    query = torch.cat([query, q_col, query.new_zeros(B, H, T, extra - 1)], dim=-1)
-    key = torch.cat([key, k_col, key.new_zeros(*key.shape[:3], extra - 1)], dim=-1)
-    value = torch.cat([value, value.new_zeros(*value.shape[:3], extra)], dim=-1)
-    out, weights = inner(module, query, key, value, attention_mask, scaling=scaling, **kwargs)
-    return out[..., :D].contiguous(), weights
-
-
-def _register_biased_attention() -> None:
-    from transformers import AttentionInterface
-
-    if BIASED_ATTENTION not in ALL_ATTENTION_FUNCTIONS:
-        AttentionInterface.register(BIASED_ATTENTION, _biased_attention)
+    tokenizer.add_tokens([AddedToken(t, special=True, normalized=False) for t in tokens], special_tokens=True)
+    return tokenizer.convert_tokens_to_ids(tokens)
 
 
 def add_inst_tokens(tokenizer) -> list[int]:
-    """Add [INST]/[/INST] as special (never split) tokens, no-op if present; return their ids."""
-    from tokenizers import AddedToken
+    """Add [INST]/[/INST] as special tokens; return their ids."""
+    return add_prompt_only_tokens(tokenizer, [INST_OPEN, INST_CLOSE])
 
-    tokenizer.add_tokens([AddedToken(t, special=True, normalized=False) for t in (INST_OPEN, INST_CLOSE)],
-                         special_tokens=True)
-    return tokenizer.convert_tokens_to_ids([INST_OPEN, INST_CLOSE])
+
+def add_mask_token(tokenizer) -> int:
+    """Add instruction masking's dedicated mask token; return its id."""
+    return add_prompt_only_tokens(tokenizer, [MASK_TOKEN])[0]
 
 
 class InstructModel(nn.Module):
@@ -140,36 +118,48 @@ class InstructModel(nn.Module):
         self._hooks = []
         layers = decoder_layers(base)
         impl = getattr(cfg, "_attn_implementation", None) or "eager"
+        if impl == BIASED_ATTENTION:     # its attention kernel would read the other wrapper's batch state
+            raise DataforgeError("this base model is already wrapped by an InstructModel with an attention bias")
+        check_attention_implementation(cfg, impl)
         self._orig_attn = impl
-        # fast path: route the wrapped kernel through _biased_attention; eager models get a float-mask hook
-        self._bias_route = self.attn_bias is not None and impl != "eager" and impl in ALL_ATTENTION_FUNCTIONS
+        self.windows = attention_windows(cfg)
+        self._post_head = logit_transform(cfg)
+        # fast path: route the sdpa kernel through _biased_attention; eager models get a float-mask hook
+        # (attention soft-capping, Gemma2, is eager-only: there the bias lands after the cap, like a mask)
+        self._bias_route = self.attn_bias is not None and impl != "eager"
         if self._bias_route:
-            _register_biased_attention()
+            register_biased_attention()
             cfg._attn_implementation = BIASED_ATTENTION
+        per_layer_masks = len(set(self.windows)) > 1
         for i, layer in enumerate(layers):
             if self._bias_route:
                 object.__setattr__(attention_module(layer), "_dataforge_route", (weakref.ref(self), i, impl))
-            elif self.attn_bias is not None:
+            if per_layer_masks or (self.attn_bias is not None and not self._bias_route):
                 self._hooks.append(attention_module(layer).register_forward_pre_hook(
                     self._attention_hook(i), with_kwargs=True))
             if self.fusion is not None:
-                self._hooks.append(layer.register_forward_hook(self._inject_hook(i)))
+                self._hooks.append(layer.register_forward_hook(self._inject_hook(i), with_kwargs=True))
 
     # ------------------------------------------------------------------ hooks
     def _attention_hook(self, layer: int):
+        """This layer's mask (its window), plus its per-head instruction bias on the float-mask route."""
+        window = self.windows[layer]
+
         def hook(module, args, kwargs):
             ctx = self._ctx
-            if "float_mask" not in ctx:
+            if not _called_by_us(ctx, args, kwargs):
                 return None
-            bias = self.attn_bias.layer_bias(layer, ctx["inst_key"], ctx["key_cx"])
-            kwargs["attention_mask"] = ctx["float_mask"] + bias.to(ctx["float_mask"].dtype)
+            mask = ctx["masks"][window]
+            if "inst_key" in ctx and not self._bias_route:
+                mask = mask + self.attn_bias.layer_bias(layer, ctx["inst_key"], ctx["key_cx"]).to(mask.dtype)
+            kwargs["attention_mask"] = mask
             return args, kwargs
         return hook
 
     def _inject_hook(self, layer: int):
-        def hook(module, args, output):
+        def hook(module, args, kwargs, output):
             ctx = self._ctx
-            if "inject" not in ctx:
+            if "inject" not in ctx or not _called_by_us(ctx, args, kwargs):
                 return None
             add = ctx["inject"][:, layer][ctx["gather"]] * ctx["after"]
             if isinstance(output, tuple):
@@ -184,19 +174,25 @@ class InstructModel(nn.Module):
                                            self.task_head, self.reasoning)) or bool(self.prompt_only_ids)
 
     def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """LM head. [INST]/[/INST] are never to be generated: when they are the last rows of the output
-        matrix (the usual case after resizing) the head simply leaves them out, else their logits are -max."""
+        """LM head, then what the model's own forward does to logits (soft-capping, scaling). Prompt-only
+        tokens ([INST], [/INST], the mask token) are never to be generated: when they are the last rows of
+        the output matrix (the usual case after resizing) the head leaves them out, else their logits are -max."""
         head = self.base.get_output_embeddings()
-        if not self.prompt_only_ids:
-            return head(hidden)
         n_out = head.weight.shape[0]
         keep = n_out - len(self.prompt_only_ids)
-        if isinstance(head, nn.Linear) and sorted(self.prompt_only_ids) == list(range(keep, n_out)):
+        trim = (bool(self.prompt_only_ids) and isinstance(head, nn.Linear)
+                and sorted(self.prompt_only_ids) == list(range(keep, n_out)))
+        if trim:
             bias = head.bias[:keep] if head.bias is not None else None
-            return F.linear(hidden, head.weight[:keep], bias)
-        logits = head(hidden)
-        return logits.index_fill(-1, torch.tensor(self.prompt_only_ids, device=logits.device),
-                                 torch.finfo(logits.dtype).min)
+            logits = F.linear(hidden, head.weight[:keep], bias)
+        else:
+            logits = head(hidden)
+        if self._post_head is not None:
+            logits = self._post_head(logits)
+        if self.prompt_only_ids and not trim:
+            logits = logits.index_fill(-1, torch.tensor(self.prompt_only_ids, device=logits.device),
+                                       torch.finfo(logits.dtype).min)
+        return logits
 
     def lm_labels(self, labels: torch.Tensor) -> torch.Tensor:
         """LM targets without the prompt-only tokens (their logits are masked, so they are never targets)."""
@@ -205,10 +201,14 @@ class InstructModel(nn.Module):
         no = torch.tensor(self.prompt_only_ids, device=labels.device)
         return labels.masked_fill(torch.isin(labels, no), IGNORE)
 
-    def _mask(self, sample_idx: torch.Tensor, dtype: torch.dtype, as_float: bool) -> torch.Tensor:
-        """Block-diagonal causal mask (B,1,T,T): a token sees earlier tokens of its own sample only."""
+    def _mask(self, sample_idx: torch.Tensor, dtype: torch.dtype, as_float: bool,
+              window: int | None = None) -> torch.Tensor:
+        """Block-diagonal causal mask (B,1,T,T): a token sees earlier tokens of its own sample only (and with
+        a sliding window W, only itself and the W-1 tokens before it; a sample's tokens are contiguous)."""
         T = sample_idx.shape[1]
         causal = torch.ones(T, T, dtype=torch.bool, device=sample_idx.device).tril()
+        if window is not None:
+            causal = causal.triu(-(window - 1))
         same = (sample_idx[:, :, None] == sample_idx[:, None, :]) & (sample_idx[:, None, :] >= 0)
         allowed = (same & causal) | torch.eye(T, dtype=torch.bool, device=sample_idx.device)
         allowed = allowed[:, None]
@@ -239,14 +239,15 @@ class InstructModel(nn.Module):
             x = x + fuse[gather].to(x.dtype) * after
             ctx.update(inject=inject, gather=gather, after=after, fuse=fuse)
             out["inst_enc"] = self.repr_proj(enc)
-        eager = self._orig_attn == "eager"
-        hooked_bias = self.attn_bias is not None and not self._bias_route
-        mask = self._mask(sidx, x.dtype, as_float=eager or hooked_bias)
+        as_float = self._orig_attn == "eager" or (self.attn_bias is not None and not self._bias_route)
+        T = sidx.shape[1]
+        masks = {w: self._mask(sidx, x.dtype, as_float, w if w is not None and w < T else None)
+                 for w in set(self.windows)}
+        mask = masks[self.windows[0]]               # the other layers' masks come from the attention hook
+        ctx.update(masks=masks, passed=mask)
         if self.attn_bias is not None:
             cx = batch["complexity"].to(x.dtype)[sidx.clamp(min=0)]
             ctx.update(inst_key=inst.to(x.dtype), query_cx=cx, key_cx=cx)
-            if hooked_bias:
-                ctx["float_mask"] = mask
         self._ctx = ctx
         with_cache: dict[str, Any] = {}
         if cache is not None:
@@ -277,7 +278,7 @@ class InstructModel(nn.Module):
         self.eval()
         ids, segs = formatter.encode_prompt(instruction, input)
         dev = next(self.parameters()).device
-        eos = {formatter.tok.eos_token_id} - {None}
+        eos = formatter.stop_ids(getattr(self.base, "generation_config", None))
         gen = torch.Generator().manual_seed(seed)
         prompt_len = len(ids)
         used_temp = temperature
@@ -288,7 +289,7 @@ class InstructModel(nn.Module):
                 else dict(do_sample=False)
             out_ids = self.base.generate(torch.tensor([ids], device=dev), attention_mask=torch.ones(1, len(ids),
                                          dtype=torch.long, device=dev), max_new_tokens=max_new_tokens,
-                                         eos_token_id=list(eos) or None,
+                                         eos_token_id=sorted(eos) or None,
                                          pad_token_id=formatter.tok.pad_token_id or next(iter(eos), 0), **sampling)
             text = formatter.tok.decode(out_ids[0, prompt_len:], skip_special_tokens=True)
             return text.strip(), float(used_temp)
@@ -366,6 +367,14 @@ class InstructModel(nn.Module):
                                  f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
 
 
+def _called_by_us(ctx: dict[str, Any], args: tuple, kwargs: dict[str, Any]) -> bool:
+    """True when a layer runs inside this model's forward (or its checkpoint recomputation): it then carries
+    the mask `forward` passed in. A direct call of the base model (HF's own forward, generate) carries its
+    own mask, and the hooks, which stay registered, must leave it alone."""
+    passed = ctx.get("passed")
+    return passed is not None and (kwargs.get("attention_mask") is passed or any(a is passed for a in args))
+
+
 def _single(ids: list[int], segs: list[int], complexity: float, dev) -> dict[str, torch.Tensor]:
     T = len(ids)
     seg = torch.tensor([segs], device=dev)
@@ -389,7 +398,7 @@ def _sample(logits: torch.Tensor, temperature: float, top_p: float, gen: torch.G
     return int(order[choice])
 
 
-def load_instruct(run_dir: str | Path, device: str = "cpu") -> tuple[InstructModel, Any, dict[str, Any]]:
+def load_instruct(run_dir: str | Path, device: str | torch.device = "cpu") -> tuple[InstructModel, Any, dict[str, Any]]:
     """Load a saved model directory (a run's `model/`, or the run dir containing it): a plain HF checkpoint,
     a dataforge-type one (with modifications), or a LoRA adapter (loaded onto its base with peft)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer

@@ -1,7 +1,8 @@
 """Tiny offline models, tokenizer and records for tests, benchmarks and smoke runs (no hub, seconds).
 
 The tokenizer is a byte-level BPE trained on a few sentences, so any text tokenises; the models are
-Llama- and GPT-2-style configs with random weights.
+tiny configs of real architectures (Llama, Qwen2, Mistral, Gemma, Gemma2, Gemma3, Phi3, GPT-2) with
+random weights, sliding windows short enough that the test samples are longer.
 """
 
 from __future__ import annotations
@@ -91,3 +92,41 @@ def toy_records(n: int, seed: int = 0) -> list[Record]:
             out.append(Record(instruction="Add the two numbers and give the result.", input=f"{a} {b}",
                               output=f"The result is {a + b}", task="math", complexity=3))
     return out
+
+
+#: architecture name -> (config class, model class, config fields beyond the shared small sizes)
+TINY_WINDOW = 8
+_ARCHS = {
+    "llama": ("LlamaConfig", "LlamaForCausalLM", {}),
+    "qwen2": ("Qwen2Config", "Qwen2ForCausalLM",          # layer 0 full, layer 1 sliding
+              {"use_sliding_window": True, "sliding_window": TINY_WINDOW, "max_window_layers": 1}),
+    "mistral": ("MistralConfig", "MistralForCausalLM", {"sliding_window": TINY_WINDOW}),
+    "gemma": ("GemmaConfig", "GemmaForCausalLM", {"head_dim": 8}),
+    "gemma2": ("Gemma2Config", "Gemma2ForCausalLM",       # sliding/full alternate, both soft-cappings on
+               {"head_dim": 8, "sliding_window": TINY_WINDOW, "query_pre_attn_scalar": 8,
+                "final_logit_softcapping": 30.0, "attn_logit_softcapping": 50.0}),
+    "gemma3": ("Gemma3TextConfig", "Gemma3ForCausalLM",
+               {"head_dim": 8, "sliding_window": TINY_WINDOW, "query_pre_attn_scalar": 8,
+                "layer_types": ["sliding_attention", "full_attention"], "final_logit_softcapping": 30.0}),
+    "phi3": ("Phi3Config", "Phi3ForCausalLM", {"sliding_window": TINY_WINDOW}),
+}
+TINY_ARCHS = tuple(_ARCHS) + ("gpt2",)
+
+
+def tiny_model(arch: str, vocab_size: int, seed: int = 0, attn: str | None = None, **overrides):
+    """A 2-layer, 32-wide model of the named architecture (see TINY_ARCHS); attn: eager | sdpa | None
+    (the architecture's default)."""
+    import torch
+    import transformers
+
+    if arch == "gpt2":
+        return tiny_gpt2(vocab_size, seed, attn=attn or "sdpa")
+    cfg_name, model_name, extra = _ARCHS[arch]
+    fields = dict(vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                  tie_word_embeddings=False, pad_token_id=0, bos_token_id=1, eos_token_id=2) | extra | overrides
+    cfg = getattr(transformers, cfg_name)(**fields)
+    if attn:
+        cfg._attn_implementation = attn
+    torch.manual_seed(seed)
+    return getattr(transformers, model_name)(cfg).float().eval()

@@ -26,13 +26,16 @@ import torch
 from ..errors import DataforgeError
 from ..io import RejectSink, ReadStats, read_records, write_json_atomic
 from .config import TrainConfig
-from .data import (Example, PromptFormatter, TaskInfo, collate, encode_records, mask_instruction, plan_rows,
+from .data import (Example, PromptFormatter, TaskInfo, collate, encode_records, plan_rows,
                    split_eval, SEG_TEMPLATE)
 from . import fsdp
+from .arch import check_matches_base
 from .checkpoints import CKPT_DIR, ckpt_dirs, load_checkpoint, save_checkpoint
+from .device import choose_precision
 from .evaluation import EvalSet, evaluate
 from .losses import Anchor, Objective, estimate_fisher
-from .model import InstructModel, add_inst_tokens, quiet_hf
+from .model import InstructModel, add_inst_tokens, add_mask_token, quiet_hf
+from .step import accumulate, step_batch
 from .model_dir import write_model
 from .selection import BestTracker
 
@@ -210,11 +213,13 @@ def run_train(input_path, output_dir, cfg: TrainConfig, *, progress: bool = True
         raise DataforgeError("run_train(model=...) needs the tokenizer too")
     elif cfg.qlora:
         raise DataforgeError("--qlora loads the base itself in 4-bit: give cfg.model, not run_train(model=...)")
-    prompt_only: list[int] = []
-    if cfg.inst_tokens:
-        prompt_only = add_inst_tokens(tokenizer)
-        if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
-            model.resize_token_embeddings(len(tokenizer))
+    prompt_only: list[int] = add_inst_tokens(tokenizer) if cfg.inst_tokens else []
+    mask_id = None
+    if cfg.instruction_mask_prob > 0 and cfg.instruction_mask_mode == "mask":
+        mask_id = add_mask_token(tokenizer)
+        prompt_only.append(mask_id)
+    if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
+        model.resize_token_embeddings(len(tokenizer))
     task_names = sorted({r.task for r in train_recs if r.task})
     tasks = TaskInfo(task_names, cfg.task_kinds, cfg.temperature_by_kind)
     fmt = PromptFormatter(tokenizer, cfg.prompt_format, cfg.inst_tokens, cfg.max_length)
@@ -226,10 +231,14 @@ def run_train(input_path, output_dir, cfg: TrainConfig, *, progress: bool = True
     if not train_ex:
         raise DataforgeError(f"{input_path}: no usable training records (dropped: {drops or 'none'})")
     pad_id = next(t for t in (tokenizer.pad_token_id, tokenizer.eos_token_id, 0) if t is not None)
-    mask_id = next(t for t in (tokenizer.mask_token_id, tokenizer.unk_token_id, tokenizer.eos_token_id, 0)
-                   if t is not None)
+    make_plan, collate_fn = (dpo.pair_plan, dpo.collate_pairs) if dpo else (BatchPlan, collate)
+    evaluate_fn = dpo.evaluate if dpo else evaluate
+    plan = make_plan(train_ex, cfg)
 
     # -- model, objective, optimizer ------------------------------------------------------------------
+    if not cfg.qlora:                     # a 4-bit model was placed on its device when it was loaded
+        model.to(dist.device)
+    base_check = check_matches_base(model, [e for row in plan.rows(0) for e in row], pad_id, dist.device)
     peft_model = None
     if cfg.lora:
         from .lora import apply_lora
@@ -268,9 +277,6 @@ def run_train(input_path, output_dir, cfg: TrainConfig, *, progress: bool = True
         fsdp.shard(objective, dist)
     opt = torch.optim.AdamW(param_groups(objective, cfg), betas=(0.9, 0.95), eps=1e-8)
 
-    make_plan, collate_fn = (dpo.pair_plan, dpo.collate_pairs) if dpo else (BatchPlan, collate)
-    evaluate_fn = dpo.evaluate if dpo else evaluate
-    plan = make_plan(train_ex, cfg)
     per_step = cfg.grad_accum * dist.world
     steps_per_epoch = max(1, len(plan) // per_step)
     total_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * steps_per_epoch))
@@ -280,9 +286,12 @@ def run_train(input_path, output_dir, cfg: TrainConfig, *, progress: bool = True
     evalset = dpo.eval_set(eval_rows, pad_id) if dpo else EvalSet.build(eval_rows, eval_recs, pad_id)
 
     step, tokens_seen, resumed_from, best = 0, 0, None, BestTracker(cfg.early_stop_patience)
+    amp_dtype = choose_precision(cfg.bf16, dist.device.type, dist.device.type == "cuda" and
+                                 torch.cuda.is_bf16_supported(including_emulation=False))
+    scaler = torch.amp.GradScaler(dist.device.type, enabled=amp_dtype == torch.float16)
     ckpts = ckpt_dirs(out) if cfg.resume else []
     if ckpts:
-        state = load_checkpoint(ckpts[-1], objective, opt, cfg, dist)
+        state = load_checkpoint(ckpts[-1], objective, opt, cfg, dist, scaler)
         step, tokens_seen, resumed_from = state["step"], state.get("tokens", 0), str(ckpts[-1])
         best = BestTracker.from_state(state.get("best"), cfg.early_stop_patience)
 
@@ -308,10 +317,9 @@ def run_train(input_path, output_dir, cfg: TrainConfig, *, progress: bool = True
 
         train_obj = DDP(objective, device_ids=[dist.local_rank] if dist.device.type == "cuda" else None,
                         find_unused_parameters=imodel.has_mods, broadcast_buffers=False)
-    use_bf16 = cfg.bf16 == "on" or (cfg.bf16 == "auto" and dist.device.type == "cuda")
 
     def autocast():
-        return torch.autocast(dist.device.type, dtype=torch.bfloat16) if use_bf16 else nullcontext()
+        return torch.autocast(dist.device.type, dtype=amp_dtype) if amp_dtype is not None else nullcontext()
 
     # -- loop ---------------------------------------------------------------------------------------
     restore_sigterm = _sigterm_as_interrupt()
@@ -338,32 +346,22 @@ def run_train(input_path, output_dir, cfg: TrainConfig, *, progress: bool = True
             while step < total_steps and not best.stop:
                 for group in opt.param_groups:
                     group["lr"] = group["peak_lr"] * lr_factor(step, total_steps, warmup)
-                sums: dict[str, float] = {}
-                step_tokens = 0
-                for k in range(cfg.grad_accum):
-                    g = step * per_step + k * dist.world + dist.rank
-                    rows = plan.rows(g)
-                    if cfg.instruction_mask_prob > 0:
-                        rng = random.Random(f"{cfg.seed}:mask:{g}")
-                        rows = [[mask_instruction(e, cfg.instruction_mask_prob, cfg.instruction_mask_mode, mask_id, rng)
-                                 for e in row] for row in rows]
-                    batch = _to(collate_fn(rows, pad_id), dist.device)
-                    step_tokens += int((batch["sample_idx"] >= 0).sum())
-                    sync = k == cfg.grad_accum - 1 or dist.world == 1
-                    with fsdp.grad_sync(train_obj, sync, cfg.fsdp), autocast():
-                        parts = train_obj(batch)
-                    (parts["loss"] / cfg.grad_accum).backward()
-                    for name, v in parts.items():
-                        sums[name] = sums.get(name, 0.0) + float(v.detach()) / cfg.grad_accum
+                batches = [_to(step_batch(plan, cfg, step * per_step + k * dist.world + dist.rank, pad_id, mask_id,
+                                          collate_fn),
+                               dist.device) for k in range(cfg.grad_accum)]
+                step_tokens = sum(int((b["sample_idx"] >= 0).sum()) for b in batches)
+                sums = accumulate(train_obj, objective, batches, dist, autocast, scaler, cfg.fsdp)
+                scaler.unscale_(opt)             # (a no-op unless fp16)
                 if cfg.max_grad_norm > 0:
                     torch.nn.utils.clip_grad_norm_(objective.parameters(), cfg.max_grad_norm)
                 updating = True                  # weights change here: an interrupt now must not be saved
-                opt.step()
+                scaler.step(opt)                 # skips the step if fp16 gradients overflowed
+                scaler.update()
                 opt.zero_grad(set_to_none=True)
                 step += 1
                 updating = False
                 if dist.world > 1:
-                    sums, step_tokens = _all_reduce_mean(sums, step_tokens, dist)
+                    sums, step_tokens = _all_reduce_sum(sums, step_tokens, dist)
                 tokens_seen += step_tokens
                 tok_window += step_tokens
                 last = sums
@@ -389,12 +387,12 @@ def run_train(input_path, output_dir, cfg: TrainConfig, *, progress: bool = True
                 due = (cfg.save_every and step % cfg.save_every == 0) or \
                     (cfg.save_minutes and time.time() - t_saved >= 60 * cfg.save_minutes)
                 if due and step < total_steps and (dist.main or cfg.fsdp):
-                    save_checkpoint(out, step, objective, opt, cfg, counters(), dist)
+                    save_checkpoint(out, step, objective, opt, cfg, counters(), dist, scaler)
                     saved_step, t_saved = step, time.time()
         except KeyboardInterrupt:
             restore_sigterm()
             if dist.main and not updating and step > saved_step and not cfg.fsdp:
-                save_checkpoint(out, step, objective, opt, cfg, counters())
+                save_checkpoint(out, step, objective, opt, cfg, counters(), scaler=scaler)
                 saved_step = step
             if log is not None:
                 log.close()
@@ -420,6 +418,8 @@ def run_train(input_path, output_dir, cfg: TrainConfig, *, progress: bool = True
         "params": params, "world_size": dist.world, "fsdp": cfg.fsdp, "ranks_in_sync": in_sync,
         "resumed_from": resumed_from, "prompt_format": fmt.fmt, "model_dir": str(out / "model"),
         "plain_hf": not imodel.has_mods and peft_model is None, "objective": cfg.objective,
+        "precision": str(amp_dtype).replace("torch.", "") if amp_dtype is not None else "float32",
+        "base_check": base_check,
     }
     if peft_model is not None:
         summary["adapter"] = {"kind": "qlora" if cfg.qlora else "lora", "r": cfg.lora_r, "alpha": cfg.lora_alpha,
@@ -428,7 +428,7 @@ def run_train(input_path, output_dir, cfg: TrainConfig, *, progress: bool = True
         summary["best_dir"] = str(out / "best")
     if resumed_from is None or step > int(Path(resumed_from).name.split("-")[1]):
         if dist.main or cfg.fsdp:
-            save_checkpoint(out, step, objective, opt, cfg, counters(), dist)
+            save_checkpoint(out, step, objective, opt, cfg, counters(), dist, scaler)
     save_model_dir("model")
     if cfg.merge and dist.main:
         from .lora import merge_into_base
@@ -471,14 +471,15 @@ def _log_step(line: str) -> int:
         return 1 << 60                     # a torn last line: drop it
 
 
-def _all_reduce_mean(sums: dict[str, float], tokens: int, dist: Dist) -> tuple[dict[str, float], int]:
+def _all_reduce_sum(sums: dict[str, float], tokens: int, dist: Dist) -> tuple[dict[str, float], int]:
+    """Every process logged its shares of the step's loss terms: their sum is the step's value."""
     import torch.distributed as tdist
 
     keys = sorted(sums)
     t = torch.tensor([sums[k] for k in keys] + [float(tokens)], dtype=torch.float64, device=dist.device)
     tdist.all_reduce(t)
     vals = t.tolist()
-    return {k: vals[i] / dist.world for i, k in enumerate(keys)}, int(vals[-1])
+    return {k: vals[i] for i, k in enumerate(keys)}, int(vals[-1])
 
 
 def _ranks_in_sync(objective: Objective, dist: Dist) -> bool:

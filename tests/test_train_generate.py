@@ -143,5 +143,25 @@ def test_generate_command_device_option(tmp_path):
     bad = runner.invoke(app, ["generate", str(run), "Add.", "--device", "cuda:7"])
     assert bad.exit_code != 0 and "--device cuda:7: no such CUDA device" in str(bad.exception)
     assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
-    with pytest.raises(Exception, match="not a device name"):
+
+
+def test_device_resolution_on_machines_with_and_without_gpus():
+    from dataforge.errors import DataforgeError
+    from dataforge.train.device import resolve_device
+
+    assert resolve_device("auto", cuda_devices=0) == torch.device("cpu")
+    assert resolve_device("auto", cuda_devices=2) == torch.device("cuda")
+    assert resolve_device("cuda", cuda_devices=1) == torch.device("cuda")
+    assert resolve_device("cuda:1", cuda_devices=2) == torch.device("cuda:1")
+    assert resolve_device("cpu", cuda_devices=0, mps=False) == torch.device("cpu")
+    assert resolve_device("mps", cuda_devices=0, mps=True) == torch.device("mps")
+    for name, n in (("cuda", 0), ("cuda:2", 2), ("cuda:0", 0)):
+        with pytest.raises(DataforgeError) as err:
+            resolve_device(name, cuda_devices=n)
+        assert str(err.value) == f"--device {name}: no such CUDA device here ({n} visible); use --device cpu or auto"
+    with pytest.raises(DataforgeError) as err:
+        resolve_device("mps", cuda_devices=0, mps=False)
+    assert str(err.value) == "--device mps: MPS is not available here; use --device cpu or auto"
+    with pytest.raises(DataforgeError) as err:
         resolve_device("gpu0")
+    assert str(err.value) == "--device gpu0: not a device name (cpu, cuda, cuda:N, mps, auto)"

@@ -7,18 +7,21 @@ import torch
 from ..errors import DataforgeError
 
 
-def resolve_device(name: str) -> torch.device:
-    """'auto' -> the first GPU when there is one, else the CPU; a named device must exist."""
+def resolve_device(name: str, cuda_devices: int | None = None, mps: bool | None = None) -> torch.device:
+    """'auto' -> the first GPU when there is one, else the CPU; a named device must exist. (cuda_devices, mps:
+    what this machine has; found out when not given.)"""
+    n_cuda = torch.cuda.device_count() if cuda_devices is None else cuda_devices
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device("cuda" if n_cuda > 0 else "cpu")
     try:
         dev = torch.device(name)
     except RuntimeError as exc:
         raise DataforgeError(f"--device {name}: not a device name (cpu, cuda, cuda:N, mps, auto)") from exc
-    if dev.type == "cuda" and (not torch.cuda.is_available() or (dev.index or 0) >= torch.cuda.device_count()):
-        raise DataforgeError(f"--device {name}: no such CUDA device here "
-                             f"({torch.cuda.device_count()} visible); use --device cpu or auto")
-    if dev.type == "mps" and not torch.backends.mps.is_available():
+    if dev.type == "cuda" and (dev.index or 0) >= n_cuda:
+        raise DataforgeError(f"--device {name}: no such CUDA device here ({n_cuda} visible); use --device cpu "
+                             "or auto")
+    has_mps = torch.backends.mps.is_available() if mps is None else mps
+    if dev.type == "mps" and not has_mps:
         raise DataforgeError(f"--device {name}: MPS is not available here; use --device cpu or auto")
     return dev
 

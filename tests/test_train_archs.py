@@ -133,6 +133,33 @@ def test_hooks_leave_direct_calls_of_the_base_model_alone(arch):
     assert torch.allclose(ours[real.bool()], theirs[real.bool()], atol=1e-6, rtol=0)
 
 
+@pytest.mark.parametrize("arch,attn", [("qwen2", "eager"), ("gemma3", "sdpa")])
+def test_gradient_checkpointing_recomputes_with_the_modifications(arch, attn):
+    """Checkpointed layers run again during backward: the per-layer masks, the bias and the injections must
+    apply then too, or the gradients would silently differ."""
+    tok = tiny_tokenizer(chat_template=True)
+    cfg = TrainConfig.all_mods(inst_tokens=False, fusion_dim=16, fusion_heads=2)
+    exs = _examples(tok)
+    packed = collate([exs[:3], exs[3:]], tok.pad_token_id)
+    grads = []
+    for checkpointing in (False, True):
+        model = InstructModel(tiny_model(arch, len(tok), attn=attn), cfg.mods_dict(), len(TASKS))
+        torch.manual_seed(0)
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if not name.startswith("base."):
+                    p.add_(0.3 * torch.randn_like(p))
+        if checkpointing:
+            model.base.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        model.train()
+        obj = Objective(model, cfg, len(TASKS))
+        obj(packed)["loss"].backward()
+        grads.append({n: p.grad for n, p in obj.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys() and len(grads[0]) > 30
+    for n in grads[0]:
+        assert torch.allclose(grads[0][n], grads[1][n], rtol=1e-4, atol=1e-7), n
+
+
 @pytest.mark.parametrize("arch", SLIDING)
 def test_the_start_up_check_catches_one_mask_for_every_layer(arch, monkeypatch):
     """Were every layer given the full causal mask (the old behaviour), the check would refuse."""

@@ -468,3 +468,115 @@ def test_micro_batch_shares_add_up_to_one_big_batch():
     assert g_big.keys() == g_acc.keys()
     for n in g_big:
         assert torch.allclose(g_big[n], g_acc[n], rtol=1e-4, atol=1e-7), n
+
+
+# ---------------------------------------------------------------------------------------- edges
+
+
+def test_terms_of_a_single_sample_batch_and_their_dtype():
+    """Denominators of exactly one (one sample, one task target, one temperature target)."""
+    tok, _, model, ref, exs, _ = _setup(temperature_head=True, task_cls_weight=1.0, fusion=True, fusion_dim=16,
+                                        fusion_heads=2)
+    batch = collate([[exs[1]]], tok.pad_token_id)          # generation: task 1, temperature 1.0
+    cfg = TrainConfig(temperature_head=True, task_cls_weight=1.0, fusion=True, inst_repr_weight=1.0,
+                      task_weighting="uncertainty")
+    parts = Objective(model, cfg, len(TASKS))(batch)
+    out = model(batch)
+    assert abs(float(parts["task_cls"]) + float(out["task_logits"].log_softmax(-1)[0, 1])) < 1e-6
+    assert abs(float(parts["temperature"]) - (float(out["temperature"][0]) - 1.0) ** 2) < 1e-6
+    assert abs(float(parts["inst_repr"]) - float(((out["inst_enc"] - out["pooled"]) ** 2).mean())) < 1e-6
+    assert len(parts) == 7 and all(v.dtype == torch.float32 for v in parts.values())
+
+
+def test_token_loss_helpers():
+    from dataforge.train.losses import masked_share, mean_token_ce, shifted_token_ce
+
+    tok = torch.tensor([[2.0, 3.0, 5.0]])
+    one = masked_share(tok, torch.tensor([[False, True, False]]), torch.tensor(1.0, dtype=torch.float64))
+    assert float(one) == 3.0 and one.dtype == torch.float32
+    logits = torch.randn(1, 4, 7, requires_grad=True)
+    none = mean_token_ce(logits, torch.full((1, 4), IGNORE))
+    assert float(none) == 0.0 and none.requires_grad                   # no targets: 0, still differentiable
+    only_first = torch.tensor([[IGNORE, 3, IGNORE, IGNORE]])               # one target, at position 1
+    assert abs(float(mean_token_ce(logits, only_first)) + float(logits[0, 0].log_softmax(-1)[3])) < 1e-6
+    loss, has = shifted_token_ce(logits, torch.tensor([[IGNORE, 3, IGNORE, 6]]))
+    assert has.tolist() == [[True, False, True]]
+    assert abs(float(loss[0, 2]) + float(logits[0, 2].log_softmax(-1)[6])) < 1e-6 and float(loss[0, 1]) == 0.0
+
+
+def test_task_weighting_edges():
+    from dataforge.train.losses import TaskWeighting
+
+    w = TaskWeighting("uncertainty", 3)
+    with torch.no_grad():
+        w.raw_log_var.copy_(torch.tensor([0.6, -0.9, 0.3, 1.2]))
+    s = 3 * torch.tanh(w.raw_log_var / 3)
+    # task 0 has one token, task 1 two, task 2 and "no task" none: only the tasks present are averaged
+    out = w(torch.tensor([2.0, 1.0, 3.0]), torch.tensor([0, 1, 1]))
+    expected = ((0.5 * torch.exp(-s[0]) * 2.0 + 0.5 * s[0]) + (0.5 * torch.exp(-s[1]) * 2.0 + 0.5 * s[1])) / 2
+    assert abs(float(out) - float(expected)) < 1e-6
+    single = w(torch.tensor([4.0]), torch.tensor([-100]))                     # one task present, one token
+    assert abs(float(single) - float(0.5 * torch.exp(-s[3]) * 4.0 + 0.5 * s[3])) < 1e-6
+    inv = TaskWeighting("inverse_frequency", 2, counts=[9, 1, 0])             # weights 10/18, 5, 0
+    assert inv.inv_freq.tolist() == pytest.approx([10 / 18, 5.0, 0.0])
+    assert abs(float(inv(torch.tensor([3.0]), torch.tensor([0]))) - 3.0) < 1e-6    # sum of weights < 1
+    mixed = inv(torch.tensor([3.0, 1.0, 7.0]), torch.tensor([0, 1, -100]))        # the unseen slot weighs 0
+    assert abs(float(mixed) - (10 / 18 * 3.0 + 5.0 * 1.0) / (10 / 18 + 5.0)) < 1e-6
+    plain = TaskWeighting("inverse_frequency", 2)                                  # no counts: a plain mean
+    assert abs(float(plain(torch.tensor([1.0, 2.0, 6.0]), torch.tensor([0, 0, 1]))) - 3.0) < 1e-6
+
+
+def test_loss_state_is_not_saved_in_checkpoints():
+    """Reference weights, Fisher and inverse frequencies are rebuilt at start-up: never checkpoint tensors."""
+    tok, _, model, ref, exs, batch = _setup()
+    fisher = {n: torch.ones_like(p) for n, p in model.base.named_parameters()}
+    obj = Objective(model, TrainConfig(task_weighting="inverse_frequency"), len(TASKS), [1, 1, 1, 1],
+                    Anchor(model, fisher, 1.0, 1.0))
+    keys = set(obj.state_dict())
+    assert not any(k.startswith("anchor.") or "inv_freq" in k for k in keys)
+    assert keys == {"model." + k for k in model.state_dict()}
+
+
+def test_frozen_weights_are_not_anchored():
+    tok, _, model, ref, exs, batch = _setup()
+    params = list(model.base.named_parameters())
+    params[0][1].requires_grad_(False)                              # e.g. frozen embeddings (LoRA freezes most)
+    anchor = Anchor(model, None, 0.0, 1.0)
+    assert anchor.names == [n for n, _ in params[1:]]
+    with torch.no_grad():
+        params[0][1].add_(1.0)
+        params[-1][1].add_(0.1)
+    assert abs(float(anchor.penalty(model)) - 0.5 * 0.01 * params[-1][1].numel()) < 1e-4
+
+
+def test_optional_terms_follow_their_weights():
+    """A head or an encoder present with its loss weight at 0 adds no term; a weight without a head (no
+    task in the data) adds none either."""
+    tok, _, model, ref, exs, batch = _setup(task_cls_weight=1.0, fusion=True, fusion_dim=16, fusion_heads=2)
+    parts = Objective(model, TrainConfig(task_cls_weight=0.0, fusion=True, inst_repr_weight=0.0), len(TASKS))(batch)
+    assert "task_cls" not in parts and "inst_repr" not in parts
+    plain = InstructModel(tiny_model("llama", len(tok)), TrainConfig(task_cls_weight=1.0).mods_dict(), 0)
+    assert plain.task_head is None
+    assert "task_cls" not in Objective(plain, TrainConfig(task_cls_weight=1.0), 0)(batch)
+
+
+def test_fisher_edges():
+    tok, _, model, ref, exs, batch = _setup()
+    batches = [collate([[e]], tok.pad_token_id) for e in exs[:2]]
+    with torch.no_grad():
+        model.base.model.norm.weight.mul_(1e-3)                      # tiny gradients: their sum is below 1
+    fisher = estimate_fisher(model, batches)
+    raw_total = 0.0
+    for b in batches:
+        model.zero_grad()
+        F.cross_entropy(model(b)["logits"][0, :-1], b["lm_labels"][0, 1:]).backward()
+        raw_total += sum(float((p.grad ** 2).sum()) for p in model.base.parameters() if p.grad is not None)
+    assert 0 < raw_total < 1
+    assert abs(sum(float(f.sum()) for f in fisher.values()) / sum(f.numel() for f in fisher.values()) - 1) < 1e-4
+    empty = {k: v.clone() for k, v in batches[0].items()}
+    empty["lm_labels"] = torch.full_like(empty["lm_labels"], IGNORE)  # no targets: no gradient
+    zero = estimate_fisher(model, [empty])
+    assert all(bool((f == 0).all()) for f in zero.values())
+    assert all(p.grad is None for p in model.parameters())           # leaves no gradient behind
+    bf16 = InstructModel(tiny_model("llama", len(tok)).to(torch.bfloat16), {})
+    assert all(f.dtype == torch.float32 for f in estimate_fisher(bf16, batches[:1]).values())

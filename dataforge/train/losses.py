@@ -62,9 +62,11 @@ class TaskWeighting(nn.Module):
         self.mode, self.slots = mode, n_tasks + 1
         if mode == "uncertainty":
             self.raw_log_var = nn.Parameter(torch.zeros(self.slots))
-        counts = counts or [1] * self.slots
-        total, present = sum(counts), sum(1 for c in counts if c)
-        w = [total / (present * c) if c else 0.0 for c in counts]
+        if counts is None:
+            w = [1.0] * self.slots
+        else:           # a task with no training sample gets weight 0 (none of its tokens can be in a batch)
+            total, present = sum(counts), sum(1 for c in counts if c)
+            w = [total / (present * c) if c else 0.0 for c in counts]
         self.register_buffer("inv_freq", torch.tensor(w, dtype=torch.float32), persistent=False)
 
     def log_var(self) -> torch.Tensor:
@@ -77,8 +79,8 @@ class TaskWeighting(nn.Module):
         """What these tokens add to the step's denominators: [sum of inverse-frequency weights,
         tokens per slot...] (float64)."""
         slot = self.slot(tok_task)
-        w = self.inv_freq.to(slot.device)[slot].double().sum().reshape(1)
-        per_slot = torch.zeros(self.slots, dtype=torch.float64, device=slot.device)
+        w = self.inv_freq[slot].double().sum().reshape(1)
+        per_slot = slot.new_zeros(self.slots, dtype=torch.float64)
         return torch.cat([w, per_slot.index_add(0, slot, torch.ones_like(slot, dtype=torch.float64))])
 
     def forward(self, tok_loss: torch.Tensor, tok_task: torch.Tensor,
@@ -90,16 +92,15 @@ class TaskWeighting(nn.Module):
             step_counts = self.counts(tok_task)
         step_counts = step_counts.to(tok_loss.dtype)
         if self.mode == "inverse_frequency":
-            w = self.inv_freq.to(tok_loss.device)[slot]
-            return (w * tok_loss).sum() / step_counts[0].clamp(min=1e-12)
+            return (self.inv_freq[slot] * tok_loss).sum() / step_counts[0].clamp(min=1e-12)
         step_tokens = step_counts[1:]
         sums = tok_loss.new_zeros(self.slots).index_add(0, slot, tok_loss)
         counts = tok_loss.new_zeros(self.slots).index_add(0, slot, torch.ones_like(tok_loss))
-        present = (step_tokens > 0).to(tok_loss.dtype)
-        per_task = sums / step_tokens.clamp(min=1)                 # this batch's share of each task's mean
+        present = step_tokens > 0                                  # the tasks of the step (not only this batch)
         s = self.log_var()
-        terms = 0.5 * torch.exp(-s) * per_task + 0.5 * s * counts / step_tokens.clamp(min=1)
-        return (terms * present).sum() / present.sum().clamp(min=1)
+        # this batch's share of each present task's 0.5*exp(-s)*mean + 0.5*s
+        terms = (0.5 * torch.exp(-s) * sums + 0.5 * s * counts)[present] / step_tokens[present]
+        return terms.sum() / present.sum().clamp(min=1)
 
 
 class Anchor(nn.Module):
@@ -110,17 +111,19 @@ class Anchor(nn.Module):
         super().__init__()
         self.ewc_weight, self.l2sp_weight = ewc_weight, l2sp_weight
         self.names = []
+        self.ewc = fisher is not None and ewc_weight > 0
         for i, (name, p) in enumerate(model.base.named_parameters()):
-            if not p.requires_grad:
+            if not p.requires_grad:                  # frozen weights cannot drift
                 continue
             self.names.append(name)
             self.register_buffer(f"ref_{i}", p.detach().clone(), persistent=False)
-            if fisher is not None:
+            if self.ewc:
                 self.register_buffer(f"fisher_{i}", fisher[name].detach().clone(), persistent=False)
         self._index = {n: i for i, (n, _) in enumerate(model.base.named_parameters())}
 
     def penalty(self, model: InstructModel) -> torch.Tensor:
-        total = None
+        """0.5 * l2sp_weight * sum (w - w0)^2 + 0.5 * ewc_weight * sum F * (w - w0)^2 over the anchored weights."""
+        total = torch.zeros(())
         params = dict(model.base.named_parameters())
         for name in self.names:
             i = self._index[name]
@@ -129,13 +132,10 @@ class Anchor(nn.Module):
             if p.shape != ref.shape:                 # resized embeddings: only the original rows are anchored
                 p = p[: ref.shape[0]]
             sq = (p.float() - ref.float()) ** 2
-            term = 0.0
-            if self.l2sp_weight:
-                term = term + 0.5 * self.l2sp_weight * sq.sum()
-            if self.ewc_weight and hasattr(self, f"fisher_{i}"):
-                term = term + 0.5 * self.ewc_weight * (getattr(self, f"fisher_{i}") * sq).sum()
-            total = term if total is None else total + term
-        return total if total is not None else torch.zeros(())
+            total = total + 0.5 * self.l2sp_weight * sq.sum()
+            if self.ewc:
+                total = total + 0.5 * self.ewc_weight * (getattr(self, f"fisher_{i}") * sq).sum()
+        return total
 
 
 def estimate_fisher(model: InstructModel, batches: Iterable[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
@@ -145,21 +145,20 @@ def estimate_fisher(model: InstructModel, batches: Iterable[dict[str, torch.Tens
     fisher = {n: torch.zeros_like(p, dtype=torch.float32) for n, p in params.items()}
     was_training = model.training
     model.eval()
-    n = 0
     for batch in batches:
-        model.zero_grad(set_to_none=True)
+        model.zero_grad()
         out = model(batch)
         mean_token_ce(out["logits"], model.lm_labels(batch["lm_labels"])).backward()
         for name, p in params.items():
             if p.grad is not None:
                 fisher[name] += p.grad.detach().float() ** 2
-        n += 1
-    model.zero_grad(set_to_none=True)
+    model.zero_grad()
     model.train(was_training)
     total = sum(float(f.sum()) for f in fisher.values())
     count = sum(f.numel() for f in fisher.values())
-    scale = count / total if total > 0 else 1.0
-    return {k: v * scale for k, v in fisher.items()}
+    if total == 0:                     # no gradient at all (no targets): nothing to weight
+        return fisher
+    return {k: v * (count / total) for k, v in fisher.items()}
 
 
 @dataclass
@@ -245,9 +244,9 @@ class Objective(nn.Module):
             total = total + cfg.inst_repr_weight * parts["inst_repr"]
         if "temperature" in out:
             tgt = batch["temp_target"]
-            has = torch.isfinite(tgt)
-            sq = (out["temperature"] - torch.nan_to_num(tgt, nan=0.0)) ** 2
-            parts["temperature"] = (sq * has).sum() / n[_TEMP].clamp(min=1).float()
+            has = torch.isfinite(tgt)                      # samples whose task has a temperature
+            sq = (out["temperature"][has] - tgt[has]) ** 2
+            parts["temperature"] = sq.sum() / n[_TEMP].clamp(min=1).float()
             total = total + cfg.temperature_weight * parts["temperature"]
         if self.anchor is not None:
             parts["forgetting"] = self.anchor.penalty(self.model) / norm.shares

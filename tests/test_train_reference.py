@@ -537,6 +537,17 @@ def test_loss_state_is_not_saved_in_checkpoints():
     assert keys == {"model." + k for k in model.state_dict()}
 
 
+def test_anchor_keeps_a_fisher_only_for_ewc():
+    tok, _, model, ref, exs, batch = _setup()
+    fisher = {n: torch.ones_like(p) for n, p in model.base.named_parameters()}
+    l2sp_only = Anchor(model, fisher, ewc_weight=0.0, l2sp_weight=1.0)
+    assert not any(n.startswith("fisher_") for n, _ in l2sp_only.named_buffers())
+    with pytest.raises(ValueError, match="EWC needs the Fisher"):
+        Anchor(model, None, ewc_weight=1.0, l2sp_weight=0.0)
+    from dataforge.train.losses import TaskWeighting
+    assert TaskWeighting("inverse_frequency", 2).inv_freq.tolist() == [1.0, 1.0, 1.0]   # no counts: weight 1 each
+
+
 def test_frozen_weights_are_not_anchored():
     tok, _, model, ref, exs, batch = _setup()
     params = list(model.base.named_parameters())

@@ -110,8 +110,10 @@ class Anchor(nn.Module):
                  ewc_weight: float, l2sp_weight: float):
         super().__init__()
         self.ewc_weight, self.l2sp_weight = ewc_weight, l2sp_weight
+        if ewc_weight > 0 and fisher is None:
+            raise ValueError("EWC needs the Fisher of the base model (estimate_fisher)")
         self.names = []
-        self.ewc = fisher is not None and ewc_weight > 0
+        self.ewc = ewc_weight > 0
         for i, (name, p) in enumerate(model.base.named_parameters()):
             if not p.requires_grad:                  # frozen weights cannot drift
                 continue

@@ -542,8 +542,9 @@ def test_anchor_keeps_a_fisher_only_for_ewc():
     fisher = {n: torch.ones_like(p) for n, p in model.base.named_parameters()}
     l2sp_only = Anchor(model, fisher, ewc_weight=0.0, l2sp_weight=1.0)
     assert not any(n.startswith("fisher_") for n, _ in l2sp_only.named_buffers())
-    with pytest.raises(ValueError, match="EWC needs the Fisher"):
+    with pytest.raises(ValueError) as err:
         Anchor(model, None, ewc_weight=1.0, l2sp_weight=0.0)
+    assert str(err.value) == "EWC needs the Fisher of the base model (estimate_fisher)"
     from dataforge.train.losses import TaskWeighting
     assert TaskWeighting("inverse_frequency", 2).inv_freq.tolist() == [1.0, 1.0, 1.0]   # no counts: weight 1 each
 
@@ -591,3 +592,50 @@ def test_fisher_edges():
     assert all(p.grad is None for p in model.parameters())           # leaves no gradient behind
     bf16 = InstructModel(tiny_model("llama", len(tok)).to(torch.bfloat16), {})
     assert all(f.dtype == torch.float32 for f in estimate_fisher(bf16, batches[:1]).values())
+
+
+def test_module_shapes_and_defaults():
+    """What the reference forward takes from the modules themselves: their layer counts and widths."""
+    from dataforge.train.modules import InstructionEncoder, ReasoningHead, TemperatureHead, TwoStreamFusion
+
+    enc = InstructionEncoder(32, 16, layers=3, heads=2)
+    assert len(enc.layers) == 3 and enc.pos.num_embeddings == 2048 and enc.proj.out_features == 16
+    assert enc.layers[0].mlp[0].out_features == 64 and enc.layers[0].heads == 2
+    with pytest.raises(ValueError) as err:
+        InstructionEncoder(32, 12, layers=1, heads=5)
+    assert str(err.value) == "fusion_dim 12 must be divisible by fusion_heads 5"
+    assert ReasoningHead(64, 4).width == 16 and ReasoningHead(64, 4).up.out_features == 64
+    assert ReasoningHead(32, 8).width == 8                            # at least 8 wide per path
+    assert torch.allclose(TemperatureHead(16)(torch.randn(3, 16)), torch.full((3,), 0.7), atol=1e-6)
+    head = TemperatureHead(16)
+    with torch.no_grad():
+        head.mlp[2].bias.fill_(-50.0)
+    assert torch.allclose(head(torch.randn(3, 16)), torch.full((3,), 0.05), atol=1e-6)   # floor
+    fusion = TwoStreamFusion(16, 32, 3)
+    assert fusion.inject.bias is None and fusion.gate.out_features == 96
+
+
+def test_instruction_encoder_clamps_far_positions():
+    from dataforge.train.modules import InstructionEncoder
+
+    torch.manual_seed(0)
+    enc = InstructionEncoder(8, 8, layers=1, heads=2, max_positions=4)
+    emb = torch.randn(1, 6, 8)
+    pos = torch.arange(6)[None]
+    inst = torch.tensor([[False, True, True, True, True, True]])
+    sidx = torch.zeros(1, 6, dtype=torch.long)
+    got = enc(emb, pos, inst, sidx, 1)
+    x = emb[0, 1:] @ enc.proj.weight.T + enc.proj.bias + enc.pos.weight[torch.tensor([1, 2, 3, 3, 3])]
+    x = _reference_encoder_layer(enc.layers[0], x[None])
+    expected = F.layer_norm(x, (8,), enc.norm.weight, enc.norm.bias)[0].mean(0)
+    assert torch.allclose(got[0], expected, atol=1e-5)
+
+
+def test_sample_mean_edges():
+    from dataforge.train.modules import sample_mean
+
+    x = torch.arange(12, dtype=torch.float32).view(1, 6, 2)
+    sidx = torch.tensor([[0, 0, 1, 1, 1, -1]])
+    sel = torch.tensor([[True, False, False, True, True, True]])
+    got = sample_mean(x, sidx, sel, 3)
+    assert got.tolist() == [[0.0, 1.0], [7.0, 8.0], [0.0, 0.0]]    # one token; two tokens; none; padding out

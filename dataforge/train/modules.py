@@ -160,7 +160,6 @@ class ReasoningHead(nn.Module):
 
     def __init__(self, d_model: int, paths: int):
         super().__init__()
-        self.paths = paths
         self.width = max(8, d_model // paths)
         self.up = nn.Linear(d_model, self.width * paths)
         self.back = nn.Linear(self.width * paths, d_model)

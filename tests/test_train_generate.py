@@ -165,3 +165,93 @@ def test_device_resolution_on_machines_with_and_without_gpus():
     with pytest.raises(DataforgeError) as err:
         resolve_device("gpu0")
     assert str(err.value) == "--device gpu0: not a device name (cpu, cuda, cuda:N, mps, auto)"
+
+
+def test_sampling_follows_temperature_and_nucleus():
+    from dataforge.train.model import _sample
+
+    p = torch.tensor([0.5, 0.3, 0.15, 0.05])
+    logits = p.log()
+
+    def freqs(temperature, top_p, n=4000):
+        gen = torch.Generator().manual_seed(0)
+        counts = torch.zeros(4)
+        for _ in range(n):
+            counts[_sample(logits, temperature, top_p, gen)] += 1
+        return counts / n
+
+    assert _sample(logits, 0.0, 0.9, torch.Generator()) == 0 and _sample(logits, 1e-4, 0.9, torch.Generator()) == 0
+    top2 = freqs(1.0, 0.7)                       # nucleus: 0.5 + 0.3 reach 0.7, the rest is cut
+    assert top2[2:].sum() == 0 and abs(float(top2[0]) - 0.5 / 0.8) < 0.03
+    top3 = freqs(1.0, 0.85)
+    assert top3[3] == 0 and abs(float(top3[2]) - 0.15 / 0.95) < 0.03
+    hot = freqs(2.0, 1.0)                        # temperature 2: probabilities proportional to sqrt(p)
+    expected = p.sqrt() / p.sqrt().sum()
+    assert torch.allclose(hot, expected, atol=0.03) and hot[3] > 0
+    assert freqs(1e-3, 1.0, n=200)[0] == 1.0     # just above greedy: all but certain
+
+
+def test_generation_batch_of_one_prompt():
+    from dataforge.train.data import SEG_INSTRUCTION, SEG_TEMPLATE
+    from dataforge.train.model import _single
+
+    segs = [SEG_TEMPLATE, SEG_INSTRUCTION, SEG_INSTRUCTION, SEG_TEMPLATE, SEG_TEMPLATE]
+    b = _single([5, 6, 7, 8, 9], segs, 0.3, "cpu")
+    assert b["input_ids"].tolist() == [[5, 6, 7, 8, 9]] and b["segment_ids"].tolist() == [segs]
+    assert b["position_ids"].tolist() == [[0, 1, 2, 3, 4]] and b["sample_idx"].tolist() == [[0] * 5]
+    assert b["after_inst"].tolist() == [[False, False, False, True, True]]
+    assert b["task_ids"].tolist() == [-100] and b["complexity"].tolist() == pytest.approx([0.3])
+    assert torch.isnan(b["temp_target"]).all() and b["temp_target"].shape == (1,)
+    assert _single([1, 2], [SEG_TEMPLATE] * 2, 0.0, "cpu")["after_inst"].tolist() == [[True, True]]
+
+
+def test_generation_temperature_and_complexity():
+    """temperature None: the head's prediction (0.7 without a head); --complexity c reaches the model as
+    c/10, like record.complexity in training."""
+    tok = tiny_tokenizer()
+    fmt = PromptFormatter(tok, "auto")
+    head = InstructModel(tiny_llama(len(tok)), TrainConfig(temperature_head=True, attention_bias=True,
+                                                          attention_bias_complexity=True).mods_dict())
+    with torch.no_grad():
+        head.temp_head.mlp[2].bias.fill_(float(torch.log(torch.expm1(torch.tensor(1.3 - 0.05)))))
+    seen = []
+    head.register_forward_pre_hook(lambda module, args: seen.append(args[0]["complexity"].tolist()))
+    _, t = head.generate(fmt, "Add the two numbers.", "2 3", max_new_tokens=2, complexity=8)
+    assert t == pytest.approx(1.3, abs=1e-5) and seen and all(c == pytest.approx([0.8]) for c in seen)
+    _, t = head.generate(fmt, "Add the two numbers.", max_new_tokens=1, temperature=0.4)
+    assert t == 0.4 and seen[-1] == [0.0]
+    no_head = InstructModel(tiny_llama(len(tok)), TrainConfig(segment_embedding=True).mods_dict())
+    plain = InstructModel(tiny_llama(len(tok)), TrainConfig().mods_dict())
+    for model in (no_head, plain):
+        assert model.generate(fmt, "Add the two numbers.", max_new_tokens=1)[1] == 0.7
+
+
+def test_save_and_load_details(tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from dataforge.errors import DataforgeError
+    from dataforge.train.attention import BIASED_ATTENTION
+    from dataforge.train.model import META_FILE, load_instruct
+
+    tok = tiny_tokenizer()
+    cfg = TrainConfig(attention_bias=True, segment_embedding=True)
+    model = InstructModel(tiny_llama(len(tok)), cfg.mods_dict(), 3, [7])
+    run = tmp_path / "run"
+    model.save(run / "model", tok, {"prompt_format": "inst", "tasks": ["a", "b", "c"]})
+    assert model.base.config._attn_implementation == BIASED_ATTENTION          # still routed after saving
+    assert AutoModelForCausalLM.from_pretrained(run / "model").config._attn_implementation == "sdpa"
+    meta = json.loads((run / "model" / META_FILE).read_text())
+    assert meta == {"format": 1, "mods": cfg.mods_dict(), "n_tasks": 3, "prompt_only_ids": [7], "plain_hf": False,
+                    "prompt_format": "inst", "tasks": ["a", "b", "c"]}
+    loaded, tok2, meta2 = load_instruct(run)                                    # the run dir finds model/
+    assert meta2 == meta and loaded.prompt_only_ids == [7] and loaded.n_tasks == 3 and not loaded.training
+    assert torch.equal(loaded.segment_emb.table.weight, model.segment_emb.table.weight)
+    with pytest.raises(DataforgeError) as err:
+        load_instruct(tmp_path)
+    assert str(err.value) == f"{tmp_path}: not a dataforge model directory (no {META_FILE})"
+    meta["mods"]["reasoning_head"] = True                                        # config and weights disagree
+    (run / "model" / META_FILE).write_text(json.dumps(meta))
+    with pytest.raises(DataforgeError) as err:
+        load_instruct(run / "model")
+    assert str(err.value).startswith(f"{run / 'model' / 'dataforge_mods.safetensors'}: weights do not match the "
+                                     "saved config (missing ['reasoning.up.weight'")

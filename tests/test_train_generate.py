@@ -103,7 +103,7 @@ def _positional_gpt2(vocab: int, script: dict[int, int], default: int):
     return model
 
 
-@pytest.mark.parametrize("path", ["transformers", "dataforge"])
+@pytest.mark.parametrize("path", ["transformers", "dataforge", "dataforge-uncached"])
 def test_llama3_style_template_stops_at_end_of_turn(path):
     """The model answers one word, then <|eot_id|>, then (were it not stopped) the word again and again.
     The tokenizer's eos is <|end_of_text|>, which this model never emits: only the end of turn stops it."""
@@ -117,11 +117,54 @@ def test_llama3_style_template_stops_at_end_of_turn(path):
     L = len(prompt)
     base = _positional_gpt2(len(tok), {L - 1: word, L: eot}, default=word)
     base.generation_config = GenerationConfig(eos_token_id=[eos])
-    mods = TrainConfig(segment_embedding=path == "dataforge").mods_dict()
+    mods = TrainConfig(segment_embedding=path != "transformers").mods_dict()
     model = InstructModel(base, mods)
-    assert model.has_mods == (path == "dataforge")
-    text, _ = model.generate(fmt, "Classify the review.", "I love the sea", max_new_tokens=6, temperature=0.0)
+    assert model.has_mods == (path != "transformers")
+    text, _ = model.generate(fmt, "Classify the review.", "I love the sea", max_new_tokens=6, temperature=0.0,
+                             use_cache=path != "dataforge-uncached")
     assert text == "positive"
+
+
+@pytest.mark.parametrize("arch,attn,cache", [("gemma2", "eager", "sliding"), ("gemma3", "sdpa", "sliding"),
+                                             ("mistral", "sdpa", "full"), ("qwen2", "eager", "full")])
+def test_cached_generation_keeps_each_layers_window_and_soft_capping(arch, attn, cache):
+    """Cached decoding of a modified model on architectures whose sliding windows are shorter than the text:
+    each new token's logits equal recomputing the whole sequence (per-layer windows, soft-capping, attention
+    bias on both routes, fusion), with transformers' sliding cache layers and with full ones."""
+    from transformers import DynamicCache
+
+    from dataforge.train.kv_cache import CachedDecoder
+    from dataforge.train.model import _single
+    from dataforge.train.tiny import TINY_WINDOW, tiny_model
+
+    tok = tiny_tokenizer(chat_template=True)
+    prompt_only = add_inst_tokens(tok)
+    cfg = TrainConfig(inst_tokens=True, segment_embedding=True, attention_bias=True, attention_bias_complexity=True,
+                      fusion=True, reasoning_head=True)
+    model = InstructModel(tiny_model(arch, len(tok), attn=attn), cfg.mods_dict(), 0, prompt_only).eval()
+    assert len(set(model.windows) - {None}) == 1
+    gen = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if not name.startswith("base."):
+                p.add_(torch.randn(p.shape, generator=gen) * 0.3)
+    fmt = PromptFormatter(tok, "auto", True, 256)
+    ids, segs = fmt.encode_prompt("Write a short poem about the sea.")
+    assert len(ids) > TINY_WINDOW
+    kv = DynamicCache(config=model.base.config) if cache == "sliding" else DynamicCache()
+    decoder = CachedDecoder(model, _single(ids, segs, 0.4, torch.device("cpu")), kv)
+    sliding = [getattr(layer, "is_sliding", False) for layer in kv.layers]
+    assert any(sliding) == (cache == "sliding")
+    seq, seg = list(ids), list(segs)
+    logits = decoder.out["logits"][0, -1]
+    with torch.no_grad():
+        for _ in range(TINY_WINDOW + 2):
+            nxt = int(logits.argmax())
+            seq.append(nxt)
+            seg.append(4)
+            logits = decoder.step(nxt)["logits"][0, -1]
+            full = model(_single(seq, seg, 0.4, torch.device("cpu")))["logits"][0, -1]
+            assert float((logits - full).abs().max()) < 1e-5
 
 
 def _saved_model(tmp_path):

@@ -30,7 +30,8 @@ def _biased_attention(module, query, key, value, attention_mask, scaling=None, *
     B, H, T, _ = query.shape
     extra = (8 - D % 8 if D % 8 else 8) if query.is_cuda else 1     # GPU kernels want multiples of 8
     q_col = (owner.attn_bias.query_column(layer, ctx["query_cx"]).to(query.dtype) / scaling).expand(B, H, T, 1)
-    k_col = ctx["inst_key"].to(key.dtype)[:, None, :, None].expand(B, key.shape[1], key.shape[2], 1)
+    inst_key = ctx["inst_key"][:, -key.shape[2]:]          # cached decoding: a sliding layer keeps its last keys
+    k_col = inst_key.to(key.dtype)[:, None, :, None].expand(B, key.shape[1], key.shape[2], 1)
     query = torch.cat([query, q_col, query.new_zeros(B, H, T, extra - 1)], dim=-1)
     key = torch.cat([key, k_col, key.new_zeros(*key.shape[:3], extra - 1)], dim=-1)
     value = torch.cat([value, value.new_zeros(*value.shape[:3], extra)], dim=-1)

@@ -5,8 +5,10 @@ token after the instruction and re-injected after every layer), the segment of a
 "response"), and which keys are instruction tokens (the attention bias). So the prompt runs once through
 the ordinary forward, filling the base model's KV cache and leaving those per-prompt tensors; each new token
 then runs alone: its embedding plus the response segment vector plus the fused vector, attending to the
-cached keys with the instruction-key bias extended by one non-instruction key. Greedy decoding gives the
-tokens of the uncached path (tested for every modification, on sdpa and eager models).
+cached keys with the instruction-key bias extended by one non-instruction key, each layer over the keys its
+attention window allows (sliding-window layers of Gemma2/3, Mistral, Qwen2, Phi3). Greedy decoding gives
+the tokens of the uncached path (tested for every modification, on sdpa and eager models, and on models
+whose windows are shorter than the text).
 """
 
 from __future__ import annotations
@@ -60,23 +62,43 @@ class CachedDecoder:
                        after=torch.ones((1, 1, 1), dtype=x.dtype, device=dev))
         self.inst_key = torch.cat([self.inst_key, self.inst_key.new_zeros(1, 1)], dim=1)
         T = self.inst_key.shape[1]
-        hooked_bias = m.attn_bias is not None and not m._bias_route
-        if m._orig_attn == "eager" or hooked_bias:
-            mask = torch.zeros((1, 1, 1, T), dtype=x.dtype, device=dev)        # float mask: 0 = may attend
-        else:
-            mask = torch.ones((1, 1, 1, T), dtype=torch.bool, device=dev)
+        as_float = m._orig_attn == "eager" or (m.attn_bias is not None and not m._bias_route)
+        masks = {w: _step_mask(self._keys_seen(w, T), w, x.dtype, dev, as_float) for w in set(m.windows)}
+        mask = masks[m.windows[0]]                  # the other layers' masks come from the attention hook
+        ctx.update(masks=masks, passed=mask)
         if m.attn_bias is not None:
             ctx.update(inst_key=self.inst_key.to(x.dtype), query_cx=torch.full((1, 1), self.complexity, dtype=x.dtype,
                                                                                 device=dev),
                        key_cx=torch.full((1, T), self.complexity, dtype=x.dtype, device=dev))
-            if hooked_bias:
-                ctx["float_mask"] = mask
         m._ctx = ctx
         hidden = m.base.base_model(inputs_embeds=x, attention_mask=mask, position_ids=torch.tensor([[T - 1]], device=dev),
                                    use_cache=True, **{cache_argument(m.base.base_model): self.cache}).last_hidden_state
         if m.reasoning is not None:
             hidden = m.reasoning(hidden)
         return {"logits": m._logits(hidden)}
+
+
+    def _keys_seen(self, window: int | None, total: int) -> int:
+        """How many keys the layers with this window attend over for the next token: a full cache layer returns
+        every earlier key plus the new one; a sliding one (transformers builds them from `layer_types`) keeps
+        only its window's last keys."""
+        layer = self.model.windows.index(window)
+        cached = self.cache.layers[layer] if layer < len(self.cache.layers) else None
+        if cached is None or getattr(cached, "keys", None) is None:
+            return total
+        return int(cached.keys.shape[-2]) + 1
+
+
+def _step_mask(keys: int, window: int | None, dtype: torch.dtype, device, as_float: bool) -> torch.Tensor:
+    """(1, 1, 1, keys) mask of the newest token over the last `keys` keys: with a window W it sees itself and
+    the W-1 keys before it (as in training's `InstructModel._mask`), else all of them."""
+    allowed = torch.ones(keys, dtype=torch.bool, device=device)
+    if window is not None and window < keys:
+        allowed[: keys - window] = False
+    allowed = allowed.view(1, 1, 1, keys)
+    if not as_float:
+        return allowed
+    return torch.where(allowed, torch.zeros((), dtype=dtype, device=device), torch.finfo(dtype).min)
 
 
 def cached_forward(imodel, input_ids: torch.Tensor, segment_ids: torch.Tensor | None, complexity, cache,

@@ -151,7 +151,9 @@ class InstructModel(nn.Module):
                 return None
             mask = ctx["masks"][window]
             if "inst_key" in ctx and not self._bias_route:
-                mask = mask + self.attn_bias.layer_bias(layer, ctx["inst_key"], ctx["key_cx"]).to(mask.dtype)
+                keys = mask.shape[-1]          # cached decoding: a sliding layer attends over its last keys only
+                bias = self.attn_bias.layer_bias(layer, ctx["inst_key"][:, -keys:], ctx["key_cx"][:, -keys:])
+                mask = mask + bias.to(mask.dtype)
             kwargs["attention_mask"] = mask
             return args, kwargs
         return hook

@@ -26,6 +26,14 @@ def test_without_a_gpu_it_says_so_and_exits_cleanly():
     res = _run()
     assert res.returncode == 0, res.stderr[-2000:]
     assert "no CUDA GPU found" in res.stdout and "nothing checked" in res.stdout and "PASS" not in res.stdout
+    # the scale checks (scripts/gpu_smoke_scale.sh) run from the same script and say why they did not run
+    scale = res.stdout.split("== scale checks (scripts/gpu_smoke_scale.sh)\n", 1)[1]
+    assert scale.strip() == "NOT RUN: no CUDA device"
+
+
+def test_usage_error_stops_before_the_scale_checks():
+    res = _run("--no-such-option")
+    assert res.returncode == 2 and "scale checks" not in res.stdout
 
 
 @pytest.mark.slow
@@ -39,4 +47,6 @@ def test_cpu_dry_run_passes_every_cpu_check(tmp_path):
                     "all modifications on: 6 steps": "PASS", "save -> load -> generate": "PASS",
                     "resume is exact (RNG state)": "PASS", "2-process DDP": "PASS"}
     assert "7 passed, 0 failed, 1 not run" in res.stdout
+    assert res.stdout.rstrip().endswith("== scale checks (scripts/gpu_smoke_scale.sh)\nNOT RUN: --device cpu "
+                                        "(QLoRA, FSDP over NCCL and cached generation on CUDA need a GPU)")
     assert (tmp_path / "work" / "all-mods" / "model" / "dataforge.json").exists()

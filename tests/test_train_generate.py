@@ -282,7 +282,8 @@ def test_save_and_load_details(tmp_path):
     run = tmp_path / "run"
     model.save(run / "model", tok, {"prompt_format": "inst", "tasks": ["a", "b", "c"]})
     assert model.base.config._attn_implementation == BIASED_ATTENTION          # still routed after saving
-    assert AutoModelForCausalLM.from_pretrained(run / "model").config._attn_implementation == "sdpa"
+    assert BIASED_ATTENTION not in (run / "model" / "config.json").read_text()     # loads without our kernel name
+    assert AutoModelForCausalLM.from_pretrained(run / "model").inner._orig_attn == "sdpa"
     meta = json.loads((run / "model" / META_FILE).read_text())
     assert meta == {"format": 1, "mods": cfg.mods_dict(), "n_tasks": 3, "prompt_only_ids": [7], "plain_hf": False,
                     "prompt_format": "inst", "tasks": ["a", "b", "c"]}
@@ -292,9 +293,10 @@ def test_save_and_load_details(tmp_path):
     with pytest.raises(DataforgeError) as err:
         load_instruct(tmp_path)
     assert str(err.value) == f"{tmp_path}: not a dataforge model directory (no {META_FILE})"
-    meta["mods"]["reasoning_head"] = True                                        # config and weights disagree
-    (run / "model" / META_FILE).write_text(json.dumps(meta))
+    config = json.loads((run / "model" / "config.json").read_text())
+    config["mods"]["reasoning_head"] = True                                      # config and weights disagree
+    (run / "model" / "config.json").write_text(json.dumps(config))
     with pytest.raises(DataforgeError) as err:
         load_instruct(run / "model")
-    assert str(err.value).startswith(f"{run / 'model' / 'dataforge_mods.safetensors'}: weights do not match the "
-                                     "saved config (missing ['reasoning.up.weight'")
+    assert str(err.value).startswith(f"{run / 'model' / 'model.safetensors'}: weights do not match config.json "
+                                     "(missing ['reasoning.")

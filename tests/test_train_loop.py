@@ -164,9 +164,10 @@ def test_the_loop_masks_instructions_with_the_dedicated_token(records_file, tmp_
     seen = []
     real_forward = Objective.forward
 
-    def spy(self, batch, norm=None):
-        seen.append({k: v.clone() for k, v in batch.items()})
-        return real_forward(self, batch, norm)
+    def spy(self, batch, norm=None, outputs_only=False):
+        if not outputs_only:                                  # (eval batches are never masked)
+            seen.append({k: v.clone() for k, v in batch.items()})
+        return real_forward(self, batch, norm, outputs_only)
 
     monkeypatch.setattr(Objective, "forward", spy)
     tok = tiny_tokenizer()

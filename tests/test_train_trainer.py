@@ -16,10 +16,11 @@ import torch.nn.functional as F  # noqa: E402
 from dataforge.errors import DataforgeError  # noqa: E402
 from dataforge.io import write_records  # noqa: E402
 from dataforge.records import Record  # noqa: E402
-from dataforge.train import trainer  # noqa: E402
+from dataforge.train import checkpoints, trainer  # noqa: E402
 from dataforge.train.config import TrainConfig  # noqa: E402
 from dataforge.train.data import (IGNORE, SEG_TEMPLATE, PromptFormatter, TaskInfo, collate,  # noqa: E402
                                   encode_records)
+from dataforge.train.evaluation import EvalSet, evaluate  # noqa: E402
 from dataforge.train.losses import Objective  # noqa: E402
 from dataforge.train.model import InstructModel  # noqa: E402
 from dataforge.train.tiny import tiny_model, tiny_tokenizer, toy_records  # noqa: E402
@@ -40,8 +41,9 @@ def _objective(**cfg):
 
 def test_eval_loss_is_token_weighted_over_all_batches():
     tok, _, obj, exs = _objective()
-    batches = [collate([[exs[0]], [exs[1]]], tok.pad_token_id), collate([[exs[2]]], tok.pad_token_id)]
-    got = trainer.evaluate(obj, batches, torch.device("cpu"), nullcontext)
+    evalset = EvalSet.build([[[exs[0]], [exs[1]]], [[exs[2]]]], [], tok.pad_token_id)
+    batches = evalset.batches
+    got = evaluate(obj, evalset, torch.device("cpu"), nullcontext)
     total = {"resp": [0.0, 0], "lm": [0.0, 0]}
     for b in batches:
         logits = obj.model(b)["logits"]
@@ -53,7 +55,7 @@ def test_eval_loss_is_token_weighted_over_all_batches():
     assert got["eval_loss"] == pytest.approx(total["resp"][0] / total["resp"][1], rel=1e-6)
     assert got["eval_lm_loss"] == pytest.approx(total["lm"][0] / total["lm"][1], rel=1e-6)
     assert obj.training                                           # back in training mode
-    assert trainer.evaluate(obj, [], torch.device("cpu"), nullcontext) == {}
+    assert evaluate(obj, EvalSet.build([], [], tok.pad_token_id), torch.device("cpu"), nullcontext) == {}
 
 
 def test_parameter_groups():
@@ -92,15 +94,15 @@ def test_checkpoint_round_trip_pruning_and_refused_settings(tmp_path):
     opt.step()
     scaler = torch.amp.GradScaler("cpu", init_scale=512.0)
     for step in (1, 2, 3):
-        path = trainer.save_checkpoint(tmp_path, step, obj, opt, cfg, {"tokens": 10 * step}, scaler)
-    assert [p.name for p in trainer._ckpt_dirs(tmp_path)] == ["step-0000002", "step-0000003"]
+        path = trainer.save_checkpoint(tmp_path, step, obj, opt, cfg, {"tokens": 10 * step}, scaler=scaler)
+    assert [p.name for p in checkpoints.ckpt_dirs(tmp_path)] == ["step-0000002", "step-0000003"]
     assert path == tmp_path / "checkpoints" / "step-0000003" and not list((tmp_path / "checkpoints").glob(".tmp*"))
     rng_then = torch.get_rng_state()
     torch.rand(3)
     _, _, obj2, _ = _objective(segment_embedding=True, keep_checkpoints=2, seed=7)
     opt2 = torch.optim.AdamW(trainer.param_groups(obj2, cfg))
     scaler2 = torch.amp.GradScaler("cpu")
-    state = trainer.load_checkpoint(path, obj2, opt2, cfg, scaler2)
+    state = trainer.load_checkpoint(path, obj2, opt2, cfg, scaler=scaler2)
     assert state["step"] == 3 and state["tokens"] == 30 and state["config"]["segment_embedding"] is True
     assert torch.equal(torch.get_rng_state(), rng_then)
     for a, b in zip(obj.state_dict().values(), obj2.state_dict().values()):
@@ -108,15 +110,15 @@ def test_checkpoint_round_trip_pruning_and_refused_settings(tmp_path):
     for p1, p2 in zip(obj.parameters(), obj2.parameters()):
         s1, s2 = opt.state.get(p1, {}), opt2.state.get(p2, {})
         assert s1.keys() == s2.keys() and all(torch.equal(s1[k], s2[k]) for k in s1)
-    assert json.loads((path / "state.json").read_text())["scaler"] == scaler.state_dict()
+    assert json.loads((path / "state.json").read_text())["scaler"] == scaler.state_dict() == scaler2.state_dict()
     for changed in (dict(batch_size=3), dict(seed=1), dict(max_length=64, batch_size=3)):
         other = cfg.model_copy(update=changed)
         with pytest.raises(DataforgeError) as err:
             trainer.load_checkpoint(path, obj2, opt2, other)
-        keys = ", ".join(k for k in trainer.STATE_KEYS if k in changed)
+        keys = ", ".join(k for k in checkpoints.STATE_KEYS if k in changed)
         assert str(err.value) == (f"{path}: checkpoint was made with different {keys}; use a new output dir or "
                                   "--no-resume")
-    assert trainer._ckpt_dirs(tmp_path / "nothing") == []
+    assert checkpoints.ckpt_dirs(tmp_path / "nothing") == []
 
 
 def test_input_filtering_counts_every_drop(tmp_path):

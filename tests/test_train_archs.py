@@ -167,7 +167,9 @@ def test_the_start_up_check_catches_one_mask_for_every_layer(arch, monkeypatch):
 
     tok = tiny_tokenizer(chat_template=True)
     exs = _examples(tok)
-    assert check_matches_base(tiny_model(arch, len(tok)), exs, tok.pad_token_id, "cpu")["samples"] == 7
+    base = tiny_model(arch, len(tok))
+    assert check_matches_base(base, exs, tok.pad_token_id, "cpu")["samples"] == 7
+    assert not any(m._forward_pre_hooks or m._forward_hooks for m in base.modules())   # the check left no hooks
     monkeypatch.setattr(model_module, "attention_windows", lambda config: [None] * config.num_hidden_layers)
     with pytest.raises(DataforgeError, match="refusing to train"):
         check_matches_base(tiny_model(arch, len(tok)), exs, tok.pad_token_id, "cpu")

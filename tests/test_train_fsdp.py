@@ -20,12 +20,15 @@ from train_helpers import read_log, run_two_processes, tiny_run_inputs  # noqa: 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 MODS = ["--segment-embedding", "--attention-bias", "--fusion", "--task-weighting", "uncertainty"]
+#: clipping runs (over sharded gradients) but never binds: a gradient off by a factor shows in AdamW's moments
+CLIP = 1e6
 
 
 def _launch(data, out, base, *extra):
     outputs = run_two_processes(["train", str(data), "-o", str(out), "--model", str(base), "--fsdp", "--max-steps",
                                  "3", "--batch-size", "2", "--max-length", "128", "--eval-every", "2",
-                                 "--eval-fraction", "0.1", "--keep-checkpoints", "3", "--no-progress", *MODS, *extra])
+                                 "--eval-fraction", "0.1", "--keep-checkpoints", "3", "--no-progress",
+                                 "--max-grad-norm", str(CLIP), *MODS, *extra])
     return json.loads(outputs[0][0])
 
 
@@ -54,7 +57,8 @@ def test_two_fsdp_processes_equal_one_process_and_resume_sharded_and_full(tmp_pa
     one = run_train(data, tmp_path / "one", TrainConfig(model=str(base), max_steps=3, batch_size=2, grad_accum=2,
                                                         max_length=128, eval_every=2, eval_fraction=0.1,
                                                         segment_embedding=True, attention_bias=True, fusion=True,
-                                                        task_weighting="uncertainty"), progress=False)
+                                                        task_weighting="uncertainty", max_grad_norm=CLIP),
+                    progress=False)
     la, l1 = read_log(tmp_path / "a"), read_log(tmp_path / "one")
     assert [e["step"] for e in la] == [1, 2, 3] and [e["tokens"] for e in la] == [e["tokens"] for e in l1]
     for ea, e1 in zip(la, l1):
@@ -75,6 +79,14 @@ def test_two_fsdp_processes_equal_one_process_and_resume_sharded_and_full(tmp_pa
     _rewind(tmp_path / "b", tmp_path / "c", 2)
     c = _launch(data, tmp_path / "c", base, "--save-every", "1", "--fsdp-checkpoint", "full")
     assert c["resumed_from"].endswith("step-0000002")
+    # the gradients themselves, not only their direction (AdamW hides a scale): first moments after step 3
+    final = "checkpoints/step-0000003/optimizer.safetensors"
+    mb, m1 = (load_file(str(tmp_path / run / final)) for run in ("b", "one"))
+    # (FSDP keeps a zero moment for parameters that never had a gradient, one process none)
+    norms = [sorted(n for n in (float(v.norm()) for k, v in m.items() if k.endswith("exp_avg")) if n > 0)
+             for m in (mb, m1)]
+    assert len(norms[0]) == len(norms[1]) > 10
+    assert all(abs(x - y) <= 1e-4 * y + 1e-9 for x, y in zip(*norms)), norms
     for run in ("b", "c"):
         w = _weights(tmp_path / run)
         assert max(float((w[k] - wa[k]).abs().max()) for k in wa) < 1e-6, run

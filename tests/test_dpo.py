@@ -133,3 +133,27 @@ def test_options_of_the_sft_objective_are_refused_with_dpo():
 
     with pytest.raises(DataforgeError, match="task_cls_weight, ewc_weight belong to the SFT objective"):
         TrainConfig(objective="dpo", task_cls_weight=0.1, ewc_weight=1.0)
+
+
+def test_dpo_accumulation_of_equal_micro_batches_equals_one_batch(tmp_path):
+    """DPO averages over a micro-batch's pairs; with equally many pairs per micro-batch, 2 micro-batches of 2
+    pairs give the gradient of 1 batch of 4 (AdamW's first moment after one unclipped step, m = 0.1 * g)."""
+    from safetensors.torch import load_file
+
+    from dataforge.io import write_records
+    from dataforge.train import run_train
+
+    src = tmp_path / "pairs.jsonl"
+    write_records(src, _pair_records(8))
+    tok = tiny_tokenizer(chat_template=True)
+    for name, bs, acc in (("big", 4, 1), ("acc", 2, 2)):
+        cfg = TrainConfig(objective="dpo", dpo_beta=0.5, max_steps=1, batch_size=bs, grad_accum=acc,
+                          max_grad_norm=0.0, eval_fraction=0.0, save_minutes=0)
+        run_train(src, tmp_path / name, cfg, progress=False, model=tiny_llama(len(tok), seed=1), tokenizer=tok)
+    a, b = (load_file(str(tmp_path / n / "checkpoints" / "step-0000001" / "optimizer.safetensors")) for n in ("big", "acc"))
+    moments = [k for k in a if k.endswith("exp_avg")]
+    assert len(moments) > 10
+    for k in moments:
+        assert torch.allclose(a[k], b[k], rtol=1e-4, atol=1e-9), k
+    logs = [__import__("json").loads((tmp_path / n / "log.jsonl").read_text().splitlines()[0]) for n in ("big", "acc")]
+    assert abs(logs[0]["loss"] - logs[1]["loss"]) < 1e-6 and abs(logs[0]["dpo"] - math.log(2)) < 1e-6

@@ -48,29 +48,18 @@ def _tiny_model(tmp_path):
 
 
 def test_preference_corpus_chain_through_the_loopback_server_and_a_tiny_model(tmp_path):
-    shipped = load_pipeline(find_pipeline("preference_corpus"))
-    assert [s.kind for s in shipped.stages] == ["evolve", "pairs", "train"]
-    assert shipped.stages[2].config.objective == "dpo"
+    """The shipped pipeline file itself, with only its size and model made small."""
+    import yaml
+
+    spec = yaml.safe_load(find_pipeline("preference_corpus").read_text(encoding="utf-8"))
+    assert [s["stage"] for s in spec["stages"]] == ["evolve", "pairs", "train"]
+    assert spec["stages"][2]["objective"] == "dpo" and load_pipeline(find_pipeline("preference_corpus"))
     seeds, tiny = small_seeds(tmp_path, 6), _tiny_model(tmp_path)
+    spec.update(input=str(seeds), run_dir=str(tmp_path / "run"))
+    spec["stages"][0]["rounds"] = 1
+    spec["stages"][2].update(model=str(tiny), max_steps=2, batch_size=2, eval_fraction=0)
     job = tmp_path / "job.yaml"
-    job.write_text(f"""name: prefs
-input: {seeds}
-run_dir: {tmp_path / 'run'}
-seed: 2
-stages:
-  - stage: evolve
-    rounds: 1
-    ops: [add_constraints]
-    verifiable_share: 1.0
-  - stage: pairs
-    temperatures: [0.3, 1.2]
-  - stage: train
-    objective: dpo
-    model: {tiny}
-    max_steps: 2
-    batch_size: 2
-    eval_fraction: 0
-""")
+    job.write_text(yaml.safe_dump(spec))
     with LoopbackServer(responder=model) as srv:
         res = runner.invoke(app, ["run", str(job), "--base-url", srv.base_url, "--model", "m", "--cache",
                                   str(tmp_path / "c.sqlite")])
@@ -78,6 +67,8 @@ stages:
     pairs = list(read_records(tmp_path / "run" / "pairs" / "pairs.jsonl"))  # Records inside a pipeline
     assert len(pairs) == 6 and all(p.preference is not None and p.lineage.generator == "pairs" for p in pairs)
     assert all(p.preference.rejected.startswith("I'm sorry") for p in pairs)
+    assert {p.preference.rejected_temperature for p in pairs} <= {1.0, 1.4}  # the shipped spread, sampled hot
+    assert {p.preference.chosen_temperature for p in pairs} <= {None, 0.2, 0.6}  # None: evolve's own answer
     manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
     train = manifest["stages"]["train"]["summary"]["details"]
     assert train["objective"] == "dpo" and train["steps"] == 2 and train["train_samples"] == 6

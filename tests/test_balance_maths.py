@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from dataforge.curate.balance import BalanceConfig, _quotas, _tiebreak, plan_selection, run_balance, waterfill
+from dataforge.curate.balance import BalanceConfig, plan_selection, run_balance, tiebreak, waterfill
+from dataforge.curate.plan import _quotas
 from dataforge.errors import DataforgeError
 from dataforge.io import read_records, write_records
 from dataforge.records import Record
@@ -149,7 +150,7 @@ def test_equal_quality_ties_go_by_the_seeded_id_hash(tmp_path):
                     progress=False)
         want = sorted(recs, key=lambda r: hashlib.sha256(f"{seed}:{r.id}".encode()).hexdigest())[:2]
         assert sorted(r.id for r in read_records(out)) == sorted(r.id for r in want)
-    assert _tiebreak(3, "abc") == hashlib.sha256(b"3:abc").hexdigest()
+    assert tiebreak(3, "abc") == hashlib.sha256(b"3:abc").digest()
 
 
 def test_summary_counts_and_the_default_topic_cap(tmp_path):

@@ -284,7 +284,9 @@ def test_the_whole_summary_and_stats_of_a_small_run(tmp_path):
         "kept_by_level": {"low": 2, "mid": 0, "high": 2},
         "level_target": {"low": 0.5, "mid": 0.0, "high": 0.5},
         "thin_topics": s.details["thin_topics"], "thin_levels": s.details["thin_levels"],
+        "phase_s": s.details["phase_s"],
     }
+    assert sorted(s.details["phase_s"]) == ["choose", "topics", "write"]  # wall seconds per phase
     assert {r.id for r in read_records(out)} == {recs[0].id, recs[1].id, recs[5].id, recs[6].id}
     stats = json.loads((tmp_path / "out.jsonl.stats.json").read_text())
     assert s.details["thin_topics"] == stats["thin_topics"] and s.details["thin_levels"] == stats["thin_levels"]

@@ -171,3 +171,29 @@ def test_judged_filter_on_ray_counts_the_workers_requests(tmp_path, ray_local):
     assert entry["summary"]["details"]["ray"]["batches"] == -(-n_in // 8)  # batch_size 8, one task each
     assert load_jsonl(tmp_path / "ray" / "filter" / "records.jsonl") == \
         load_jsonl(tmp_path / "plain" / "filter" / "records.jsonl")
+
+
+def test_a_budget_stops_a_judged_filter_on_ray(tmp_path, ray_local):
+    """The workers' meters have no budget: the driver counts what they spent after each batch, sends no
+    new batch once the job's budget is reached, and the stage stops as a local run does (journal kept)."""
+    from golden import gate_judge
+
+    from dataforge.llm import BackendConfig
+    from dataforge.pipeline.ray_executor import RayMapper
+    from dataforge.pipeline.spec import RaySettings
+    from dataforge.quality.gate import FilterConfig, FilterStage
+    from dataforge.stage import SideFiles, run_stage
+    from dataforge.stage.budget import Budget
+
+    src = _gate_input(tmp_path)
+    cfg = FilterConfig(judges="on", refine_rounds=0, extract_constraints="off", batch_size=4)
+    with LoopbackServer(gate_judge) as a, LoopbackServer(gate_judge) as b:
+        backend = BackendConfig(backend="openai", base_url=a.base_url, model="test", no_cache=True)
+        mapper = RayMapper(RaySettings(address="local", endpoints=[a.base_url, b.base_url]), backend)
+        out = tmp_path / "ray" / "gated.jsonl"
+        s = run_stage(FilterStage, src, out, cfg, backend=backend, progress=False, mapper=mapper,
+                      budget=Budget(tokens=1))
+    n_batches = -(-s.records_in // 4)
+    assert s.stopped == "token budget of 1 reached" and SideFiles(out).journal.is_file()
+    assert 1 <= mapper.report["batches"] <= 2 * 2 < n_batches  # the batches in flight when it was reached
+    assert s.tokens.requests == a.request_count + b.request_count > 0 and not out.exists()

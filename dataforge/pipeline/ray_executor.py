@@ -203,17 +203,31 @@ class RayMapper:
         self.report = {"workers": n, "batches": 0}
         ref = ray.put(work)
         pending: deque = deque()
+        why = None
         try:
             for k, batch in enumerate(batches):
+                why = self._spent()
+                if why is not None:  # past the budget: no new batch; the ones on their way finish below
+                    break
                 pending.append(actors[k % n].run_work.remote(ref, batch))
                 self.report["batches"] += 1
                 if len(pending) >= 2 * n:
                     yield self._unpack(await pending.popleft())
             while pending:
                 yield self._unpack(await pending.popleft())
+            if why is not None:
+                from ..stage.budget import BudgetReached
+
+                self.meter.stopped = why
+                raise BudgetReached(why)
         finally:
             for a in actors:
                 ray.kill(a)
+
+    def _spent(self) -> str | None:
+        """Why the job's budget stops it, counting what the workers spent (their meters have no budget)."""
+        budget = getattr(self.meter, "budget", None)
+        return budget.reached(self.meter.tokens()) if budget is not None else None
 
     def _unpack(self, res: dict[str, Any]) -> Any:
         if self.meter is not None and (res["tokens"] or res["failures"]):

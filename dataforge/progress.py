@@ -72,3 +72,21 @@ def progress_bar(description: str, total: float | None = None, unit: str = "rec"
     with Progress(*columns, console=console, transient=False) as p:
         tid = p.add_task(description, total=total, status="")
         yield Bar(p, tid)
+
+
+class Stopwatch:
+    """Wall seconds per phase of a long job (``with clock("dedup"): ...``), for its summary: where the
+    time of a million-record run went."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, phase: str) -> Iterator[None]:
+        import time
+
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[phase] = round(self.seconds.get(phase, 0.0) + time.perf_counter() - t0, 3)

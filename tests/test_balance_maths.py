@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from dataforge.curate.balance import BalanceConfig, _quotas, _tiebreak, plan_selection, run_balance, waterfill
+from dataforge.curate.balance import BalanceConfig, plan_selection, run_balance, tiebreak, waterfill
+from dataforge.curate.plan import _quotas
 from dataforge.errors import DataforgeError
 from dataforge.io import read_records, write_records
 from dataforge.records import Record
@@ -149,7 +150,7 @@ def test_equal_quality_ties_go_by_the_seeded_id_hash(tmp_path):
                     progress=False)
         want = sorted(recs, key=lambda r: hashlib.sha256(f"{seed}:{r.id}".encode()).hexdigest())[:2]
         assert sorted(r.id for r in read_records(out)) == sorted(r.id for r in want)
-    assert _tiebreak(3, "abc") == hashlib.sha256(b"3:abc").hexdigest()
+    assert tiebreak(3, "abc") == hashlib.sha256(b"3:abc").digest()
 
 
 def test_summary_counts_and_the_default_topic_cap(tmp_path):
@@ -283,7 +284,9 @@ def test_the_whole_summary_and_stats_of_a_small_run(tmp_path):
         "kept_by_level": {"low": 2, "mid": 0, "high": 2},
         "level_target": {"low": 0.5, "mid": 0.0, "high": 0.5},
         "thin_topics": s.details["thin_topics"], "thin_levels": s.details["thin_levels"],
+        "phase_s": s.details["phase_s"],
     }
+    assert sorted(s.details["phase_s"]) == ["choose", "topics", "write"]  # wall seconds per phase
     assert {r.id for r in read_records(out)} == {recs[0].id, recs[1].id, recs[5].id, recs[6].id}
     stats = json.loads((tmp_path / "out.jsonl.stats.json").read_text())
     assert s.details["thin_topics"] == stats["thin_topics"] and s.details["thin_levels"] == stats["thin_levels"]

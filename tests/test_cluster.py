@@ -128,3 +128,73 @@ def test_balance_cli_names_topics_with_a_model(tmp_path):
     stats = json.loads((tmp_path / "final.jsonl.stats.json").read_text())
     assert {v["name"] for v in stats["topics"].values()} == {"Python Coding", "Home Cooking", "Travel Plans",
                                                              "Everyday Arithmetic"}
+
+
+# ---------------------------------------------------------------------------- at scale: on disk, streamed
+
+def _sklearn_ctfidf(docs, labels, top_n=6, max_features=50000):
+    """The labels as they were computed with all documents in one CountVectorizer (the reference)."""
+    from scipy import sparse
+    from sklearn.feature_extraction.text import CountVectorizer
+
+    from dataforge.curate.labels import _TOKEN
+
+    classes = sorted(set(labels.tolist()))
+    vec = CountVectorizer(stop_words="english", lowercase=True, token_pattern=_TOKEN,
+                          min_df=2 if len(docs) >= 50 else 1, max_features=max_features)
+    counts = vec.fit_transform(docs)
+    vocab = np.array(vec.get_feature_names_out())
+    index = {c: i for i, c in enumerate(classes)}
+    onehot = sparse.csr_matrix((np.ones(len(labels)), ([index[c] for c in labels.tolist()], np.arange(len(labels)))),
+                               shape=(len(classes), len(labels)))
+    per_class = np.asarray((onehot @ counts).todense(), dtype=np.float64)
+    words = per_class.sum(axis=1, keepdims=True)
+    score = per_class / np.maximum(words, 1.0) * np.log1p(max(float(words.mean()), 1.0) / np.maximum(per_class.sum(axis=0), 1.0))
+    out = {}
+    for c, row in zip(classes, score):
+        terms = []
+        for j in np.argsort(-row, kind="stable")[: top_n * 3]:
+            if row[j] <= 0:
+                break
+            if not any(str(vocab[j]) in t or t in str(vocab[j]) for t in terms):
+                terms.append(str(vocab[j]))
+            if len(terms) >= top_n:
+                break
+        out[int(c)] = terms
+    return out
+
+
+@pytest.mark.parametrize("max_features", [50000, 40])
+def test_term_counts_in_chunks_give_countvectorizers_labels(monkeypatch, max_features):
+    from dataforge.curate.labels import TermCounter
+
+    rows = [json.loads(line) for line in DATA.read_text().splitlines()]
+    docs = [r["instruction"] for r in rows] * 2  # 96 documents: min_df 2 applies
+    labels = np.array([hash(r["source"]) % 3 for r in rows] * 2)
+    monkeypatch.setattr(TermCounter, "MAX_FEATURES", max_features)  # 40: the frequency cut decides too
+    counter = TermCounter()
+    for s in range(0, len(docs), 7):  # chunks that split classes and documents unevenly
+        counter.add(docs[s:s + 7], labels[s:s + 7])
+    want = _sklearn_ctfidf(docs, labels, max_features=max_features)
+    assert counter.top_terms() == want and any(want.values())
+    assert ctfidf_terms(docs[:10], labels[:10]) == _sklearn_ctfidf(docs[:10], labels[:10])  # min_df 1 below 50
+
+
+def test_cluster_rows_on_disk_fits_a_sample_and_assigns_everything(topic_set, tmp_path):
+    from dataforge.curate.cluster import cluster_rows
+    from dataforge.io.rows import RowFile
+
+    texts, truth, x = topic_set
+    rows = RowFile(tmp_path / "x.f32", len(x), x.shape[1])
+    rows.write(x, np.arange(len(x)))
+    whole = cluster_rows(rows, k=4, seed=0)  # within fit_max: the in-memory clustering, unchanged
+    assert np.array_equal(whole.labels, cluster_embeddings(x, k=4, seed=0).labels)
+    part = cluster_rows(rows, k=4, seed=0, fit_max=30)  # fitted on 30 points, all 48 assigned
+    assert part.k == 4 and len(part.labels) == len(x) and part.sizes == sorted(part.sizes, reverse=True)
+    # the reference: fit on the same seeded sample, every point to the nearest centre of the fitted clusters
+    picked = np.sort(np.random.default_rng(0).choice(len(x), size=30, replace=False))
+    fit = cluster_embeddings(x[picked], k=4, seed=0)
+    centres = np.stack([x[picked][fit.labels == c].mean(axis=0) for c in range(fit.k)])
+    nearest = np.argmax(x @ (centres / np.linalg.norm(centres, axis=1, keepdims=True)).T, axis=1)
+    assert normalized_mutual_info_score(nearest, part.labels) == pytest.approx(1.0)  # the same partition
+    assert normalized_mutual_info_score(truth, part.labels) > 0.5  # still topics, from 30 of 48 points

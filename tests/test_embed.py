@@ -47,3 +47,51 @@ def test_get_embedder_memoised_and_bad_path(tmp_path):
     assert get_embedder(cache_dir=tmp_path) is get_embedder(cache_dir=tmp_path)
     with pytest.raises(DataforgeError, match="not a local"):
         Embedder(tmp_path / "nope", cache_dir=tmp_path)
+
+
+# ---------------------------------------------------------------------------- ONNX Runtime backend
+
+MIXED = [*TEXTS[:3], "word " * 400, "Ünïcödé ☃ text, émigré café", "", "Sum 2 and 3."]  # lengths vary: sorted batches
+
+
+def test_onnx_vectors_equal_sentence_transformers_and_the_export_is_cached(monkeypatch):
+    from dataforge.quality import embed_onnx
+    from dataforge.paths import default_cache_dir
+
+    onnx = Embedder(use_cache=False, backend="onnx", cache_dir=default_cache_dir())  # the session's shared export
+    torch_ = Embedder(use_cache=False, backend="torch")
+    a, b = onnx.encode(MIXED), torch_.encode(MIXED)
+    cos = np.einsum("ij,ij->i", a, b)
+    assert a.shape == b.shape == (len(MIXED), 384) and cos.min() >= 0.9999, cos
+    # each vector went back to its own text (batches are length-sorted): one at a time gives the same
+    one_by_one = np.concatenate([onnx.encode([t]) for t in MIXED])
+    assert np.allclose(a, one_by_one, atol=1e-5)
+    # a second process finds the export and makes none
+    monkeypatch.setattr(embed_onnx, "export_onnx", lambda *a: pytest.fail("exported twice"))
+    again = Embedder(use_cache=False, backend="onnx", cache_dir=default_cache_dir())
+    assert np.allclose(again.encode(MIXED[:2]), a[:2], atol=1e-6)
+
+
+@pytest.mark.slow
+def test_an_export_that_disagrees_is_refused_and_not_cached(tmp_path, monkeypatch):
+    from dataforge.quality import embed_onnx
+
+    monkeypatch.setattr(embed_onnx, "MIN_COSINE", 1.01)  # no real export can reach it: the check must refuse
+    with pytest.raises(DataforgeError, match="disagrees with sentence-transformers"):
+        Embedder(cache_dir=tmp_path, backend="onnx").encode(["Give three tips for staying healthy."])
+    assert not list((tmp_path / "onnx").glob("*")), "nothing kept: neither the export nor its temp file"
+
+
+def test_unsupported_pooling_and_backend_are_refused(tmp_path):
+    from dataforge.quality.embed import resolve_backend
+    from dataforge.quality.embed_onnx import _pooling
+
+    (tmp_path / "1_Pooling").mkdir()
+    (tmp_path / "1_Pooling" / "config.json").write_text('{"pooling_mode_max_tokens": true}')
+    with pytest.raises(DataforgeError, match="mean or CLS only"):
+        _pooling(tmp_path)
+    with pytest.raises(DataforgeError, match="choose one of"):
+        resolve_backend("tensorrt", None)
+    with pytest.raises(DataforgeError, match="runs on the CPU"):
+        resolve_backend("onnx", "cuda")
+    assert resolve_backend("auto", "cpu") == ("onnx", "cpu") and resolve_backend("torch", "cpu") == ("torch", "cpu")

@@ -134,6 +134,7 @@ def test_interrupted_run_resumes_to_the_same_result(tmp_path):
         lines = journal.read_text(encoding="utf-8").splitlines()[1:]  # the header line fingerprints the run
         done = sum('"__spent__"' not in line for line in lines)  # what the interrupted attempt spent is noted too
         assert 0 < done < expected.records_in and not out.exists()
+        assert not SideFiles(out).work.exists()  # the per-record scratch state goes; the journal is what resumes
         with open(journal, "a", encoding="utf-8") as fh:
             fh.write('{"i": 999, "record": {"instruction": "half a li')  # a kill mid-write
         before = len(srv.requests)
@@ -142,7 +143,8 @@ def test_interrupted_run_resumes_to_the_same_result(tmp_path):
     assert summary.resumed == done
     assert again < full_requests  # finished records were not judged again
     assert [(r.id, r.status, r.reasons, r.output) for r in read_records(out)] == want
-    assert summary.out == expected.out and not journal.exists()
+    assert summary.out == expected.out and not journal.exists() and not SideFiles(out).work.exists()
+    assert summary.details["dedup"] == expected.details["dedup"] and sum(summary.details["dedup"].values()) > 0
 
 
 def test_shards_partition_the_input(tmp_path):

@@ -34,7 +34,7 @@ def test_journal_header_names_what_changed_and_restart_starts_over(tmp_path):
     with StageJournal(path, header) as j:
         j.append({"step": 1})
     again = StageJournal(path, header)  # same settings: the finished work is there to resume
-    assert again.entries == [{"step": 1}] and again.holds_work()
+    assert list(again.entries) == [{"step": 1}] and len(again.entries) == 1 and again.holds_work()
     again.close()
     other = {**header, "config": {"rounds": 3, "seed": 0}, "model": "m2"}
     with pytest.raises(DataforgeError) as err:
@@ -43,7 +43,7 @@ def test_journal_header_names_what_changed_and_restart_starts_over(tmp_path):
     assert "other settings" in msg and "options rounds" in msg and "the model" in msg and "--restart" in msg
     assert "seed" not in msg  # only what changed is named
     fresh = StageJournal(path, other, restart=True)
-    assert fresh.entries == [] and not fresh.holds_work()
+    assert list(fresh.entries) == [] and not fresh.entries and not fresh.holds_work()
     fresh.close()
     assert json.loads(path.read_text().splitlines()[0]) == {"header": other}
 

@@ -19,8 +19,9 @@ def run(
                                                     "(default: the YAML's run_dir, else runs/NAME).")] = None,
     shard: Annotated[Optional[str], typer.Option("--shard", help="Run record-parallel stages on shard i of n "
                                                  "(\"i/n\", by record id); merge the parts with `dataforge merge`.")] = None,
-    ray: Annotated[Optional[str], typer.Option("--ray", help="Fan generation batches out to this Ray cluster "
-                                               "('auto', 'ray://host:10001', or 'local').")] = None,
+    ray: Annotated[Optional[str], typer.Option("--ray", help="Fan record-parallel work out to this Ray cluster "
+                                               "(generation batches, the gate's scoring, embeddings, export): "
+                                               "'auto', 'ray://host:10001', or 'local'.")] = None,
     input: Annotated[Optional[str], typer.Option("--input", "-i", help="Read this input instead of the YAML's "
                                                  "(file or saved HF dataset folder).")] = None,
     from_stage: Annotated[Optional[str], typer.Option("--from", help="Redo this stage and everything after it, "

@@ -18,25 +18,29 @@ from __future__ import annotations
 import hashlib
 import math
 import time
-from collections import Counter, defaultdict
+from collections import Counter
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Annotated, Any, Iterator, Literal
 
-from typing import TYPE_CHECKING, Annotated, Any, Iterator
-
+import numpy as np
 from pydantic import Field
 
 from ..errors import DataforgeError
 from ..io import RejectSink, read_records, write_json_atomic
-from ..progress import progress_bar
+from ..progress import Stopwatch
 from ..quality.scores import quality_rank
 from ..records import Record
 from ..stage import Cli, IOConfig, SideFiles, Stage, StageContext
+from .balance_state import BalanceState
 from .levels import DEFAULT_NAMES, UNRATED, LevelScheme, level_of, parse_edges, parse_target
+from .plan import plan_selection, waterfill  # noqa: F401 - part of this module's interface
 from .stats import compute_stats
+from .topics import assign_topics  # noqa: F401 - part of this module's interface
 
 if TYPE_CHECKING:
     from ..llm import LLM
+
+EMBED_BATCH = 1024  # prompts per embedding batch (a Ray task when the job has a ray block)
 
 
 class BalanceConfig(IOConfig):
@@ -90,7 +94,7 @@ class BalanceConfig(IOConfig):
         return LevelScheme(names, parse_edges(self.level_edges, default_edges), parse_edges(self.depth_edges, default_depth))
 
 
-# --------------------------------------------------------------------------- scoring and selection
+# --------------------------------------------------------------------------- scoring
 
 
 def quality_score(record: Record) -> float:
@@ -99,186 +103,18 @@ def quality_score(record: Record) -> float:
     return quality_rank(record.scores)
 
 
-def _tiebreak(seed: int, rid: str) -> str:
-    return hashlib.sha256(f"{seed}:{rid}".encode()).hexdigest()
-
-
-def waterfill(quota: int, limits: dict[str, int]) -> dict[str, int]:
-    """Split `quota` over topics as evenly as their limits allow (max-min fair); sums to min(quota, sum)."""
-    give = {t: 0 for t in limits}
-    remaining = min(quota, sum(limits.values()))
-    items = sorted(limits.items(), key=lambda kv: (kv[1], kv[0]))
-    for i, (topic, limit) in enumerate(items):
-        if remaining <= 0:
-            break
-        fair = -(-remaining // (len(items) - i))          # ceil
-        give[topic] = min(limit, fair)
-        remaining -= give[topic]
-    return give
-
-
-def _quotas(total: int, target: dict[str, float]) -> dict[str, int]:
-    """Integer quotas per level summing to `total` (largest remainder)."""
-    exact = {lv: total * share for lv, share in target.items()}
-    quotas = {lv: math.floor(v) for lv, v in exact.items()}
-    left = total - sum(quotas.values())
-    for lv in sorted(exact, key=lambda lv: (-(exact[lv] - quotas[lv]), lv))[:left]:
-        quotas[lv] += 1
-    return quotas
-
-
-def _fill_levels(total: int, target: dict[str, float], order: list[str], by_level: dict[str, dict[str, int]],
-                 cap_of: dict[str, int]) -> tuple[dict[tuple[str, str], int], Counter, bool, dict[str, int]]:
-    """One try at `total` records: each level's quota water-filled over topics in `order`, under the caps.
-    Returns (plan, records used per topic, every quota met, what each level got)."""
-    quotas = _quotas(total, target)
-    used: Counter[str] = Counter()
-    plan: dict[tuple[str, str], int] = {}
-    got: dict[str, int] = {}
-    for lv in order:
-        limits = {t: min(n, cap_of[t] - used[t]) for t, n in by_level[lv].items()}
-        give = waterfill(quotas[lv], limits)
-        for t, n in give.items():
-            if n:
-                plan[(t, lv)] = n
-                used[t] += n
-        got[lv] = sum(give.values())
-    return plan, used, all(got[lv] >= quotas[lv] for lv in order), got
-
-
-def plan_selection(
-    avail: dict[tuple[str, str], int],
-    target: dict[str, float],
-    cap: int | None,
-    size: int | None = None,
-    mode: str = "exact",
-) -> dict[tuple[str, str], int]:
-    """How many records to keep per (topic, level) cell.
-
-    Rated levels, mode "exact": the largest total T found whose level quotas (T x share) can all be met
-    under the topic cap, each quota water-filled over topics, scarcest level first (found by shrinking
-    from the supply bound, then bisecting; meeting quotas is not always monotone in T, so on rare inputs a
-    slightly larger T exists: 4 of 29,801 random small cases). A level with no candidate
-    at all leaves the target (the others are renormalised) rather than emptying the output. Mode "cap":
-    each level keeps at most its share of all rated candidates (thin levels keep everything).
-    Unrated records (no score, no depth) are outside the level target and are kept up to what the topic
-    cap leaves (and `size` leaves).
-    """
-    topics = sorted({t for t, _ in avail})
-    cap_of = {t: cap if cap is not None else sum(n for (tt, _), n in avail.items() if tt == t) for t in topics}
-    supplied = {lv for (_, lv), n in avail.items() if n}
-    rated = [lv for lv, share in target.items() if share > 0 and lv in supplied]
-    if rated:
-        norm = sum(target[lv] for lv in rated)
-        target = {lv: target[lv] / norm for lv in rated}
-    plan: dict[tuple[str, str], int] = {}
-    used: Counter[str] = Counter()
-    if mode == "cap" and rated:
-        n_rated = sum(n for (_, lv), n in avail.items() if lv in target)
-        quotas = _quotas(n_rated if size is None else min(size, n_rated), target)
-        for lv in rated:
-            limits = {t: min(avail.get((t, lv), 0), cap_of[t] - used[t]) for t in topics}
-            for t, n in waterfill(quotas[lv], limits).items():
-                if n:
-                    plan[(t, lv)] = n
-                    used[t] += n
-        rated = []  # the exact search below is skipped
-    by_level = {lv: {t: avail.get((t, lv), 0) for t in topics} for lv in rated}
-
-    if rated and any(sum(v.values()) for v in by_level.values()):
-        reach = {lv: sum(min(n, cap_of[t]) for t, n in by_level[lv].items()) for lv in rated}
-        total = min(math.floor(reach[lv] / target[lv] + 1e-9) for lv in rated)
-        if size is not None:
-            total = min(total, size)
-        order = sorted(rated, key=lambda lv: (reach[lv] / target[lv], lv))      # scarcest first
-        best = _fill_levels(total, target, order, by_level, cap_of)
-        if not best[2]:
-            # Shrink fast with the bound what each level got allows, then bisect back up between that total
-            # (met) and the last unmet one: a smaller total leaves later levels more room under the caps, so
-            # the bound alone overshoots (it turned a feasible output of 2 into an empty one; a linear scan
-            # instead of the bisection takes 20 s on 100k candidates).
-            unmet, low = total, total
-            while not best[2] and low > 0:
-                unmet = low
-                low = min(low - 1, min(math.floor(best[3][lv] / target[lv] + 1e-9) for lv in rated))
-                best = _fill_levels(low, target, order, by_level, cap_of)
-            while unmet - low > 1:
-                mid = (low + unmet) // 2
-                trial = _fill_levels(mid, target, order, by_level, cap_of)
-                if trial[2]:
-                    low, best = mid, trial
-                else:
-                    unmet = mid
-        plan, used = best[0], best[1]
-
-    unrated = {t: avail.get((t, UNRATED), 0) for t in topics}
-    if sum(unrated.values()):
-        room = {t: min(n, cap_of[t] - used[t]) for t, n in unrated.items()}
-        quota = sum(room.values()) if size is None else max(0, size - sum(plan.values()))
-        for t, n in waterfill(quota, room).items():
-            if n:
-                plan[(t, UNRATED)] = n
-    return plan
-
-
-# --------------------------------------------------------------------------- topics
-
-
-def assign_topics(records: list[Record], cfg: BalanceConfig, *, llm: "LLM | None" = None,
-                  progress: bool = True) -> tuple[list[str], dict]:
-    """Topic key per record plus {key: {"label", "terms", "name", "size"}} and clustering facts."""
-    if cfg.reuse_topics and records and all(r.topic for r in records):
-        keys = [r.topic or "" for r in records]
-        sizes = Counter(keys)
-        return keys, {"topics": {k: {"label": k, "terms": [], "name": None, "size": n} for k, n in sorted(sizes.items())},
-                      "method": "reused", "k": len(sizes)}
-    from .cluster import cluster_embeddings
-    from .labels import ctfidf_terms, name_topics, topic_key
-    from ..quality.embed import get_embedder
-
-    texts = [r.prompt_text for r in records]
-    embedder = get_embedder(cfg.embedder)
-    t0 = time.perf_counter()
-    vectors = []
-    step = 2048
-    with progress_bar("embed", total=len(texts), enabled=progress) as bar:
-        for i in range(0, len(texts), step):
-            vectors.append(embedder.encode(texts[i:i + step]))
-            bar.advance(len(texts[i:i + step]))
-    import numpy as np
-
-    x = np.concatenate(vectors) if vectors else np.zeros((0, 1), np.float32)
-    t_embed = time.perf_counter() - t0
-    res = cluster_embeddings(x, cfg.method, cfg.k, k_min=cfg.k_min, k_max=cfg.k_max,
-                             min_cluster_size=cfg.min_cluster_size, seed=cfg.seed)
-    terms = ctfidf_terms(texts, res.labels)
-    names: dict[int, str | None] = {}
-    if cfg.name_topics:
-        if llm is None:
-            raise DataforgeError("--name-topics needs a model (backend options or DATAFORGE_* environment)")
-        examples = {c: [texts[i] for i in np.flatnonzero(res.labels == c)[:4]] for c in range(res.k)}
-        names = name_topics(llm, terms, examples)
-    key_of = {c: topic_key(c, terms.get(c, []), names.get(c)) for c in range(res.k)}
-    sizes = res.sizes
-    info = {
-        "method": res.method, "k": res.k, "noise": res.noise, "embed_s": round(t_embed, 2),
-        "cluster_s": round(res.seconds, 2),
-        "silhouette_by_k": {str(k): round(v, 4) for k, v in res.silhouette_by_k.items()},
-        "topics": {key_of[c]: {"label": ", ".join(terms.get(c, [])) or key_of[c], "terms": terms.get(c, []),
-                               "name": names.get(c), "size": sizes[c]} for c in range(res.k)},
-    }
-    return [key_of[int(c)] for c in res.labels], info
+def tiebreak(seed: int, rid: str) -> bytes:
+    """The seeded order of records with equal scores (a digest of the id; 32 bytes)."""
+    return hashlib.sha256(f"{seed}:{rid}".encode()).digest()
 
 
 # --------------------------------------------------------------------------- the stage
 
 
-def _read_upstream(input_path: Path, cfg: BalanceConfig) -> list[Record]:
-    """Records earlier stages set aside (not candidates): they count in the acceptance-rate stats only.
-
-    The gate writes accepted records to its output and the rest beside it; without these files the stats
-    would only ever see balance's own drops. Records held for review count as not kept (stage `review`).
-    """
+def _upstream_paths(input_path: Path, cfg: BalanceConfig) -> list[Path]:
+    """Files of records earlier stages set aside (not candidates): they count in the acceptance-rate
+    stats only. The gate writes accepted records to its output and the rest beside it; without these
+    files the stats would only ever see balance's own drops. Records held for review count as not kept."""
     paths = [Path(p) for p in cfg.upstream]
     for p in paths:
         if not p.exists():
@@ -286,22 +122,28 @@ def _read_upstream(input_path: Path, cfg: BalanceConfig) -> list[Record]:
     if cfg.auto_upstream:
         beside = SideFiles(input_path)
         paths += [p for p in (beside.rejected, beside.review) if p.is_file()]
-    out: list[Record] = []
+    return [p for p in paths if p.stat().st_size]  # an empty side file (nothing set aside) holds no records
+
+
+def _read_upstream(paths: list[Path]) -> Iterator[Record]:
     for p in paths:
-        if p.stat().st_size:  # an empty side file (a stage that set nothing aside) holds no records
-            out.extend(read_records(p, "auto", rejects=RejectSink(None)))
-    return out
+        yield from read_records(p, "auto", rejects=RejectSink(None))
 
 
 class BalanceStage(Stage[BalanceConfig]):
     """Cluster topics, bin complexity levels, keep the best records per (topic, level) cell to meet the
     level target and the topic cap. Dropped records go to <out>.rejected.jsonl with reason
     balance:<topic>/<level>; acceptance rates per topic and level go to <out>.stats.json (feed it to
-    `dataforge evolve --steer`)."""
+    `dataforge evolve --steer`).
+
+    Two passes over the input (and the upstream files): the first keeps a compact state per record
+    (`BalanceState`) and embeds the prompts (here or on Ray workers), the second writes the records with
+    their topics and fates; memory stays bounded whatever the input size."""
 
     name = "balance"
     Config = BalanceConfig
     journaled = False  # embeddings are cached by text hash, so a re-run is quick and gives the same result
+    parallel_work = True
 
     def __init__(self, cfg: BalanceConfig):
         super().__init__(cfg)
@@ -310,7 +152,11 @@ class BalanceStage(Stage[BalanceConfig]):
         if cfg.keep_dropped and cfg.out_format not in ("record", "parquet"):
             raise DataforgeError(f"--keep-dropped needs --to record or parquet: {cfg.out_format} has no "
                                  "status/reasons to tell dropped records from kept ones")
-        self.records: list[Record] = []
+        self.state: BalanceState | None = None
+        self.upstream: list[Path] = []
+        self.reuse = False
+        self.embed_s = 0.0
+        self.clock = Stopwatch()
 
     def needs_llm(self) -> bool:
         return self.cfg.name_topics
@@ -320,51 +166,105 @@ class BalanceStage(Stage[BalanceConfig]):
             return {}
         return {"rejected": Path(self.cfg.rejected_path) if self.cfg.rejected_path else side.rejected}
 
-    def process(self, records: Iterator[Record], ctx: StageContext) -> None:
-        self.records = list(records)
+    def _everything(self, records: Iterator[Record]) -> Iterator[tuple[Record, bool]]:
+        """(record, from an upstream file): the input, then what earlier stages set aside."""
+        for r in records:
+            yield r, False
+        for r in _read_upstream(self.upstream):
+            yield r, True
+
+    async def process(self, records: Iterator[Record], ctx: StageContext) -> None:
+        from ..quality.embed import EmbedWork
+
+        cfg = self.cfg
+        self.upstream = _upstream_paths(ctx.input, cfg)
+        self.state = state = BalanceState(ctx.side.work, self.scheme, cfg.seed)
+        if cfg.reuse_topics:  # topics already on every record (input and upstream) are kept as they are
+            seen = [bool(r.topic) for r, _ in self._everything(ctx.read_again())]
+            self.reuse = bool(seen) and all(seen)
+        if self.reuse:
+            for r, up in self._everything(records):
+                state.add(r, upstream=up, topic=True)
+            return
+
+        def batches() -> Iterator[list[str]]:
+            texts: list[str] = []
+            for r, up in self._everything(records):
+                state.add(r, upstream=up)
+                texts.append(r.prompt_text)
+                if len(texts) >= EMBED_BATCH:
+                    yield texts
+                    texts = []
+            if texts:
+                yield texts
+
+        t0 = time.perf_counter()
+        with ctx.bar("embed", unit="rec") as bar, self.clock("embed"):
+            async for vectors in ctx.map(EmbedWork(cfg.embedder), batches()):
+                state.add_vectors(vectors)
+                bar.advance(len(vectors))
+        self.embed_s = time.perf_counter() - t0
+
+    def _topics(self, ctx: StageContext) -> tuple[np.ndarray, list[str], dict[str, Any]]:
+        """(topic index per row, topic keys, clustering info) for every row (input, then upstream)."""
+        from .topics import reused_topics, topics_of_rows
+
+        state = self.state
+        if self.reuse:
+            keys = list(state.topic_names)
+            return np.frombuffer(state.topic, np.int64), keys, reused_topics(
+                [keys[t] for t in state.topic])[1]
+        if state.vectors is None:  # no record at all
+            return np.zeros(0, np.int64), [], {"topics": {}, "method": self.cfg.method, "k": 0}
+        texts = (r.prompt_text for r, _ in self._everything(ctx.read_again()))
+        labels, key_of, info = topics_of_rows(state.vectors, texts, self.cfg,
+                                              llm=ctx.llm if self.cfg.name_topics else None, embed_s=self.embed_s)
+        return labels, [key_of[c] for c in range(len(key_of))], info
 
     def finish(self, ctx: StageContext) -> dict[str, Any]:
-        cfg, records, target = self.cfg, self.records, self.target
-        ids = Counter(r.id for r in records)
-        upstream = _read_upstream(ctx.input, cfg)
-
-        everything = records + upstream
-        all_topics, topic_info = assign_topics(everything, cfg, llm=ctx.llm if cfg.name_topics else None,
-                                               progress=ctx.progress)
-        all_levels = [level_of(r, self.scheme) for r in everything]
-        topics, levels = all_topics[: len(records)], all_levels[: len(records)]
-
-        cells: dict[tuple[str, str], list[int]] = defaultdict(list)
-        for i, r in enumerate(records):
-            if r.status != "rejected":
-                cells[(topics[i], levels[i])].append(i)
-        for members in cells.values():
-            members.sort(key=lambda i: (-quality_score(records[i]), _tiebreak(cfg.seed, records[i].id), i))
-        avail = {cell: len(m) for cell, m in cells.items()}
-        n_candidates = sum(avail.values())
-        n_topics = len({t for t, _ in avail}) or 1
+        cfg, target, state = self.cfg, self.target, self.state
+        with self.clock("topics"):
+            topic, keys, topic_info = self._topics(ctx)
         cap = cfg.topic_cap
-        if cap is None and cfg.topic_cap_ratio:
-            cap = max(1, math.ceil(cfg.topic_cap_ratio * n_candidates / n_topics))
-        plan = plan_selection(avail, target, cap, cfg.size, cfg.level_mode)
-        keep = {i for cell, members in cells.items() for i in members[: plan.get(cell, 0)]}
 
-        final: list[Record] = []
-        for i, r in enumerate(records):
-            r = r.model_copy(update={"topic": topics[i]})
-            if r.status != "rejected" and i not in keep:
-                r = r.with_status("rejected", f"balance:{topics[i]}/{levels[i]}")
-            final.append(r)
-        with ctx.bar("write", total=len(final)) as bar:
-            for r in final:
-                ctx.out.write(r)
-                bar.advance()
+        def plan_of(avail: dict[tuple[str, str], int]) -> dict[tuple[str, str], int]:
+            nonlocal cap
+            if cap is None and cfg.topic_cap_ratio:
+                n_topics = len({t for t, _ in avail}) or 1
+                cap = max(1, math.ceil(cfg.topic_cap_ratio * sum(avail.values()) / n_topics))
+            return plan_selection(avail, target, cap, cfg.size, cfg.level_mode)
+
+        with self.clock("choose"):
+            keep, avail, plan = state.choose(topic[:state.n_input], keys, plan_of)
+        n_candidates = sum(avail.values())
+        reasons: Counter[str] = Counter()
+        kept_levels: Counter[str] = Counter()
+
+        def final() -> Iterator[tuple[Record, str, str]]:
+            """Every record with its topic and level as the stats count it: the input's written to
+            the outputs on the way (with its topic; a candidate not kept dropped), then the upstream
+            files' (a record held for review counts as not kept)."""
+            with ctx.bar("write", total=state.n) as bar:
+                for i, (r, up) in enumerate(self._everything(ctx.read_again())):
+                    t, lv = keys[int(topic[i])], state.levels[state.level[i]]
+                    if not up:
+                        r = r.model_copy(update={"topic": t})
+                        if keep[i]:
+                            kept_levels[lv] += 1
+                        elif r.status != "rejected":
+                            r = r.with_status("rejected", f"balance:{t}/{lv}")
+                        if r.status == "rejected":
+                            reasons[r.reasons[-1].split(":", 1)[0] if r.reasons else "unknown"] += 1
+                        ctx.out.write(r)
+                    elif r.status == "review":
+                        r = r.with_status("rejected", "review:held by the gate")
+                    bar.advance()
+                    yield r, t, lv
 
         labels = {k: v["label"] for k, v in topic_info["topics"].items()}
         names = {k: v.get("name") for k, v in topic_info["topics"].items()}
-        held = [r if r.status != "review" else r.with_status("rejected", "review:held by the gate") for r in upstream]
-        stats = compute_stats(zip(final + held, all_topics, all_levels), topic_labels=labels, topic_names=names,
-                              level_target=target)
+        with self.clock("write"):
+            stats = compute_stats(final(), topic_labels=labels, topic_names=names, level_target=target)
         stats["balance"] = {
             "topic_cap": cap, "size": cfg.size, "levels": list(self.scheme.names),
             "plan": [{"topic": t, "level": lv, "available": avail[(t, lv)], "kept": plan.get((t, lv), 0)}
@@ -374,22 +274,20 @@ class BalanceStage(Stage[BalanceConfig]):
         stats_path = Path(cfg.stats_path) if cfg.stats_path else ctx.side.stats
         write_json_atomic(stats_path, stats)
         ctx.files["stats"] = str(stats_path)
-
-        reasons = Counter(r.reasons[-1].split(":", 1)[0] if r.reasons else "unknown"
-                          for r in final if r.status == "rejected")
-        kept_levels = Counter(levels[i] for i in keep)
+        n_kept = int(keep.sum())
         return {
-            "duplicate_ids": sum(n - 1 for n in ids.values() if n > 1),
-            "candidates": n_candidates, "kept": len(keep),
-            "dropped_by_balance": n_candidates - len(keep),
-            "arrived_rejected": len(records) - n_candidates,
-            "upstream_counted": len(upstream),
+            "duplicate_ids": state.duplicate_ids(),
+            "candidates": n_candidates, "kept": n_kept,
+            "dropped_by_balance": n_candidates - n_kept,
+            "arrived_rejected": state.n_input - n_candidates,
+            "upstream_counted": state.n - state.n_input,
             "by_reason": dict(reasons),
             "topics": topic_info.get("k"), "topic_cap": cap,
             "kept_by_level": {lv: kept_levels.get(lv, 0) for lv in [*self.scheme.names, UNRATED]
                               if lv in kept_levels or lv in target},
             "level_target": {k: round(v, 4) for k, v in target.items()},
             "thin_topics": stats["thin_topics"], "thin_levels": stats["thin_levels"],
+            "phase_s": self.clock.seconds,
         }
 
 

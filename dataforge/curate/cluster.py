@@ -5,6 +5,10 @@ keeps the k with the best silhouette (cosine), then fits all points with that k.
 is the alternative for corpora whose topics differ a lot in size; it runs on a PCA projection (its cost
 grows fast with dimension) and its noise points join the nearest cluster so every record has a topic.
 Cluster ids are renumbered largest first, so topic 00 is always the biggest.
+
+`cluster_rows` clusters embeddings kept on disk (`RowFile`): up to `FIT_MAX` points it loads them and
+clusters them all as above; beyond that it fits on a seeded sample of `FIT_MAX` points and assigns every
+point to its nearest centre in windows, so memory stays bounded whatever the corpus size.
 """
 
 from __future__ import annotations
@@ -16,10 +20,12 @@ from typing import Literal
 import numpy as np
 
 from ..errors import DataforgeError
+from ..io.rows import Rows
 
 Method = Literal["kmeans", "hdbscan"]
 _FULL_KMEANS_MAX = 5000
 _HDBSCAN_DIMS = 5   # density is only meaningful in few dimensions (cf. UMAP to 5-d in BERTopic)
+FIT_MAX = 200_000   # points clustered in memory at most (about 300 MB of float32 embeddings)
 
 
 @dataclass
@@ -76,8 +82,9 @@ def choose_k(x: np.ndarray, k_min: int = 2, k_max: int = 30, sample: int = 3000,
 def _renumber_by_size(labels: np.ndarray) -> tuple[np.ndarray, int]:
     ids, counts = np.unique(labels, return_counts=True)
     order = ids[np.lexsort((ids, -counts))]          # largest first, ties by old id
-    mapping = {int(old): new for new, old in enumerate(order)}
-    return np.array([mapping[int(v)] for v in labels], dtype=np.int64), len(order)
+    new_id = np.empty(int(ids.max()) + 1, np.int64)
+    new_id[order] = np.arange(len(order))
+    return new_id[np.asarray(labels, dtype=np.int64)], len(order)
 
 
 def cluster_embeddings(
@@ -127,3 +134,31 @@ def cluster_embeddings(
         labels, k = _renumber_by_size(raw)
         return Clustering(labels, k, method, noise=noise, seconds=time.perf_counter() - t0)
     raise DataforgeError(f"unknown clustering method {method!r}; choose kmeans or hdbscan")
+
+
+def cluster_rows(rows: Rows, method: Method = "kmeans", k: int | None = None, *, k_min: int = 2, k_max: int = 30,
+                 sample: int = 3000, min_cluster_size: int | None = None, seed: int = 0,
+                 fit_max: int = FIT_MAX) -> Clustering:
+    """`cluster_embeddings` over rows on disk; above `fit_max` points, fit on a sample and assign the rest."""
+    n = rows.n
+    if n <= fit_max:
+        return cluster_embeddings(rows.read(0, n), method, k, k_min=k_min, k_max=k_max, sample=sample,
+                                  min_cluster_size=min_cluster_size, seed=seed)
+    t0 = time.perf_counter()
+    picked = np.sort(np.random.default_rng(seed).choice(n, size=fit_max, replace=False))
+    x_fit = rows.gather(picked).astype(np.float32)
+    fit = cluster_embeddings(x_fit, method, k, k_min=k_min, k_max=k_max, sample=sample,
+                             min_cluster_size=min_cluster_size, seed=seed)
+    centres = np.stack([x_fit[fit.labels == c].mean(axis=0) for c in range(fit.k)])
+    del x_fit
+    centres /= np.maximum(np.linalg.norm(centres, axis=1, keepdims=True), 1e-12)
+    labels = np.empty(n, np.int64)
+    for start, x in _windows(rows):
+        labels[start:start + len(x)] = np.argmax(np.asarray(x, np.float32) @ centres.T, axis=1)
+    labels, k_found = _renumber_by_size(labels)
+    return Clustering(labels, k_found, method, fit.silhouette_by_k, fit.noise, seconds=time.perf_counter() - t0)
+
+
+def _windows(rows: Rows, size: int = 65536):
+    for start in range(0, rows.n, size):
+        yield start, rows.read(start, min(rows.n, start + size))

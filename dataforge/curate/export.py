@@ -16,7 +16,7 @@ from pydantic import Field
 from ..errors import DataforgeError
 from ..io import OUT_FORMATS
 from ..records import Record
-from ..stage import Stage, StageConfig, StageContext
+from ..stage import Stage, StageConfig, StageContext, Work
 
 
 class ExportConfig(StageConfig):
@@ -34,14 +34,34 @@ class ExportConfig(StageConfig):
     card_license: str = Field("unknown", description="the licence the card states (a Hub licence id)")
 
 
+class ExportWork(Work):
+    """Which records of a batch the export keeps, and why the others are left out (here or on Ray)."""
+
+    def __init__(self, cfg: ExportConfig):
+        self.statuses, self.require_output = set(cfg.statuses), cfg.require_output
+
+    def run(self, batch: list[Record]) -> list[tuple[Record, str | None]]:
+        out = []
+        for r in batch:
+            if r.status not in self.statuses:
+                out.append((r, f"status:{r.status}"))
+            elif self.require_output and not r.output.strip():
+                out.append((r, "empty_output"))
+            else:
+                out.append((r, None))
+        return out
+
+
 class ExportStage(Stage[ExportConfig]):
     """Keep the records with the chosen statuses (and a response); write them, and a copy in another format."""
 
     name = "export"
     Config = ExportConfig
     record_parallel = True
-    fan_out = False  # cheap, and its copy is one file: splitting it over Ray workers gains nothing
+    fan_out = False  # its copy is one file: the driver writes it, the workers only decide (`ExportWork`)
+    parallel_work = True
     journaled = False  # a re-run redoes it in seconds
+    batch_size = 1024
 
     def __init__(self, cfg: ExportConfig):
         super().__init__(cfg)
@@ -61,23 +81,32 @@ class ExportStage(Stage[ExportConfig]):
         p = Path(self.cfg.path)
         return self.cfg.model_copy(update={"path": str(p.with_name(f"{p.stem}.shard-{i}-of-{n}{p.suffix}"))})
 
-    def process(self, records: Iterator[Record], ctx: StageContext) -> None:
+    async def process(self, records: Iterator[Record], ctx: StageContext) -> None:
         from .card import RecordStats, may_overwrite
 
         if self.cfg.card and not may_overwrite(self._card_path(ctx.side.output)):
             raise DataforgeError(f"{self._card_path(ctx.side.output)}: a README.md that dataforge did not write is "
                                  "there; move it, or export elsewhere (--card never overwrites it)")
-        keep = set(self.cfg.statuses)
         self.stats = RecordStats() if self.cfg.card else None
-        for r in records:
-            if r.status not in keep:
-                self.left_out[f"status:{r.status}"] += 1
-            elif self.cfg.require_output and not r.output.strip():
-                self.left_out["empty_output"] += 1
-            else:
-                ctx.out.write(r)
-                if self.stats is not None:
-                    self.stats.add(r)
+
+        def batches() -> Iterator[list[Record]]:
+            batch: list[Record] = []
+            for r in records:
+                batch.append(r)
+                if len(batch) >= self.batch_size:
+                    yield batch
+                    batch = []
+            if batch:
+                yield batch
+
+        async for decided in ctx.map(ExportWork(self.cfg), batches()):
+            for r, why in decided:
+                if why is None:
+                    ctx.out.write(r)
+                    if self.stats is not None:
+                        self.stats.add(r)
+                else:
+                    self.left_out[why] += 1
 
     def finish(self, ctx: StageContext) -> dict[str, Any]:
         if self.stats is not None and self.stats.n:

@@ -12,7 +12,7 @@ The names below are the package's interface: ``from dataforge.io import read_rec
 from .containers import CONTAINERS, check_input, count_items, detect_container, detect_format
 from .formats import (IN_FORMATS, NORMALISERS, OUT_FORMATS, RECORD_KEYS, BadLine, detect_object_format, from_alpaca,
                       from_chat, from_record, from_seed_task, parquet_schema, to_alpaca, to_chat, to_flat)
-from .journal import Journal, repair_tail
+from .journal import Journal, JournalReader, repair_tail
 from .readers import ReadStats, read_records
 from .rejects import RejectSink
 from .writers import RecordWriter, atomic_open, write_json_atomic, write_records, write_text_atomic
@@ -21,6 +21,6 @@ __all__ = [
     "CONTAINERS", "check_input", "count_items", "detect_container", "detect_format",
     "IN_FORMATS", "NORMALISERS", "OUT_FORMATS", "RECORD_KEYS", "BadLine", "detect_object_format", "from_alpaca",
     "from_chat", "from_record", "from_seed_task", "parquet_schema", "to_alpaca", "to_chat", "to_flat",
-    "Journal", "repair_tail", "ReadStats", "read_records", "RejectSink",
+    "Journal", "JournalReader", "repair_tail", "ReadStats", "read_records", "RejectSink",
     "RecordWriter", "atomic_open", "write_json_atomic", "write_records", "write_text_atomic",
 ]

@@ -342,7 +342,8 @@ class Engine:
         return str(summary["stopped"])
 
     def _execute(self, st: PlannedStage, stage_input: Path, entry: dict[str, Any], *, restart: bool) -> dict[str, Any]:
-        """Run the stage with the executor that fits: Ray batches, or `run_stage` here with the job's model."""
+        """Run the stage with the executor that fits: Ray batches, or `run_stage` here with the job's model
+        (its record-parallel work on Ray workers when the job has a ray block and the stage hands work out)."""
         ray = self.ray_settings()
         budget = stage_budget(self.opts.budget, self.manifest, st.item.name) if st.stage.needs_llm() else None
         if ray is not None and st.stage.can_fan_out():
@@ -355,12 +356,17 @@ class Engine:
             summary = run_stage_on_ray(st.stage, stage_input, st.output, self.backend_config(), ray,
                                        progress=self.opts.progress)
             return {**summary, "input": str(stage_input), "output": str(st.output)}
+        mapper = None
+        if ray is not None and st.stage.parallel_work:
+            from .ray_executor import RayMapper
+
+            mapper = RayMapper(ray, self.backend_config())
         llm = self._make_llm() if st.stage.needs_llm() else None
         beat = Heartbeat(self.manifest, entry, llm) if llm is not None else None
         try:
             result = run_stage(st.stage, stage_input, st.output, llm=llm, progress=self.opts.progress,
                                restart=restart, empty_ok=st.stage.record_parallel or st.stage.input_optional,
-                               budget=budget)
+                               budget=budget, mapper=mapper)
         finally:
             if beat is not None:
                 beat.stop()

@@ -1,5 +1,7 @@
 """The Ray executor: a record-parallel stage's record batches fanned out to Ray workers, one backend
-endpoint per worker (`dataforge run --ray ADDRESS`).
+endpoint per worker (`dataforge run --ray ADDRESS`). Stages that also decide over the whole input
+(filter, balance) and export hand only their record-parallel `Work` to the workers (`RayMapper`); the
+global step stays on the driver.
 
 Why batches of whole records: a record-parallel stage's output for a record depends on that
 record alone, so any split gives the same records, and the engine's canonical order puts them back
@@ -75,6 +77,26 @@ class _Worker:
 
         return CachedLLM(inner, RequestCache(self.cfg.resolved_cache_path()), base_url=self.cache_identity)
 
+    def run_work(self, work: Any, batch: Any) -> dict[str, Any]:
+        """One batch of a stage's `Work` (opened once per worker, with its own metered model if it
+        uses one); returns the result and what the model was asked for this batch."""
+        from ..llm import run_sync
+        from ..stage import MeteredLLM
+        from ..stage.work import run_batch
+
+        token = getattr(work, "ray_token", None)
+        opened = getattr(self, "_opened", None)
+        if opened is None or opened[0] != token:
+            if opened is not None:
+                run_sync(opened[1].aclose())  # the previous stage's work (e.g. its judge's own client)
+            meter = MeteredLLM(self._llm(), work.ray_stage) if work.uses_llm() else None
+            work.open(meter)
+            self._opened = opened = (token, work, meter)
+        _, work, meter = opened
+        value = run_sync(run_batch(work, batch))
+        usage = meter.take() if meter is not None else ({}, {})
+        return {"value": value, "tokens": usage[0], "failures": usage[1]}
+
     def run_batch(self, kind: str, cfg: dict[str, Any], lines: list[str], batch_dir: str, index: int) -> dict[str, Any]:
         from ..llm import run_sync
         from ..stage import run_stage
@@ -136,6 +158,83 @@ def sum_summaries(parts: list[dict[str, Any]]) -> dict[str, Any]:
     return total
 
 
+def _worker_env() -> dict[str, str]:
+    """Settings the workers need, never credentials: Ray keeps task arguments in its object store and
+    logs, so an API key must reach a worker through its own environment (set where `ray start` runs)."""
+    return {k: v for k, v in os.environ.items()
+            if k.startswith(("DATAFORGE_", "OPENAI_BASE_URL", "HF_", "TRANSFORMERS_")) and not is_secret_name(k)}
+
+
+def _worker_backend(backend_cfg: BackendConfig, settings: RaySettings) -> tuple[dict[str, Any], list, str]:
+    """(backend fields for the workers, one endpoint per worker slot, the cache identity they share)."""
+    backend = backend_cfg.model_dump(mode="json")
+    if not backend.get("no_cache"):
+        backend["cache_path"] = str(backend_cfg.resolved_cache_path().resolve())
+    endpoints = list(settings.endpoints) or [backend_cfg.base_url]
+    identity = backend_cfg.base_url or "ray:" + ",".join(e or "" for e in endpoints)
+    return backend, endpoints, identity
+
+
+class RayMapper:
+    """Runs a stage's record-parallel `Work` on Ray workers (`ctx.map` of a stage whose `parallel_work`
+    is set): one task per batch, at most two batches in flight per worker, results back in batch order.
+    Each worker opens the work once, with a client to its own endpoint when the work uses a model; the
+    requests it makes are added to the stage's meter, so the summary and the refusal rule see them."""
+
+    def __init__(self, settings: RaySettings, backend_cfg: BackendConfig):
+        self.settings, self.backend_cfg = settings, backend_cfg
+        self.meter: Any = None
+        self.report: dict[str, Any] | None = None
+
+    def bind(self, meter: Any) -> None:
+        self.meter = meter
+
+    async def map(self, work: Any, batches: Any):
+        import uuid
+        from collections import deque
+
+        ray = ensure_ray(self.settings)
+        work.prepare()
+        work.ray_token, work.ray_stage = uuid.uuid4().hex, getattr(self.meter, "default_operation", "stage")
+        backend, endpoints, identity = _worker_backend(self.backend_cfg, self.settings)
+        n = self.settings.workers or (len(self.settings.endpoints) if self.settings.endpoints else 2)
+        actor_cls = ray.remote(num_cpus=self.settings.num_cpus)(_Worker)
+        actors = [actor_cls.remote(backend, endpoints[w % len(endpoints)], identity, _worker_env()) for w in range(n)]
+        self.report = {"workers": n, "batches": 0}
+        ref = ray.put(work)
+        pending: deque = deque()
+        why = None
+        try:
+            for k, batch in enumerate(batches):
+                why = self._spent()
+                if why is not None:  # past the budget: no new batch; the ones on their way finish below
+                    break
+                pending.append(actors[k % n].run_work.remote(ref, batch))
+                self.report["batches"] += 1
+                if len(pending) >= 2 * n:
+                    yield self._unpack(await pending.popleft())
+            while pending:
+                yield self._unpack(await pending.popleft())
+            if why is not None:
+                from ..stage.budget import BudgetReached
+
+                self.meter.stopped = why
+                raise BudgetReached(why)
+        finally:
+            for a in actors:
+                ray.kill(a)
+
+    def _spent(self) -> str | None:
+        """Why the job's budget stops it, counting what the workers spent (their meters have no budget)."""
+        budget = getattr(self.meter, "budget", None)
+        return budget.reached(self.meter.tokens()) if budget is not None else None
+
+    def _unpack(self, res: dict[str, Any]) -> Any:
+        if self.meter is not None and (res["tokens"] or res["failures"]):
+            self.meter.absorb(res["tokens"], res["failures"])
+        return res["value"]
+
+
 def run_stage_on_ray(stage: Stage, input_path: Path, output_path: Path, backend_cfg: BackendConfig,
                      settings: RaySettings, *, progress: bool = True) -> dict[str, Any]:
     """Run `stage` over `input_path` in Ray batches; write `output_path` in batch order. Returns the
@@ -152,17 +251,10 @@ def run_stage_on_ray(stage: Stage, input_path: Path, output_path: Path, backend_
     done_file = lambda i: root / f"{names[i]}.jsonl"  # noqa: E731
     todo = [i for i in range(len(batches)) if not (done_file(i).is_file() and Path(f"{done_file(i)}.json").is_file())]
 
-    backend = backend_cfg.model_dump(mode="json")
-    if not backend.get("no_cache"):
-        backend["cache_path"] = str(backend_cfg.resolved_cache_path().resolve())
-    endpoints = list(settings.endpoints) or [backend_cfg.base_url]
+    backend, endpoints, identity = _worker_backend(backend_cfg, settings)
     n_workers = settings.workers or (len(settings.endpoints) if settings.endpoints else 2)
     n_workers = max(1, min(n_workers, len(todo))) if todo else 0
-    # settings the workers need, never credentials: Ray keeps task arguments in its object store and
-    # logs, so an API key must reach a worker through its own environment (set where `ray start` runs)
-    env = {k: v for k, v in os.environ.items()
-           if k.startswith(("DATAFORGE_", "OPENAI_BASE_URL", "HF_", "TRANSFORMERS_")) and not is_secret_name(k)}
-    identity = backend_cfg.base_url or "ray:" + ",".join(e or "" for e in endpoints)
+    env = _worker_env()
 
     if todo:
         actor_cls = ray.remote(num_cpus=settings.num_cpus)(_Worker)

@@ -170,11 +170,23 @@ class Decontaminator:
             "status": "rejected", "reasons": [*r.reasons, f"contaminated:{hit.item}"],
             "meta": {**r.meta, "contamination": {"item": hit.item, "by": hit.by, "match": hit.match}}})
 
-    def details(self) -> dict[str, Any]:
+    def counts(self) -> Counter[str]:
+        """What `check` found so far, as counters that add up over processes (a gate's Ray workers)."""
+        c: Counter[str] = Counter({f"contaminated:{k}": n for k, n in self.found.items()})
+        c.update({f"matched_by:{k}": n for k, n in self.how.items()})
+        c.update({"checked": self.checked, "check_ms": round(self.check_s * 1000)})
+        return c
+
+    def details(self, counts: Counter[str] | None = None) -> dict[str, Any]:
+        """The summary's figures: this index's, and what `check` found here or, `counts`, everywhere."""
+        c = self.counts() if counts is None else counts
+        found = {k.split(":", 1)[1]: n for k, n in c.items() if k.startswith("contaminated:") and n}
+        how = {k.split(":", 1)[1]: n for k, n in c.items() if k.startswith("matched_by:") and n}
+        check_s = c.get("check_ms", 0) / 1000
         return {"benchmarks": self.items, "index_from_cache": all(self.cached), "index_s": round(self.index_s, 3),
-                "checked": self.checked, "contaminated": sum(self.found.values()),
-                "contaminated_by_benchmark": dict(self.found), "matched_by": dict(self.how),
-                "records_per_second": round(self.checked / self.check_s) if self.check_s > 0 else None}
+                "checked": c.get("checked", 0), "contaminated": sum(found.values()),
+                "contaminated_by_benchmark": found, "matched_by": how,
+                "records_per_second": round(c.get("checked", 0) / check_s) if check_s > 0 else None}
 
 
 def batches(records: Iterable[Record], size: int = BATCH) -> Iterator[list[Record]]:

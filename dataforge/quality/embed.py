@@ -7,6 +7,11 @@ The cache is one SQLite file (WAL mode) keyed by (model name, sha256 of the text
 SQLite commits are atomic, so a killed process loses at most the batch in flight and never corrupts
 what is already stored, and several processes may share the file.
 
+Backends: on a CPU the model runs on ONNX Runtime (`embed_onnx`: exported once, checked against
+sentence-transformers, cached), on a GPU through sentence-transformers on torch. ``DATAFORGE_EMBED_BACKEND``
+(``auto`` | ``onnx`` | ``torch``) overrides the choice. Both give the same vectors (cosine >= 0.9999), so
+one cache serves both.
+
 >>> emb = get_embedder()                          # doctest: +SKIP
 >>> v = emb.encode(["Write a haiku.", "Sum 2 and 3."])
 >>> v.shape, float((v[0] ** 2).sum())             # (2, 384), 1.0
@@ -25,6 +30,7 @@ import numpy as np
 from ..errors import DataforgeError
 from ..paths import default_cache_dir
 from ..sqlite_store import connect_shared
+from ..stage import Work
 
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
 _SQL_CHUNK = 500  # SQLite host-parameter limit is 999 on old builds
@@ -97,6 +103,40 @@ class EmbeddingCache:
             self._db.close()
 
 
+BACKENDS = ("auto", "onnx", "torch")
+
+
+def _gpu_visible() -> bool:
+    """A CUDA GPU torch can use; torch is imported only where an NVIDIA driver is present."""
+    if not os.path.exists("/proc/driver/nvidia/version"):
+        return False
+    try:
+        import torch
+
+        return bool(torch.cuda.is_available())
+    except Exception:  # pragma: no cover - broken torch install
+        return False
+
+
+def resolve_backend(backend: str | None, device: str | None) -> tuple[str, str]:
+    """(backend, device): torch on a GPU, ONNX Runtime on a CPU where it is installed, unless the caller
+    or ``DATAFORGE_EMBED_BACKEND`` says otherwise."""
+    backend = backend or os.environ.get("DATAFORGE_EMBED_BACKEND") or "auto"
+    if backend not in BACKENDS:
+        raise DataforgeError(f"embedding backend {backend!r}: choose one of {', '.join(BACKENDS)}")
+    device = device or ("cuda" if backend != "onnx" and _gpu_visible() else "cpu")
+    if backend == "auto":
+        try:
+            import onnxruntime  # noqa: F401
+        except ImportError:
+            backend = "torch"
+        else:
+            backend = "onnx" if device == "cpu" else "torch"
+    if backend == "onnx" and device != "cpu":
+        raise DataforgeError("the ONNX embedder runs on the CPU; on a GPU use the torch backend")
+    return backend, device
+
+
 class Embedder:
     """Encodes texts to L2-normalised float32 vectors; the model loads on first need only.
 
@@ -105,7 +145,7 @@ class Embedder:
     """
 
     def __init__(self, model: str | os.PathLike | None = None, cache_dir: str | os.PathLike | None = None,
-                 *, use_cache: bool = True, device: str = "cpu"):
+                 *, use_cache: bool = True, device: str | None = None, backend: str | None = None):
         if model is None or str(model) == DEFAULT_MODEL:
             self.path = default_model_path()
             self.name = DEFAULT_MODEL
@@ -115,14 +155,15 @@ class Embedder:
                 raise DataforgeError(f"--embedder {model}: not a local sentence-transformers model folder "
                                      "(models are never downloaded; give a path)")
             self.name = f"{self.path.name}@{hashlib.sha256(str(self.path.resolve()).encode()).hexdigest()[:8]}"
-        self.device = device
+        self.backend, self.device = resolve_backend(backend, device)
+        self._cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
+        self._onnx = None
         self._model = None
         self._dim: int | None = None
         self._load_lock = threading.Lock()
         self.cache: EmbeddingCache | None = None
         if use_cache:
-            folder = Path(cache_dir) if cache_dir else default_cache_dir()
-            self.cache = EmbeddingCache(folder / "embeddings.sqlite")
+            self.cache = EmbeddingCache(self._cache_dir / "embeddings.sqlite")
         self.embedded = 0
         self.model_calls = 0
 
@@ -144,21 +185,47 @@ class Embedder:
         return self._model
 
     @property
+    def onnx(self):
+        """The ONNX Runtime session (the export is made and checked on first use, then cached)."""
+        if self._onnx is None:
+            with self._load_lock:
+                if self._onnx is None:
+                    from .embed_onnx import onnx_encoder
+
+                    self._onnx = onnx_encoder(self.path, self._cache_dir, self.name)
+        return self._onnx
+
+    def prepare(self) -> "Embedder":
+        """Make the ONNX export now if there is none, e.g. before handing work to other processes, so
+        they find it instead of each making it (nothing to do for the torch backend)."""
+        if self.backend == "onnx" and self._onnx is None:
+            from .embed_onnx import cached_export
+
+            cached_export(self.path, self._cache_dir, self.name)
+        return self
+
+    @property
     def dim(self) -> int:
         if self._dim is None:
-            getter = getattr(self.model, "get_embedding_dimension", None) or \
-                self.model.get_sentence_embedding_dimension
-            self._dim = int(getter())
+            if self.backend == "onnx":
+                self._dim = int(self.onnx.encode(["dimension"]).shape[1])
+            else:
+                getter = getattr(self.model, "get_embedding_dimension", None) or \
+                    self.model.get_sentence_embedding_dimension
+                self._dim = int(getter())
         return self._dim
 
     def _embed(self, texts: list[str], batch_size: int, progress: bool) -> np.ndarray:
         out = []
-        step = max(batch_size * 8, batch_size)
+        step = max(batch_size * 8, batch_size) if self.backend == "torch" else 4096
         # chunks so the caller's progress bar and the cache advance together on long lists
         for i in range(0, len(texts), step):
             part = texts[i:i + step]
-            vecs = self.model.encode(part, batch_size=batch_size, convert_to_numpy=True,
-                                     normalize_embeddings=True, show_progress_bar=progress)
+            if self.backend == "onnx":
+                vecs = self.onnx.encode(part)
+            else:
+                vecs = self.model.encode(part, batch_size=batch_size, convert_to_numpy=True,
+                                         normalize_embeddings=True, show_progress_bar=progress)
             self.model_calls += 1
             self.embedded += len(part)
             out.append(np.asarray(vecs, dtype=np.float32))
@@ -193,15 +260,37 @@ class Embedder:
         return np.einsum("ij,ij->i", ea, eb)
 
 
-_EMBEDDERS: dict[tuple[str, str], Embedder] = {}
+_EMBEDDERS: dict[tuple[str, ...], Embedder] = {}
 _EMB_LOCK = threading.Lock()
 
 
-def get_embedder(model: str | os.PathLike | None = None, cache_dir: str | os.PathLike | None = None) -> Embedder:
-    """One Embedder per (model, cache folder) per process, so the model loads once."""
+def get_embedder(model: str | os.PathLike | None = None, cache_dir: str | os.PathLike | None = None,
+                 backend: str | None = None) -> Embedder:
+    """One Embedder per (model, cache folder, backend) per process, so the model loads once."""
     folder = str(Path(cache_dir) if cache_dir else default_cache_dir())
-    key = (str(model or DEFAULT_MODEL), folder)
+    chosen = resolve_backend(backend, None)
+    key = (str(model or DEFAULT_MODEL), folder, *chosen)
     with _EMB_LOCK:
         if key not in _EMBEDDERS:
-            _EMBEDDERS[key] = Embedder(model, folder)
+            _EMBEDDERS[key] = Embedder(model, folder, backend=chosen[0], device=chosen[1])
         return _EMBEDDERS[key]
+
+
+class EmbedWork(Work):
+    """Embeddings of a batch of texts, wherever the batch runs (balance's topics; here or a Ray worker)."""
+
+    def __init__(self, model: str | os.PathLike | None = None, cache_dir: str | os.PathLike | None = None):
+        self.model, self.cache_dir = model, cache_dir
+        self.embedder: Embedder | None = None
+
+    def prepare(self) -> None:
+        get_embedder(self.model, self.cache_dir).prepare()
+
+    def open(self, llm) -> None:
+        self.embedder = get_embedder(self.model, self.cache_dir)
+
+    def run(self, texts: list[str]) -> np.ndarray:
+        return self.embedder.encode(texts)
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "embedder": None}

@@ -3,9 +3,12 @@ reasons; nothing is dropped silently (records in == accepted + review + rejected
 
 Flow: a cheap first pass learns the input's answer conventions and draws the fixed alignment pool;
 then batches are checked (embeddings, structure, constraints, judges), failing ones go through
-Self-Refine, and each decided record is journaled, so a killed run resumes where it stopped (and a
-run with other settings is refused: see `dataforge.stage`). Finally duplicates are removed (the
-best-scored survives) over all records, and accepted, review and rejected are written atomically.
+Self-Refine (`gate_work.GateWork`: here, or on Ray workers in a pipeline with a ray block), and each
+decided record is journaled, so a killed run resumes where it stopped (and a run with other settings is
+refused: see `dataforge.stage`). Only a compact state per record stays in memory (`dedup_state`).
+Finally duplicates are removed (the best-scored survives) over that state, and accepted, review and
+rejected are written atomically in a second streaming pass over the journal: memory stays bounded
+whatever the input size.
 
 >>> from dataforge.quality.gate import FilterConfig, run_filter   # doctest: +SKIP
 >>> run_filter("evolved.jsonl", "clean.jsonl", FilterConfig(no_llm=True)).out
@@ -14,7 +17,6 @@ best-scored survives) over all records, and accepted, review and rejected are wr
 
 from __future__ import annotations
 
-import asyncio
 from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Iterable, Iterator, Literal, Optional
@@ -23,15 +25,15 @@ from pydantic import Field
 
 from ..errors import DataforgeError
 from ..io import RejectSink, read_records
+from ..progress import Stopwatch
 from ..records import Record
 from ..stage import Cli, IOConfig, SideFiles, Stage, StageContext
 from .decontaminate import DecontaminationOptions
-from .scores import quality_rank
+from .dedup_state import DedupState
 
 if TYPE_CHECKING:
     from ..llm import LLM
 
-_RANK = {"accepted": 0, "review": 1, "rejected": 2}
 _G = "Quality gate"
 
 
@@ -78,12 +80,6 @@ def _reason_key(reason: str) -> str:
     return reason.split(":", 1)[0]
 
 
-def _quality(r: Record) -> float:
-    """Which record of a duplicate group survives: better status, then higher quality (one ranking for the
-    whole tool, `dataforge.quality.scores`)."""
-    return quality_rank(r.scores)
-
-
 def _small_embedded(llm: "LLM") -> bool:
     return getattr(llm, "backend", "") == "local" and getattr(llm, "profile", "chat") == "fewshot"
 
@@ -103,6 +99,24 @@ def _constraint_extractor(cfg: FilterConfig, llm: "LLM | None"):
     if cfg.extract_constraints == "on":
         raise DataforgeError(_NO_EXTRACTOR)
     return None
+
+
+def judge_llm_for(cfg: FilterConfig, llm: "LLM") -> tuple["LLM", bool]:
+    """The judge's model: the generator's, or its own (--judge-model / --judge-base-url / `judge:`);
+    True when it is its own (the caller closes it)."""
+    c = cfg
+    if not (c.judge_model or c.judge_base_url or c.judge_backend):
+        return llm, False
+    from ..llm import BackendConfig, make_llm
+
+    base = getattr(llm, "cfg", None)
+    fields = base.model_dump() if isinstance(base, BackendConfig) else {}
+    fields.update(c.judge_backend)
+    if c.judge_base_url:
+        fields.update(base_url=c.judge_base_url, backend="openai")
+    if c.judge_model:
+        fields["model"] = c.judge_model
+    return make_llm(BackendConfig.from_env(**fields)), True
 
 
 def _load_reference(cfg: FilterConfig) -> list[Record]:
@@ -135,6 +149,7 @@ class FilterStage(Stage[FilterConfig]):
     Config = FilterConfig
     output_neutral = frozenset({"single_file", "dedup", "out_format", "strict", "embed_cache"})
     side_inputs = ("config", "reference", "benchmarks")
+    parallel_work = True
 
     def __init__(self, cfg: FilterConfig):
         from .rules import load_rules
@@ -148,11 +163,15 @@ class FilterStage(Stage[FilterConfig]):
         if cfg.max_complexity is not None:
             overrides["checks"] = {"complexity": {"max": cfg.max_complexity}}
         self.rules = load_rules(cfg.config, overrides)
-        self.decided: dict[int, Record] = {}
-        self.judge = self.refiner = self.embedder = self.extractor = self.consistency = None
+        self.state: DedupState | None = None
+        self.counters: Counter[str] = Counter()
+        self.judged = self.extracting = self.consistent = False
         self.judge_model: str | None = None
         self.decontaminator = None
+        self._opened: Any = None
+        self._probe: Any = None
         self.total = 0
+        self.clock = Stopwatch()
         if cfg.extract_constraints == "on" and not self.needs_llm():
             raise DataforgeError(_NO_EXTRACTOR)
 
@@ -160,49 +179,30 @@ class FilterStage(Stage[FilterConfig]):
         """Judges need a model; self-consistency runs with any model (signals.consistency)."""
         return not self.cfg.no_llm and (self.rules.judges != "off" or self.rules.signals.consistency.enabled != "off")
 
-    def _judge_llm(self, llm: "LLM") -> tuple["LLM", bool]:
-        """The judge's model: the generator's, or its own (--judge-model / --judge-base-url / `judge:`)."""
-        c = self.cfg
-        if not (c.judge_model or c.judge_base_url or c.judge_backend):
-            return llm, False
-        from ..llm import BackendConfig, make_llm
-
-        base = getattr(llm, "cfg", None)
-        fields = base.model_dump() if isinstance(base, BackendConfig) else {}
-        fields.update(c.judge_backend)
-        if c.judge_base_url:
-            fields.update(base_url=c.judge_base_url, backend="openai")
-        if c.judge_model:
-            fields["model"] = c.judge_model
-        return make_llm(BackendConfig.from_env(**fields)), True
-
     def side_outputs(self, side: SideFiles) -> dict[str, Path]:
         return {} if self.cfg.single_file else {"review": side.review, "rejected": side.rejected}
 
-    def make_checker(self, llm: "LLM | None", records: Iterable[Record]) -> Any:
-        """The checks this gate runs, set up over `records` (one pass: the input's answer conventions and
-        its fixed alignment pool): the judges on the judge model, constraint extraction, self-consistency,
-        the embedder and the reference pairs. `filter` runs them on its input; `pairs` scores sampled
-        answers with them."""
-        from .checks import Checker, EndingShapes, hash_pool
-        from .consistency import ConsistencySettings, SelfConsistency
-        from .embed import get_embedder
-        from .judges import Judge
+    def gate_work(self, llm: "LLM | None", records: Iterable[Record]) -> Any:
+        """The gate's per-batch work (`gate_work.GateWork`), set up over `records` (one pass: the input's
+        answer conventions and its fixed alignment pool): who judges, whether constraints are extracted and
+        self-consistency sampled, the reference pairs and the benchmark index. Not opened yet: it opens
+        where its batches run."""
+        from .checks import EndingShapes, hash_pool
+        from .gate_work import GateWork
 
         cfg, rules = self.cfg, self.rules
-        judge_llm, own = self._judge_llm(llm) if llm is not None and rules.judges != "off" else (llm, False)
-        self._own_judge_llm = judge_llm if own else None
-        if own and hasattr(llm, "also"):  # its requests count (tokens, cost, budget) like the stage's own
-            judge_llm = llm.also(judge_llm)
-        use_model = (llm is not None and rules.judges != "off"
-                     and not (rules.judges == "auto" and _small_embedded(judge_llm)))
-        self.judge = Judge(judge_llm, seed=cfg.seed) if use_model else None
-        self.judge_model = judge_llm.model_id if use_model else None
-        self.extractor = _constraint_extractor(cfg, judge_llm if use_model else None)
+        if cfg.benchmarks and self.decontaminator is None:  # a contaminated record is rejected unjudged
+            from .decontaminate import Decontaminator
+
+            self.decontaminator = Decontaminator(cfg)
+        judge_llm, own_judge = judge_llm_for(cfg, llm) if llm is not None and rules.judges != "off" else (llm, False)
+        self.judged = (llm is not None and rules.judges != "off"
+                       and not (rules.judges == "auto" and _small_embedded(judge_llm)))
+        self.judge_model = judge_llm.model_id if self.judged else None
+        self.extracting = _constraint_extractor(cfg, judge_llm if self.judged else None) is not None  # or refused now
         sig = rules.signals.consistency  # self-consistency: with any model; under auto where no judge checks
-        run_consistency = sig.enabled == "on" or (sig.enabled == "auto" and self.judge is None)
-        self.consistency = SelfConsistency(llm, ConsistencySettings(sig.samples, sig.temperature, sig.max_tokens),
-                                           seed=cfg.seed) if run_consistency and llm is not None else None
+        self.consistent = llm is not None and (sig.enabled == "on" or (sig.enabled == "auto" and not self.judged))
+        self._probe = judge_llm if own_judge else None  # each process that scores opens its own (GateWork.open)
         shapes = EndingShapes()
 
         def seen() -> Iterator[Record]:
@@ -213,25 +213,28 @@ class FilterStage(Stage[FilterConfig]):
         pool = hash_pool(seen(), cfg.pool_size)
         shapes.finish()
         reference = _load_reference(cfg)
-        self.embedder = get_embedder(cfg.embedder, cfg.embed_cache)
-        pool += [r.prompt_text for r in reference]
-        return Checker(rules, self.embedder, judge=self.judge, reference=reference, pool_prompts=pool,
-                       shapes=shapes, extractor=self.extractor, consistency=self.consistency)
+        return GateWork(cfg, rules, judged=self.judged, consistent=self.consistent,
+                        pool=pool + [r.prompt_text for r in reference], shapes=shapes, reference=reference,
+                        decontaminator=self.decontaminator)
+
+    def make_checker(self, llm: "LLM | None", records: Iterable[Record]) -> Any:
+        """The checks this gate runs, set up over `records` and opened here: `pairs` scores sampled answers
+        with them (close with `close_judge`)."""
+        self._opened = self.gate_work(llm, records)
+        self._opened.open(llm)
+        return self._opened.checker
 
     async def close_judge(self) -> None:
-        """Close a judge model of its own (--judge-model), which `make_checker` opened."""
-        if getattr(self, "_own_judge_llm", None) is not None:
-            await self._own_judge_llm.aclose()
-            self._own_judge_llm = None
+        """Close a judge model of its own (--judge-model), which `gate_work` and `make_checker` opened."""
+        if self._probe is not None:
+            await self._probe.aclose()
+            self._probe = None
+        if self._opened is not None:
+            await self._opened.aclose()
+            self._opened = None
 
     async def process(self, records: Iterator[Record], ctx: StageContext) -> None:
-        from .refine import Refiner
-
         cfg, rules = self.cfg, self.rules
-        if cfg.benchmarks:  # before any model is asked: a contaminated record is rejected unjudged
-            from .decontaminate import Decontaminator
-
-            self.decontaminator = Decontaminator(cfg)
         llm = ctx.llm if self.needs_llm() else None
 
         def first_pass() -> Iterator[Record]:
@@ -239,118 +242,130 @@ class FilterStage(Stage[FilterConfig]):
                 self.total += 1
                 yield r
 
-        checker = self.make_checker(llm, first_pass())
-        if self.judge is not None:
-            self.refiner = Refiner(llm, checker, rules, rounds=rules.refine.rounds, seed=cfg.seed)
+        with self.clock("first_pass"):
+            work = self.gate_work(llm, first_pass())
+        await self.close_judge()
+        self.state = state = DedupState(self.total, ctx.side.work, rules.dedup, cfg.dedup)
+        with self.clock("resume"):
+            self._resume(ctx, state)
 
-        # second pass: check, refine, decide, journal (what an earlier run decided is not done again)
-        for e in ctx.journal.entries:
-            self.decided[int(e["i"])] = Record.model_validate(e["record"])
+        # second pass: check, refine, decide, journal; only the records an earlier run did not decide
         so_far: Counter[str] = Counter()
-        with ctx.bar("filter", total=self.total, unit="rec") as bar:
-            bar.advance(len(self.decided))
 
-            async def flush(batch: list[tuple[int, Record]]) -> None:
-                for k, rec in await self._decide(checker, batch):
-                    ctx.journal.append({"i": k, "record": rec.model_dump(mode="json")})
-                    self.decided[k] = rec
-                    so_far[rec.status] += 1
-                bar.advance(len(batch))
-                bar.status(f"acc {so_far['accepted']} rev {so_far['review']} rej {so_far['rejected']} (before dedup)")
-
+        def batches() -> Iterator[list[tuple[int, Record]]]:
             batch: list[tuple[int, Record]] = []
             for i, r in enumerate(records):
-                if i not in self.decided:
+                if not state.decided(i):
                     batch.append((i, r))
                 if len(batch) >= cfg.batch_size:
-                    await flush(batch)
+                    yield batch
                     batch = []
             if batch:
-                await flush(batch)
+                yield batch
+
+        with ctx.bar("filter", total=self.total, unit="rec") as bar, self.clock("score"):
+            bar.advance(state.count())
+            async for res in ctx.map(work, batches()):
+                offsets = [ctx.journal.append({"i": i, "record": r.model_dump(mode="json")}) for i, r in res.items]
+                state.put(res.items, offsets, res.features)
+                self.counters.update(res.counters)
+                so_far.update(r.status for _, r in res.items)
+                bar.advance(len(res.items))
+                bar.status(f"acc {so_far['accepted']} rev {so_far['review']} rej {so_far['rejected']} (before dedup)")
             ctx.journal.sync()
-        await self.close_judge()
 
-    async def _decide(self, checker: Any, batch: list[tuple[int, Record]]) -> list[tuple[int, Record]]:
-        from .provenance import gate_meta
-        from .rules import decide, explained
-        from .turns import judge_turns
+    def _resume(self, ctx: StageContext, state: DedupState) -> None:
+        """What an earlier run decided: where its journal entries are and their dedup features (computed
+        again here: the journal holds the records, the features are cheap to derive from them)."""
+        from .dedup_state import features
+        from .embed import get_embedder
 
-        # a record an earlier stage already rejected (e.g. evolve --keep-failed) stays rejected with its
-        # own reasons: the gate neither re-judges nor "rescues" it, it only passes it through
-        if self.decontaminator is not None:
-            batch = list(zip([i for i, _ in batch], self.decontaminator.check([r for _, r in batch])))
-        results = [(i, r) for i, r in batch if r.status == "rejected"]
-        batch = [(i, r) for i, r in batch if r.status != "rejected"]
-        scored = await checker.score([r for _, r in batch]) if batch else []
-        if self.refiner is not None:
-            scored = list(await asyncio.gather(*(self.refiner.refine(sc) for sc in scored)))
-        for (i, _), sc in zip(batch, scored):
-            status, reasons = decide(sc.scores, self.rules, [(f"{c}:unjudged", "review") for c in sc.unjudged])
-            reasons = explained(reasons, sc.details)
-            reasons += sc.notes  # which detection found a constraint the other missed: noted, status unchanged
-            meta = dict(sc.record.meta)
-            if sc.domains:
-                meta["domains"] = sc.domains
-            meta["gate"] = gate_meta(sc.scores, self.judge.name if self.judge else None, sc.unjudged)  # what ran
-            results.append((i, sc.record.model_copy(update={
-                "scores": {**sc.record.scores, **sc.scores}, "status": status,
-                "reasons": reasons, "complexity": sc.scores.get("complexity"), "meta": meta})))
-        return await judge_turns(checker, self.rules, results)  # a conversation's later answers, each judged
+        embedder = get_embedder(self.cfg.embedder, self.cfg.embed_cache) if self.cfg.dedup else None
+        chunk: list[tuple[int, Record]] = []
+        offsets: list[int] = []
+
+        def flush() -> None:
+            state.put(chunk, offsets, features(chunk, self.rules.dedup, embedder) if self.cfg.dedup else None)
+            chunk.clear()
+            offsets.clear()
+
+        for off, e in ctx.journal.entries.with_offsets():
+            chunk.append((int(e["i"]), Record.model_validate(e["record"])))
+            offsets.append(off)
+            if len(chunk) >= 1024:
+                flush()
+        if chunk:
+            flush()
+        if embedder is not None:
+            self.counters["embedded_texts"] += embedder.embedded
 
     def finish(self, ctx: StageContext) -> dict[str, Any]:
-        """Dedup over everything (the best-scored record of a group survives), high-stakes routing, outputs."""
+        """Dedup over everything (the best-scored record of a group survives), high-stakes routing, and
+        the outputs, written in a second streaming pass over the journal."""
+        from ..io import JournalReader
+        from .dedup import HOW, Decisions
         from .provenance import correctness_summary
 
-        if len(self.decided) != self.total or (self.decided and max(self.decided) != self.total - 1):
-            raise DataforgeError(f"filter: {self.total} records read but {len(self.decided)} decided")
-        recs = [self.decided[i] for i in range(self.total)]
-        dedup_counts = self._dedup(recs) if self.cfg.dedup and recs else {"exact": 0, "near": 0, "semantic": 0}
-        for k, r in enumerate(recs):
-            if r.status == "accepted" and r.meta.get("domains"):
-                recs[k] = r.with_status("review", *[f"high_stakes:{d}" for d in r.meta["domains"]])
-        for r in recs:
-            ctx.out.write(r)
+        state = self.state
+        if state is None or state.count() != self.total:
+            raise DataforgeError(f"filter: {self.total} records read but {state.count() if state else 0} decided")
+        if self.cfg.dedup and self.total:
+            with ctx.bar("dedup", total=int((state.rank < 2).sum()), unit="rec") as bar, self.clock("dedup"):
+                decisions = state.decide(advance=bar.advance)
+        else:
+            decisions = Decisions.none(self.total)
+        reasons: Counter[str] = Counter()
+
+        def written() -> Iterator[Record]:
+            """The records as written, streamed (the correctness summary counts them on the way)."""
+            with JournalReader(ctx.journal.path) as journal:
+                kept_ids = _ids_of(journal, state.offset, decisions.dup)
+                for i in range(self.total):
+                    r = Record.model_validate(journal.at(int(state.offset[i]))["record"])
+                    of = int(decisions.dup[i])
+                    if of >= 0:
+                        kept = kept_ids[of]
+                        r = r.model_copy(update={
+                            "status": "rejected", "reasons": [*r.reasons, f"duplicate_of:{kept}"],
+                            "meta": {**r.meta, "duplicate": {"of": kept, "by": HOW[decisions.how[i]]}}})
+                    elif r.status == "accepted" and r.meta.get("domains"):
+                        r = r.with_status("review", *[f"high_stakes:{d}" for d in r.meta["domains"]])
+                    reasons.update(_reason_key(x) for x in r.reasons)
+                    ctx.out.write(r)
+                    yield r
+
+        with self.clock("write"):
+            correctness = correctness_summary(written())
+        c = self.counters
         details: dict[str, Any] = {
-            "reasons": dict(Counter(_reason_key(x) for r in recs for x in r.reasons).most_common()),
-            "dedup": dedup_counts, "judges": "model" if self.judge else "embedding",
-            "embedded_texts": self.embedder.embedded if self.embedder is not None else 0,
-            "judge_model": self.judge_model, "correctness": correctness_summary(recs),
+            "reasons": dict(reasons.most_common()), "dedup": decisions.counts,
+            "judges": "model" if self.judged else "embedding", "embedded_texts": c["embedded_texts"],
+            "judge_model": self.judge_model, "correctness": correctness,
+            "phase_s": self.clock.seconds,
         }
-        if self.refiner is not None:
-            st = self.refiner.stats
-            details["refine"] = {"attempted": st.attempted, "improved": st.improved, "fixed": st.fixed,
-                                 "rounds": st.rounds, "errors": st.errors}
-        if self.judge is not None:
-            details["judge_errors"], details["judge_unreadable"] = self.judge.errors, self.judge.unreadable
-            details["judge_verdicts"] = self.judge.verdicts  # answers from the generated-verdict fallback
-        if self.extractor is not None:
-            details["constraint_extraction"] = {"requests": self.extractor.requests,
-                                                "failures": self.extractor.failures}
-        if self.consistency is not None:
-            details["consistency"] = {"records_sampled": self.consistency.sampled, "errors": self.consistency.errors}
+        if self.judged:
+            details["refine"] = {k: c[f"refine_{k}"] for k in ("attempted", "improved", "fixed", "rounds", "errors")}
+            details["judge_errors"], details["judge_unreadable"] = c["judge_errors"], c["judge_unreadable"]
+            details["judge_verdicts"] = c["judge_verdicts"]  # answers from the generated-verdict fallback
+        if self.extracting:
+            details["constraint_extraction"] = {
+                "requests": c["extraction_requests"],
+                "failures": {k.split(":", 1)[1]: n for k, n in c.items() if k.startswith("extraction_failed:")}}
+        if self.consistent:
+            details["consistency"] = {"records_sampled": c["consistency_sampled"], "errors": c["consistency_errors"]}
         if self.decontaminator is not None:
-            details["decontamination"] = self.decontaminator.details()
+            details["decontamination"] = self.decontaminator.details(
+                Counter({k.split(":", 1)[1]: n for k, n in c.items() if k.startswith("decontamination:")}))
         return details
 
-    def _dedup(self, recs: list[Record]) -> dict[str, int]:
-        from .dedup import dedup
 
-        live = [k for k, r in enumerate(recs) if r.status != "rejected"]
-        order = sorted(range(len(live)), key=lambda a: (_RANK[recs[live[a]].status], -_quality(recs[live[a]]), live[a]))
-        texts = [recs[k].prompt_text for k in live]
-        d = self.rules.dedup
-        emb = self.embedder.encode(texts) if d.semantic.enabled and texts else None
-        res = dedup(texts, order, exact=d.exact, near=d.near.threshold if d.near.enabled else None,
-                    num_perm=d.near.num_perm, shingle=d.near.shingle, embeddings=emb,
-                    semantic=d.semantic.threshold if d.semantic.enabled else None, block=d.semantic.block)
-        for a, (of, how) in enumerate(zip(res.duplicate_of, res.how)):
-            if of is None:
-                continue
-            k, kept = live[a], recs[live[of]]
-            recs[k] = recs[k].model_copy(update={
-                "status": "rejected", "reasons": [*recs[k].reasons, f"duplicate_of:{kept.id}"],
-                "meta": {**recs[k].meta, "duplicate": {"of": kept.id, "by": how}}})
-        return res.counts
+def _ids_of(journal: Any, offsets: Any, dup: Any) -> dict[int, str]:
+    """The ids of the records that others duplicate (read once each, in file order)."""
+    import numpy as np
+
+    targets = np.unique(dup[dup >= 0])
+    targets = targets[np.argsort(offsets[targets], kind="stable")]
+    return {int(t): journal.at(int(offsets[t]))["record"]["id"] for t in targets}
 
 
 def run_filter(input_path, output_path, cfg: FilterConfig | None = None, **kwargs: Any):

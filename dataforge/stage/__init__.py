@@ -16,12 +16,13 @@ from .journal import StageJournal
 from .outputs import Outputs
 from .sidefiles import SideFiles
 from .summary import StageSummary, Tokens
+from .work import LocalMapper, Work
 
 _LAZY = {"run_stage": "runner", "RequestsFailed": "runner", "journal_header": "runner",
          "MeteredLLM": "meter", "operation": "meter", "tally": "meter"}
 
 __all__ = ["Stage", "StageContext", "StageJournal", "Cli", "InputConfig", "IOConfig", "StageConfig", "Outputs",
-           "SideFiles", "StageSummary", "Tokens", *_LAZY]
+           "SideFiles", "StageSummary", "Tokens", "Work", "LocalMapper", *_LAZY]
 
 
 def __getattr__(name: str) -> Any:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Awaitable, ClassVar, Generic, Iterator, TypeVar
+from typing import TYPE_CHECKING, Any, AsyncIterator, Awaitable, ClassVar, Generic, Iterable, Iterator, TypeVar
 
 from ..errors import DataforgeError
 from ..io import ReadStats, RejectSink, read_records
@@ -22,6 +22,7 @@ from .config import StageConfig
 from .journal import StageJournal
 from .outputs import Outputs
 from .sidefiles import SideFiles
+from .work import LocalMapper, Work
 
 if TYPE_CHECKING:
     from ..llm import LLM
@@ -34,10 +35,12 @@ class StageContext:
     """What the runner hands a stage: its input, model, journal, outputs and progress bars."""
 
     def __init__(self, stage: str, input_path: Path | None, side: SideFiles, cfg: StageConfig, *, progress: bool,
-                 llm: "LLM | None", journal: StageJournal | None, outputs: Outputs, empty_ok: bool = False):
+                 llm: "LLM | None", journal: StageJournal | None, outputs: Outputs, empty_ok: bool = False,
+                 mapper: Any = None):
         self.stage, self.side, self.cfg, self.progress = stage, side, cfg, progress
         self.input = Path(input_path) if input_path is not None else None  # None: a stage run without input
         self._llm, self.journal, self.out, self.empty_ok = llm, journal, outputs, empty_ok
+        self.mapper = mapper if mapper is not None else LocalMapper(llm)
         self.read_stats = ReadStats()
         self.records_in = 0
         self.files: dict[str, str] = {}  # other files the stage wrote (role -> path), listed in the summary
@@ -76,6 +79,10 @@ class StageContext:
         yield from select(read_records(self.input, self.cfg.input_format(), rejects=RejectSink(None),
                                        strict=self.cfg.strict_input()), self.cfg.shard_spec())
 
+    def map(self, work: Work, batches: Iterable[Any]) -> AsyncIterator[Any]:
+        """`work` over `batches`, here or on Ray workers (the runner's mapper), results in batch order."""
+        return self.mapper.map(work, batches)
+
     def bar(self, description: str, total: float | None = None, unit: str = "rec") -> AbstractContextManager[Bar]:
         """A progress bar (rate and ETA), or a silent one when the caller asked for none."""
         return progress_bar(description, total=total, unit=unit, enabled=self.progress)
@@ -99,6 +106,7 @@ class Stage(ABC, Generic[C]):
     input_optional: ClassVar[bool] = False  # may run without an input file (a seedless generator: magpie)
     input_help: ClassVar[str | None] = None  # what its input is, where that is not "records to work on"
     partial_output: ClassVar[bool] = False  # `finish` can write what is done when a budget stopped it early
+    parallel_work: ClassVar[bool] = False  # its `ctx.map` work goes to Ray workers when the job has a ray block
 
     def __init__(self, cfg: C):
         self.cfg = cfg

@@ -10,7 +10,7 @@ what changed; ``restart=True`` (``--restart``) throws the journal away and start
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from ..errors import DataforgeError
 from ..io import Journal
@@ -35,6 +35,31 @@ def _differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     return changed
 
 
+class JournalEntries:
+    """What an earlier run finished: the entries after the header as the journal held them when it was
+    opened, streamed from disk on each iteration (a million-record journal is never held in memory)."""
+
+    def __init__(self, journal: Journal, start: int, end: int):
+        self._journal, self.start, self.end = journal, start, end
+        self._count: int | None = None
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        for _, entry in self.with_offsets():
+            yield entry
+
+    def with_offsets(self) -> Iterator[tuple[int, dict[str, Any]]]:
+        """(byte offset, entry): where to read an entry again (`JournalReader`); spending lines left out."""
+        return ((off, e) for off, e in self._journal.scan(self.start, self.end) if SPENT not in e)
+
+    def __len__(self) -> int:
+        if self._count is None:
+            self._count = sum(1 for _ in self.with_offsets())
+        return self._count
+
+    def __bool__(self) -> bool:
+        return next(self.with_offsets(), None) is not None
+
+
 class StageJournal(Journal):
     """A `Journal` whose first line is the run's header; `entries` are what an earlier run finished."""
 
@@ -43,27 +68,30 @@ class StageJournal(Journal):
         if restart:
             path.unlink(missing_ok=True)
         super().__init__(path)  # repairs a line torn by a kill
-        lines = list(self.existing())
-        if lines and lines[0].get("header") != header:
+        first = next(self.scan(), None)
+        if first is not None and first[1].get("header") != header:
             self.close()
-            old = lines[0].get("header")
+            old = first[1].get("header")
             what = ", ".join(_differences(old, header)) if isinstance(old, dict) else "everything (an older format)"
             raise DataforgeError(
                 f"{path}: an unfinished {header.get('stage', 'stage')} run with other settings left this journal "
                 f"(changed: {what}); re-run with the same settings to resume it, or pass --restart to start over")
-        self.entries: list[dict[str, Any]] = [e for e in lines[1:] if SPENT not in e]
+        if first is None:
+            super().append({"header": header})
+            self.sync()
+        with open(self.path, "rb") as fh:
+            after_header = len(fh.readline())
+        self.entries = JournalEntries(self, after_header, self.size)
         self.spent = Tokens()  # what earlier, stopped attempts spent (a budget counts it)
-        for e in lines[1:]:
+        for _, e in self.scan(after_header, self.size):
             if SPENT in e:
                 self.spent.add(Tokens.model_validate(e[SPENT]))
         self._appended = 0
-        if not lines:
-            super().append({"header": header})
-            self.sync()
 
-    def append(self, item: Any) -> None:
-        super().append(item)
+    def append(self, item: Any) -> int:
+        offset = super().append(item)
         self._appended += 1
+        return offset
 
     def holds_work(self) -> bool:
         """Whether any finished work or recorded spending is in it (earlier runs' or this one's)."""

@@ -180,6 +180,18 @@ class MeteredLLM(WrappedLLM):
         tokens.completion += usage.completion_tokens
         return comp
 
+    def absorb(self, by_operation: dict[str, Any], failures: dict[str, int]) -> None:
+        """Add what another process's meter counted for this stage (a Ray worker running its work)."""
+        for op, counted in by_operation.items():
+            self.by_operation.setdefault(op, Tokens()).add(Tokens.model_validate(counted))
+        self.failures.update(failures)
+
+    def take(self) -> tuple[dict[str, Any], dict[str, int]]:
+        """What was counted since the last `take`, then start counting afresh (a worker's per-batch report)."""
+        counted = ({op: t.model_dump() for op, t in self.by_operation.items()}, dict(self.failures))
+        self.by_operation, self.failures = {}, Counter()
+        return counted
+
     def tokens(self) -> Tokens:
         """All operations together."""
         total = Tokens()

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import inspect
 import os
+import shutil
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -93,14 +94,16 @@ def _refuse_if_requests_failed(name: str, model: MeteredLLM | None, outputs: Out
 def run_stage(stage: Stage | type[Stage], input_path: str | os.PathLike | None, output_path: str | os.PathLike,
               cfg: Any = None, *, llm: LLM | None = None, backend: BackendConfig | dict | None = None,
               progress: bool = True, restart: bool = False, empty_ok: bool = False,
-              budget: Budget | None = None) -> StageSummary:
+              budget: Budget | None = None, mapper: Any = None) -> StageSummary:
     """Run `stage` over `input_path` into `output_path` (and its side files); returns the summary.
 
     `llm`: a model to borrow (left open); without it the stage opens one from `backend` (a BackendConfig,
     its fields, or None for the environment) if it needs one. `restart`: drop an unfinished run's journal
     instead of resuming it. `empty_ok`: an empty input is zero records, not an error (a pipeline's empty
     shard). `input_path` None: a stage that may run without input (`Stage.input_optional`). `budget`: prices
-    for the summary's costs and limits the run stops at (see `budget`)."""
+    for the summary's costs and limits the run stops at (see `budget`). `mapper`: where the stage's
+    record-parallel work (`ctx.map`) runs (default: here; a `RayMapper` sends it to Ray workers, whose model
+    usage is added to this run's)."""
     if not isinstance(stage, Stage):
         stage = stage(cfg if cfg is not None else stage.Config())
     if input_path is None and not stage.input_optional:
@@ -124,8 +127,10 @@ def run_stage(stage: Stage | type[Stage], input_path: str | os.PathLike | None, 
         if model is not None and budget is not None and budget.limited:
             model.budget = budget
         outputs = Outputs(side.output, stage.cfg.output_format(), stage.side_outputs(side), stage.copies())
+        if mapper is not None:
+            mapper.bind(model)
         ctx = StageContext(stage.name, input_path, side, stage.cfg, progress=progress, llm=model, journal=journal,
-                           outputs=outputs, empty_ok=empty_ok)
+                           outputs=outputs, empty_ok=empty_ok, mapper=mapper)
         side.legacy_bad_lines.unlink(missing_ok=True)  # a stale one from before the rename would mislead
         details: dict[str, Any] = {}
         try:
@@ -137,6 +142,8 @@ def run_stage(stage: Stage | type[Stage], input_path: str | os.PathLike | None, 
                 ctx.stopped = str(stop)
             if ctx.stopped is None or stage.partial_output:
                 details = stage.finish(ctx)
+                if ctx.mapper.report is not None:
+                    details = {**details, "ray": ctx.mapper.report}
                 outputs.commit()  # a refused run below still leaves its (complete, truthful) outputs: nothing lost
             else:
                 outputs.abort()  # this stage writes only complete outputs; its journal keeps the work
@@ -145,6 +152,8 @@ def run_stage(stage: Stage | type[Stage], input_path: str | os.PathLike | None, 
             if journal is not None:
                 _keep_or_drop(journal, model)
             raise
+        finally:
+            shutil.rmtree(side.work, ignore_errors=True)  # scratch state; a resumed run rebuilds it from the journal
         if journal is not None:
             if ctx.stopped is not None:
                 journal.record_spent(model.tokens() if model is not None else Tokens())

@@ -23,6 +23,7 @@ SUFFIXES = {
     "stats": ".stats.json",  # balance's statistics for steering the generators
     "journal": ".partial.jsonl",  # finished work of an unfinished run (removed when the run ends)
     "order": ".order.json",  # source positions of a record-parallel output, for merging shards
+    "work": ".work",  # a folder of per-record state spilled to disk while the stage runs (removed after)
 }
 LEGACY_BAD_LINES = ".rejects.jsonl"  # the name before the stage contract
 
@@ -46,6 +47,7 @@ class SideFiles:
     stats = _Side()
     journal = _Side()
     order = _Side()
+    work = _Side()
 
     def __init__(self, output: str | os.PathLike):
         self.output = Path(output)

@@ -17,6 +17,7 @@ from dataforge.train.config import TrainConfig  # noqa: E402
 from dataforge.train.data import PromptFormatter  # noqa: E402
 from dataforge.train.model import InstructModel, add_inst_tokens  # noqa: E402
 from dataforge.train.tiny import tiny_llama, tiny_tokenizer, toy_records  # noqa: E402
+from train_helpers import assert_cached_steps_match  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -155,16 +156,7 @@ def test_cached_generation_keeps_each_layers_window_and_soft_capping(arch, attn,
     decoder = CachedDecoder(model, _single(ids, segs, 0.4, torch.device("cpu")), kv)
     sliding = [getattr(layer, "is_sliding", False) for layer in kv.layers]
     assert any(sliding) == (cache == "sliding")
-    seq, seg = list(ids), list(segs)
-    logits = decoder.out["logits"][0, -1]
-    with torch.no_grad():
-        for _ in range(TINY_WINDOW + 2):
-            nxt = int(logits.argmax())
-            seq.append(nxt)
-            seg.append(4)
-            logits = decoder.step(nxt)["logits"][0, -1]
-            full = model(_single(seq, seg, 0.4, torch.device("cpu")))["logits"][0, -1]
-            assert float((logits - full).abs().max()) < 1e-5
+    assert_cached_steps_match(model, decoder, ids, segs, TINY_WINDOW + 2)
 
 
 def _saved_model(tmp_path):

@@ -23,6 +23,7 @@ from dataforge.train.hf_auto import single_sample_batch  # noqa: E402
 from dataforge.train.kv_cache import CachedDecoder  # noqa: E402
 from dataforge.train.model import InstructModel, _single, add_inst_tokens, load_instruct  # noqa: E402
 from dataforge.train.tiny import tiny_gpt2, tiny_llama, tiny_tokenizer  # noqa: E402
+from train_helpers import assert_cached_steps_match  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 ARCHS = {"llama": (tiny_llama, True), "gpt2": (tiny_gpt2, False),
@@ -105,16 +106,7 @@ def test_kv_cache_generation_equals_recomputing_everything(arch, mods):
     ids, segs = fmt.encode_prompt("Write a short poem about the sea.")
     # step by step: the cached logits of each new token equal the full recomputation's last position
     decoder = CachedDecoder(model, _single(ids, segs, 0.4, torch.device("cpu")))
-    seq, seg = list(ids), list(segs)
-    logits = decoder.out["logits"][0, -1]
-    with torch.no_grad():
-        for _ in range(6):
-            nxt = int(logits.argmax())
-            seq.append(nxt)
-            seg.append(4)
-            logits = decoder.step(nxt)["logits"][0, -1]
-            full = model(_single(seq, seg, 0.4, torch.device("cpu")))["logits"][0, -1]
-            assert float((logits - full).abs().max()) < 1e-5
+    assert_cached_steps_match(model, decoder, ids, segs, 6)
     a = model.generate(fmt, "Write a short poem about the sea.", max_new_tokens=24, temperature=0.0, complexity=4)
     b = model.generate(fmt, "Write a short poem about the sea.", max_new_tokens=24, temperature=0.0, complexity=4,
                        use_cache=False)

@@ -74,3 +74,23 @@ def run_then_interrupt(records, root, cfg, monkeypatch, at: int) -> None:
     with pytest.raises(DataforgeError, match=f"interrupted at step {at}"):
         run_train(records, root / "b", cfg, model=tiny_llama(len(tok_b)), tokenizer=tok_b, progress=False)
     monkeypatch.undo()
+
+
+def assert_cached_steps_match(model, decoder, ids: list[int], segs: list[int], steps: int, seg_id: int = 4,
+                              temperature: float = 0.4) -> None:
+    """Greedy-decode `steps` tokens through `decoder` (a CachedDecoder over `ids`); after each one the cached
+    logits of the new position equal a full recomputation of the whole sequence (1e-5)."""
+    import torch
+
+    from dataforge.train.model import _single
+
+    seq, seg = list(ids), list(segs)
+    logits = decoder.out["logits"][0, -1]
+    with torch.no_grad():
+        for _ in range(steps):
+            nxt = int(logits.argmax())
+            seq.append(nxt)
+            seg.append(seg_id)
+            logits = decoder.step(nxt)["logits"][0, -1]
+            full = model(_single(seq, seg, temperature, torch.device("cpu")))["logits"][0, -1]
+            assert float((logits - full).abs().max()) < 1e-5

@@ -109,6 +109,31 @@ def test_counting_samplers_draw_from_their_tables():
         assert ns == set(range(lo, hi + 1)), ctype
 
 
+def test_sections_phrase_names_the_marker_or_the_header():
+    sections = CONSTRAINTS["sections"]
+    assert sections.phrase({"n": 3, "marker": "SECTION"}) == (
+        "Divide your answer into exactly 3 sections and open each one with a line reading SECTION 1, "
+        "SECTION 2 and so on.")
+    assert sections.phrase({"n": "1", "marker": "PART"}).startswith("Divide your answer into exactly 1 section and")
+    for p in ({"n": 2}, {"n": 2, "marker": ""}):
+        assert sections.phrase(p) == ("Organise your answer into exactly 2 sections, each starting with a Markdown "
+                                      "header line such as '## Overview'.")
+
+
+def test_letter_and_capital_samplers_draw_common_or_rare_letters():
+    rng = random.Random(11)
+    letters = [CONSTRAINTS["letter_frequency"].sample(rng, None) for _ in range(2000)]
+    common = [p for p in letters if p["relation"] == "at_least"]
+    rare = [p for p in letters if p["relation"] == "at_most"]
+    assert len(common) + len(rare) == 2000 and abs(len(common) / 2000 - 0.6) < 0.04
+    assert {p["letter"] for p in common} == set("etaoinsrhl") and {p["n"] for p in common} == set(range(5, 16))
+    assert {p["letter"] for p in rare} == set("zqxjkv") and {p["n"] for p in rare} == {1, 2, 3}
+    caps = [CONSTRAINTS["capital_word_frequency"].sample(rng, None) for _ in range(1000)]
+    assert abs(sum(p["relation"] == "at_least" for p in caps) / 1000 - 0.6) < 0.05
+    assert {p["n"] for p in caps if p["relation"] == "at_least"} == set(range(2, 7))
+    assert {p["n"] for p in caps if p["relation"] == "at_most"} == set(range(1, 5))
+
+
 # ---------------------------------------------------------------- keywords
 
 

@@ -172,6 +172,10 @@ def run_mutmut(scratch: Path, jobs: int, log: Path) -> int:
     # entry is cached as "nothing here" and the installed package would win.
     (scratch / "mutants").mkdir()
     env["PYTHONPATH"] = str(scratch / "mutants")
+    # mutmut forks each mutant's run from a process that has already run the tests once; torch's OpenMP
+    # pool (libgomp) does not survive a fork, so the child hangs in its first parallel op (embeddings) until
+    # the wall timeout, and the mutant is wrongly counted as detected. One thread means no pool.
+    env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
     shared = REPO.parent / "shared" / "data"
     if shared.is_dir():
         env.setdefault("DATAFORGE_SHARED_DATA", str(shared))  # conftest looks beside the repo, not the copy

@@ -4,6 +4,8 @@ high-stakes domains need `min_hits` distinct whole-word keywords."""
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from dataforge.errors import DataforgeError
@@ -160,6 +162,9 @@ def test_config_errors_name_the_file(tmp_path):
     assert str(e.value).startswith(f"{typo}: bad gate config: checks.coherence.on_fail:")
     with pytest.raises(DataforgeError, match=r"^bad gate config: refine\.rounds:"):
         load_rules(overrides={"refine": {"rounds": -1}})
+    with pytest.raises(DataforgeError) as e:  # every error named, one after the other
+        load_rules(overrides={"refine": {"rounds": -1}, "dedup": {"near": {"threshold": 0}}})
+    assert re.fullmatch(r"bad gate config: refine\.rounds: [^;]+; dedup\.near\.threshold: [^;]+", str(e.value))
     with pytest.raises(DataforgeError, match="dedup.near.threshold"):
         load_rules(overrides={"dedup": {"near": {"threshold": 0}}})
 

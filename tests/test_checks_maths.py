@@ -283,6 +283,89 @@ def test_judge_scores_routing_and_complexity_average():
     assert "complexity_judge" not in no_cx.scores and no_cx.scores["complexity"] == base
 
 
+def test_judge_verdicts_on_drafts_route_scores_and_reasons():
+    """Refine drafts are judged as written (not the record's output); a failed verdict's reason becomes the
+    check's detail, a passed one's does not: alignment fails on "no", contradiction on "yes"."""
+    from dataforge.llm import BackendConfig, make_llm
+    from dataforge.quality.judges import Judge
+    from dataforge.testing.loopback import Fault, LoopbackServer, last_user_message
+
+    def judge(body):
+        if body.get("logprobs"):
+            return Fault("400")  # no logprobs here: the judge asks for a verdict with a reason
+        text = last_user_message(body)
+        check = "alignment" if "carry out" in text else "contradiction"
+        bad = "DRAFT-BAD" in text
+        verdict, reason = {("alignment", True): ("no", "It answers another question."),
+                           ("alignment", False): ("yes", "It does the task."),
+                           ("contradiction", True): ("yes", "It says 3 and then 4."),
+                           ("contradiction", False): ("no", "It is consistent.")}[check, bad]
+        return json.dumps({"verdict": verdict, "reason": reason})
+
+    drafts = ["DRAFT-BAD green is calm, or three, or four colours", "DRAFT-OK red is warm and bright today"]
+    emb = FixedVectors({"Name a colour.": at_angle(0), "Name a warm colour.": at_angle(5),
+                        drafts[0]: at_angle(30), drafts[1]: at_angle(10)})
+    records = [Record(instruction="Name a colour.", output="ORIGINAL-A"),
+               Record(instruction="Name a warm colour.", output="ORIGINAL-B")]
+    with LoopbackServer(judge) as srv:
+        llm = make_llm(BackendConfig(backend="openai", base_url=srv.base_url, model="test", no_cache=True,
+                                     max_retries=0))
+        bad, good = asyncio.run(Checker(load_rules(), emb, judge=Judge(llm)).score(records, drafts,
+                                                                                    judge_complexity=False))
+        asked = [json.dumps(b) for b in srv.requests]
+        asyncio.run(llm.aclose())
+    assert not any("ORIGINAL" in a for a in asked) and sum("DRAFT-BAD" in a for a in asked) >= 2
+    assert (bad.scores["alignment"], bad.scores["contradiction"]) == (0.0, 1.0)
+    assert bad.details["alignment"] == "It answers another question."
+    assert bad.details["contradiction"] == "It says 3 and then 4."
+    assert (good.scores["alignment"], good.scores["contradiction"]) == (1.0, 0.0)
+    assert "alignment" not in good.details and "contradiction" not in good.details
+    assert not bad.unjudged and not good.unjudged
+
+
+def test_signals_execution_limits_and_self_consistency_in_the_checker():
+    """Execution runs each response's Python blocks under the rules' limits (timeout, max_blocks); the
+    arithmetic signal and self-consistency add their scores and details; an empty response is not sampled."""
+    from dataforge.llm import BackendConfig, make_llm
+    from dataforge.quality.consistency import ConsistencySettings, SelfConsistency
+    from dataforge.testing.loopback import LoopbackServer, last_user_message
+
+    slow = "Run:\n```python\nimport time\ntime.sleep(3)\nprint('done')\n```"
+    two = "Run:\n```python\nprint(2)\n```\nthen\n```python\nprint(1 / 0)\n```"
+    rules = load_rules(overrides={"signals": {"execution": {"timeout": 1, "max_blocks": 1}}})
+    emb = FixedVectors({"Show a slow script.": at_angle(0), slow: at_angle(5),
+                        "Show two scripts.": at_angle(0), two: at_angle(5)})
+    checker = Checker(rules, emb)
+    timed_out, first_only = asyncio.run(checker.score([Record(instruction="Show a slow script.", output=slow),
+                                                       Record(instruction="Show two scripts.", output=two)]))
+    assert timed_out.scores["execution"] == 0.0 and timed_out.details["execution"] == "block 1: timeout after 1s"
+    assert first_only.scores["execution"] == 1.0 and "execution" not in first_only.details
+
+    def sampler(body):
+        n = body["n"]
+        if "apples" in last_user_message(body):  # 4 of 5 say 5
+            return ["3 + 2 = 5, so #### 5"] * (n - 1) + ["#### 6"]
+        return ["#### 7", "#### 8", "#### 9", "no idea", "#### 7"][:n]
+
+    records = [Record(instruction="Tom has 3 apples and gets 2. How many?", output="#### 5"),
+               Record(instruction="Pick a number.", output="#### 7"),
+               Record(instruction="Pick another number.", output=""),
+               Record(instruction="Ann has 7 boxes of 8 pens. How many pens?", output="7 x 8 = 54, so #### 7")]
+    emb = FixedVectors({t: at_angle(i * 10) for i, t in enumerate(
+        [r.instruction for r in records] + [r.output for r in records])})
+    with LoopbackServer(sampler, models=("gpt-4o",)) as srv:
+        llm = make_llm(BackendConfig(base_url=srv.base_url, model="gpt-4o", no_cache=True))
+        consistency = SelfConsistency(llm, ConsistencySettings(samples=5))
+        sure, guess, empty, wrong = asyncio.run(Checker(load_rules(), emb, consistency=consistency).score(records))
+        asked = srv.request_count
+        asyncio.run(llm.aclose())
+    assert sure.scores["consistency"] == 0.8 and "consistency" not in sure.details
+    assert guess.scores["consistency"] == 0.4 and guess.details["consistency"] == "2/5 samples agree with 7 (others: 8, 9)"
+    assert "consistency" not in empty.scores and asked == 3  # nothing sampled for the empty response
+    assert wrong.scores["arithmetic"] == 0.0 and wrong.details["arithmetic"] == "wrong: 7 x 8 = 54"
+    assert sure.scores["reference_answer"] == 1.0 and "reference_answer" not in empty.scores
+
+
 # ---------------------------------------------------------------- the prompt pool
 
 

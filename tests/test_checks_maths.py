@@ -332,12 +332,15 @@ def test_signals_execution_limits_and_self_consistency_in_the_checker():
 
     slow = "Run:\n```python\nimport time\ntime.sleep(3)\nprint('done')\n```"
     two = "Run:\n```python\nprint(2)\n```\nthen\n```python\nprint(1 / 0)\n```"
-    rules = load_rules(overrides={"signals": {"execution": {"timeout": 1, "max_blocks": 1}}})
-    emb = FixedVectors({"Show a slow script.": at_angle(0), slow: at_angle(5),
-                        "Show two scripts.": at_angle(0), two: at_angle(5)})
+    big = "Run:\n```python\nx = bytearray(300 * 2**20)\nprint(len(x))\n```"  # fits the default 512 MB
+    rules = load_rules(overrides={"signals": {"execution": {"timeout": 1, "max_blocks": 1, "memory_mb": 256}}})
+    emb = FixedVectors({"Show a slow script.": at_angle(0), slow: at_angle(5), "Show two scripts.": at_angle(0),
+                        two: at_angle(5), "Show a big script.": at_angle(0), big: at_angle(5)})
     checker = Checker(rules, emb)
-    timed_out, first_only = asyncio.run(checker.score([Record(instruction="Show a slow script.", output=slow),
-                                                       Record(instruction="Show two scripts.", output=two)]))
+    timed_out, first_only, too_big = asyncio.run(checker.score([
+        Record(instruction="Show a slow script.", output=slow), Record(instruction="Show two scripts.", output=two),
+        Record(instruction="Show a big script.", output=big)]))
+    assert too_big.scores["execution"] == 0.0 and too_big.details["execution"] == "block 1: MemoryError (memory limit)"
     assert timed_out.scores["execution"] == 0.0 and timed_out.details["execution"] == "block 1: timeout after 1s"
     assert first_only.scores["execution"] == 1.0 and "execution" not in first_only.details
 
@@ -382,3 +385,67 @@ def test_hash_pool_takes_the_smallest_id_hashes_in_any_order():
     assert hash_pool(shuffled, k=7) == want
     assert hash_pool(records[:5], k=7) == [r.prompt_text for r in sorted(records[:5], key=h)]
     assert len(hash_pool(records)) == 40
+
+
+# ---------------------------------------------------------------- bounds the tests above leave open
+
+
+def test_text_checks_bounds_joined_signals_and_rounded_format_share():
+    checker = Checker(load_rules(), None)
+    # an empty response is no truncation even when the generator ran out of tokens (structure flags it)
+    empty = checker.text_checks(Record(instruction="Name a colour."), "", finish_reason="length")
+    assert empty.scores["truncation"] == 1.0 and empty.scores["structure"] == 0.0
+    cut = checker.text_checks(Record(instruction="Show code."), "Here:\n```python\nx = 1", finish_reason="length")
+    assert cut.details["truncation"] == "finish_reason=length+open_code_fence"
+    # two of three attached constraints met: 2/3 rounded to 4 places
+    specs = [make_spec("lowercase"), make_spec("no_commas"), make_spec("word_count", relation="at_least", n=50)]
+    sc = checker.text_checks(Record(instruction="Describe the sea.", meta={"constraints": specs}), "the sea is wide.")
+    assert sc.scores["format"] == 0.6667
+
+
+def test_format_score_reports_every_malformed_spec():
+    specs = [{"type": "no_such_type"}, {"type": "also_missing"}, make_spec("lowercase")]
+    share, detail = format_score(Record(instruction="Write.", meta={"constraints": specs}), "all lower")
+    assert share == pytest.approx(1 / 3)
+    assert detail.startswith("no_such_type(") and "; also_missing(" in detail
+
+
+def test_hash_pool_default_size_is_512():
+    records = [Record(instruction=f"task {i}") for i in range(520)]
+    assert len(hash_pool(records)) == 512 and len(set(hash_pool(records))) == 512
+
+
+def test_alignment_rank_ties_threshold_and_no_comparable_prompt():
+    """Ties are not 'worse'; a pool prompt at cosine exactly 0.98 to the own prompt still counts (only above
+    0.98 is it the same prompt); a pool of twins leaves nothing to rank against: no score, not 0."""
+    near = [0.98, math.sqrt(1 - 0.98 ** 2)]
+    # own prompt at 30 deg, response at 0 deg (own match cos 30); 17 pool prompts: the mirror at -30 deg ties,
+    # `near` (cos 0.98 to the prompt's 0 deg twin below) and 15 others
+    vectors = {f"p{i}": at_angle(a) for i, a in enumerate([100, 110, 120, 130, 140, 150, 160, 170, 180, 190,
+                                                           200, 210, 220, 230, 240])}
+    vectors.update({"mirror": at_angle(-30), "near": near})
+    pool = list(vectors)
+    checker = Checker(load_rules(), FixedVectors(vectors), pool_prompts=pool)
+    glob, local = checker.alignment_rank(np.array([at_angle(30)]), np.array([at_angle(0)]))
+    # worse than cos 30: the 15 far ones; the mirror ties (not worse); near (cos 0.98 vs x axis > cos 30) is better.
+    # local: the 16 nearest the prompt (all but 210 deg, which is worse): 14/16
+    assert glob == [pytest.approx(15 / 17)] and local == [pytest.approx(14 / 16)]
+    # prompt on the x axis, response on `near`: near is at cos exactly 0.98 to the prompt, so it stays in the
+    # pool and matches the response better than the prompt does: 16 of 17 worse (local: 180 deg left out, 15/16)
+    glob, local = checker.alignment_rank(np.array([[1.0, 0.0]]), np.array([near]))
+    assert glob == [pytest.approx(16 / 17)] and local == [pytest.approx(15 / 16)]
+    twins = Checker(load_rules(), FixedVectors({f"t{i}": at_angle(0) for i in range(16)}),
+                    pool_prompts=[f"t{i}" for i in range(16)])
+    assert twins.alignment_rank(np.array([at_angle(0)]), np.array([at_angle(30)])) == ([None], [None])
+
+
+def test_three_word_answers_get_no_embedding_scores_and_ranks_keep_four_places():
+    vectors = {f"p{i}": at_angle(a) for i, a in enumerate([25] + [45 + 10 * i for i in range(16)])}
+    vectors.update({"Say it.": at_angle(0), "one two three": at_angle(20), "one two three four": at_angle(20)})
+    checker = Checker(load_rules(), FixedVectors(vectors), pool_prompts=[f"p{i}" for i in range(17)])
+    three, four = asyncio.run(checker.score([Record(instruction="Say it.", output="one two three"),
+                                             Record(instruction="Say it.", output="one two three four")]))
+    assert "coherence" not in three.scores and "alignment_emb" not in three.scores
+    assert four.scores["coherence"] == round(math.cos(math.radians(20)), 4)
+    # own match cos 20; of 17 pool prompts only the one at 25 deg matches the 20 deg response better: 16/17
+    assert four.scores["alignment_emb"] == 0.9412

@@ -353,18 +353,25 @@ def test_signals_execution_limits_and_self_consistency_in_the_checker():
     records = [Record(instruction="Tom has 3 apples and gets 2. How many?", output="#### 5"),
                Record(instruction="Pick a number.", output="#### 7"),
                Record(instruction="Pick another number.", output=""),
-               Record(instruction="Ann has 7 boxes of 8 pens. How many pens?", output="7 x 8 = 54, so #### 7")]
+               Record(instruction="Ann has 7 boxes of 8 pens. How many pens?", output="7 x 8 = 54, so #### 7"),
+               Record(instruction="Pick a last number.", output="#### 7<|im_end|>"),  # broken: not sampled
+               Record(instruction="Print a number.", output="```python\nprint(7)\n```\n#### 7")]
     emb = FixedVectors({t: at_angle(i * 10) for i, t in enumerate(
         [r.instruction for r in records] + [r.output for r in records])})
     with LoopbackServer(sampler, models=("gpt-4o",)) as srv:
         llm = make_llm(BackendConfig(base_url=srv.base_url, model="gpt-4o", no_cache=True))
         consistency = SelfConsistency(llm, ConsistencySettings(samples=5))
-        sure, guess, empty, wrong = asyncio.run(Checker(load_rules(), emb, consistency=consistency).score(records))
+        no_exec = load_rules(overrides={"signals": {"execution": {"enabled": False}}})
+        sure, guess, empty, wrong, broken, code = asyncio.run(
+            Checker(no_exec, emb, consistency=consistency).score(records))
         asked = srv.request_count
         asyncio.run(llm.aclose())
     assert sure.scores["consistency"] == 0.8 and "consistency" not in sure.details
     assert guess.scores["consistency"] == 0.4 and guess.details["consistency"] == "2/5 samples agree with 7 (others: 8, 9)"
-    assert "consistency" not in empty.scores and asked == 3  # nothing sampled for the empty response
+    # nothing sampled for the empty response or the one with a template marker left in it
+    assert "consistency" not in empty.scores and "consistency" not in broken.scores and asked == 4
+    assert broken.scores["structure"] == 0.0 and code.scores["consistency"] == 0.4
+    assert "execution" not in code.scores  # execution switched off: the block is not run
     assert wrong.scores["arithmetic"] == 0.0 and wrong.details["arithmetic"] == "wrong: 7 x 8 = 54"
     assert sure.scores["reference_answer"] == 1.0 and "reference_answer" not in empty.scores
 
@@ -440,12 +447,22 @@ def test_alignment_rank_ties_threshold_and_no_comparable_prompt():
 
 
 def test_three_word_answers_get_no_embedding_scores_and_ranks_keep_four_places():
-    vectors = {f"p{i}": at_angle(a) for i, a in enumerate([25] + [45 + 10 * i for i in range(16)])}
+    vectors = {f"p{i}": at_angle(a) for i, a in enumerate([25] + [45 + 8 * i for i in range(17)])}
     vectors.update({"Say it.": at_angle(0), "one two three": at_angle(20), "one two three four": at_angle(20)})
-    checker = Checker(load_rules(), FixedVectors(vectors), pool_prompts=[f"p{i}" for i in range(17)])
+    checker = Checker(load_rules(), FixedVectors(vectors), pool_prompts=[f"p{i}" for i in range(18)])
     three, four = asyncio.run(checker.score([Record(instruction="Say it.", output="one two three"),
                                              Record(instruction="Say it.", output="one two three four")]))
     assert "coherence" not in three.scores and "alignment_emb" not in three.scores
     assert four.scores["coherence"] == round(math.cos(math.radians(20)), 4)
-    # own match cos 20; of 17 pool prompts only the one at 25 deg matches the 20 deg response better: 16/17
-    assert four.scores["alignment_emb"] == 0.9412
+    # own match cos 20; of 18 pool prompts only the one at 25 deg matches the 20 deg response better: 17/18;
+    # locally, among the 17 nearest the prompt (173 deg left out): 16/17
+    assert four.scores["alignment_emb"] == 0.9444 and four.scores["alignment_local"] == 0.9412
+
+
+def test_a_failed_extraction_is_noted_not_replaced_by_the_parser():
+    from dataforge.quality.constraint_extraction import Extraction
+
+    checker = Checker(load_rules(), None)
+    checker.extracted["Answer in lowercase."] = Extraction(None, "timeout")
+    sc = checker.text_checks(Record(instruction="Answer in lowercase."), "fine")
+    assert sc.notes == ["constraint_extraction:not_run:timeout"] and sc.scores["format"] == 1.0

@@ -406,3 +406,18 @@ def test_bullets_headers_fences_phrases():
     assert T.count_phrase("Ice-cream ice cream ICE\tCREAM icecream", "ice cream") == 2
     assert T.count_phrase("a.b a", "a") == 2 and T.count_phrase("x", "  ") == 0 and T.count_phrase("", "x") == 0
     assert T.content_words("The 3 cats and THE cats ran 42 times, cats!") == ["cats", "ran", "times"]
+
+
+def test_forms_ordinals_and_first_word_draws():
+    from dataforge.constraints.base import pick_form
+    from dataforge.constraints.layout import OPENERS_FIRST, OPENERS_LATER
+
+    assert pick_form(("a", "b", "c"), {}) == "a" and pick_form(("a", "b", "c"), {"form": 4}) == "b"
+    first_word = CONSTRAINTS["first_word"]
+    assert first_word.phrase({"nth": 10, "word": "Next"}) == 'Begin the tenth paragraph of your answer with the word "Next".'
+    assert first_word.phrase({"nth": 11, "word": "Next"}) == 'Begin the 11th paragraph of your answer with the word "Next".'
+    rng = random.Random(4)
+    draws = [first_word.sample(rng, None) for _ in range(400)]
+    assert {p["nth"] for p in draws} == {1, 2, 3, 4} and {p["paragraphs"] for p in draws} == {2, 3, 4}
+    assert all(p["nth"] <= p["paragraphs"] for p in draws)
+    assert all(p["word"] in (OPENERS_FIRST if p["nth"] == 1 else OPENERS_LATER) for p in draws)

@@ -164,6 +164,24 @@ def test_push_creates_the_repo_and_uploads_parquet_and_the_card(tmp_path):
     assert ("PUT", next(p for m, p in calls if m == "PUT")) in calls  # the Parquet went up through LFS
 
 
+def test_push_to_an_unreachable_hub_is_a_one_line_error_without_the_token(tmp_path):
+    """No Hub listening (the port was just freed): exit 2 with 'cannot reach', no traceback, no token."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    data = _write(tmp_path / "d.jsonl", _rows(2))
+    token = "hf_test_secret_token_456"
+    env = {**os.environ, "HF_ENDPOINT": f"http://127.0.0.1:{port}", "HF_HUB_DISABLE_XET": "1", "MY_TOKEN": token,
+           "HF_HUB_OFFLINE": "0", "HF_HUB_ETAG_TIMEOUT": "2", "PYTHONPATH": str(REPO)}
+    cmd = [sys.executable, "-m", "dataforge", "push", str(data), "me/tiny", "--token-env", "MY_TOKEN"]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stderr
+    assert f"cannot reach http://127.0.0.1:{port}" in done.stderr and "Traceback" not in done.stderr
+    assert token not in done.stdout + done.stderr
+
+
 def test_export_card_beside_the_copy_and_never_over_a_persons_readme(tmp_path):
     from dataforge.curate.export import ExportConfig, run_export
 

@@ -29,6 +29,18 @@ class Pushed:
     records: int
 
 
+def _transport_errors() -> tuple[type[BaseException], ...]:
+    """What the HTTP client under huggingface_hub raises when the Hub cannot be reached: `httpx2` in
+    huggingface_hub 2.x, `httpx` in 1.x, `requests` before that (whichever is installed; OSError always)."""
+    errors: list[type[BaseException]] = [OSError]
+    for module, name in (("httpx2", "TransportError"), ("httpx", "TransportError"), ("requests", "ConnectionError")):
+        try:
+            errors.append(getattr(__import__(module), name))
+        except (ImportError, AttributeError):
+            continue
+    return tuple(errors)
+
+
 def _scrubbed(text: str, token: str | None) -> str:
     return text.replace(token, "***") if token else text
 
@@ -37,7 +49,6 @@ def push_dataset(dataset: str | Path, repo_id: str, options: CardOptions | None 
                  manifest: str | Path | None = None, private: bool = False, token_env: str = "HF_TOKEN",
                  message: str | None = None) -> Pushed:
     """Create `repo_id` (a dataset repo) if needed and upload `dataset` as Parquet plus its card."""
-    import httpx
     from huggingface_hub import HfApi
     from huggingface_hub.errors import HfHubHTTPError
 
@@ -64,6 +75,6 @@ def push_dataset(dataset: str | Path, repo_id: str, options: CardOptions | None 
             raise DataforgeError(f"push to {repo_id}: {_scrubbed(str(exc).splitlines()[0], token)}") from None
         except ValueError as exc:  # the Hub refused the card's metadata
             raise DataforgeError(f"push to {repo_id}: {_scrubbed(str(exc), token)}") from None
-        except (OSError, httpx.TransportError) as exc:  # no network, refused connection
+        except _transport_errors() as exc:  # no network, refused connection
             raise DataforgeError(f"push to {repo_id}: cannot reach {api.endpoint} ({type(exc).__name__})") from None
     return Pushed(url=str(url), commit_url=str(commit.commit_url), records=stats.n)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -115,8 +116,9 @@ class _Worker:
         finally:
             try:
                 run_sync(llm.aclose())
-            except Exception:
-                pass
+            except Exception as exc:  # the shard's work is done and journaled; a failed close is worth a word only
+                print(f"warning: {self.endpoint}: closing the model client failed ({type(exc).__name__}: {exc})",
+                      file=sys.stderr)
         bad = SideFiles(out).bad_lines
         return {
             "lines": out.read_text(encoding="utf-8").splitlines(),

@@ -304,7 +304,8 @@ def test_collate_every_tensor_exactly():
     a = _ex([5, 6, 7], [SEG_INSTRUCTION, SEG_TEMPLATE, SEG_RESPONSE], [True, True, True],
             task_id=1, complexity=1, temp_target=1)
     b = _ex([8, 9], [SEG_TEMPLATE, SEG_RESPONSE], [False, True], task_id=IGNORE, complexity=0, temp_target=0)
-    c = _ex([4, 3], [SEG_TEMPLATE, SEG_RESPONSE], [False, True], masked=[False, True])
+    c = _ex([4, 3], [SEG_TEMPLATE, SEG_RESPONSE], [False, True], masked=[False, True], complexity=0, temp_target=2)
+    # every per-sample value an int: the float tensors must still be float32
     out = collate([[a, b], [c]], pad_id=0)
     X = IGNORE
     assert out["input_ids"].tolist() == [[5, 6, 7, 8, 9], [4, 3, 0, 0, 0]]
@@ -316,7 +317,7 @@ def test_collate_every_tensor_exactly():
     # a: after its instruction at 0; b and c have none, so every token of theirs counts as after
     assert out["after_inst"].tolist() == [[False, True, True, True, True], [True, True, False, False, False]]
     assert out["task_ids"].tolist() == [1, IGNORE, IGNORE]
-    assert out["complexity"].tolist() == [1.0, 0.0, 0.0] and out["temp_target"].tolist()[:2] == [1.0, 0.0]
+    assert out["complexity"].tolist() == [1.0, 0.0, 0.0] and out["temp_target"].tolist() == [1.0, 0.0, 2.0]
     assert out["task_ids"].dtype == torch.long
     assert out["complexity"].dtype == out["temp_target"].dtype == torch.float32
     assert out["after_inst"].dtype == torch.bool

@@ -19,11 +19,14 @@ Status = Literal["accepted", "review", "rejected", "pending"]
 STATUSES: tuple[str, ...] = ("accepted", "review", "rejected", "pending")
 
 
+_ID_ENCODER = json.JSONEncoder(ensure_ascii=False)  # made once: json.dumps builds one per call
+
+
 def content_id(instruction: str, input: str = "", output: str = "", *more: Any) -> str:
     """Stable 16-hex id from the text of a record (same text -> same id, any machine). `more`: the text of a
     conversation's later turns or a preference pair's rejected answer (absent for a plain record, whose id
     is therefore what it always was)."""
-    payload = json.dumps([instruction, input, output, *more], ensure_ascii=False)
+    payload = _ID_ENCODER.encode([instruction, input, output, *more])
     return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:16]
 
 

@@ -57,6 +57,28 @@ def test_a_shared_13_gram_is_a_hit_and_12_words_are_not():
     assert hit is not None and len(hit.match.split()) == 8  # --ngram 8
 
 
+def test_a_batch_is_normalised_at_once_and_a_text_holding_the_separator_word_changes_nothing():
+    """The texts of a batch are normalised as one string with a separator word between them; a text that
+    holds that very word is looked up text by text, with the same hits."""
+    from dataforge.quality.contamination import _SEP_WORD
+
+    m = _index(substring_chars=0).matcher()
+    words = normalise(ITEM)
+    tail = " ".join(words[1:14])  # the hit: 13 words
+    batch = [["Clean one.", ""], ["", "Some " + tail], ["other words", "nine words here in one short item for you"],
+             ["no"]]
+    sneaky = [["Clean one.", f"{_SEP_WORD.upper()} is a word"], *batch[1:]]
+    for texts in (batch, sneaky):
+        hits = m.check(texts)
+        assert hits[0] is None and hits[3] is None
+        assert (hits[1].item, hits[1].by, hits[1].match) == ("fox", "ngram", tail)
+        assert (hits[2].item, hits[2].match) == ("short", "nine words here in one short item for you")
+    # across the separator no window forms: the end of one text and the start of the next are not a 13-gram
+    split = [[" ".join(words[:7])], [" ".join(words[7:14])]]
+    assert m.check(split) == [None, None]
+    assert m.check([[" ".join(words[:7]) + f" {_SEP_WORD} " + " ".join(words[7:14])]]) == [None]
+
+
 def test_a_short_item_matches_whole_and_a_shorter_one_not_at_all():
     m = _index(substring_chars=0).matcher()
     hits = m.check([["So: Nine words here in ONE short item, for you."], ["nine words here in one short item for"],

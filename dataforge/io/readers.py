@@ -38,9 +38,14 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
+_DECODER = json.JSONDecoder(parse_constant=_reject_constant)  # made once: json.loads builds one per call
+
+
 def _loads(text: str) -> Any:
     """json.loads that refuses NaN/Infinity (they would not survive a round trip through Record)."""
-    return json.loads(text, parse_constant=_reject_constant)
+    if text.startswith("\ufeff"):  # what json.loads refuses too (a byte-order mark past the first line)
+        raise json.JSONDecodeError("Unexpected UTF-8 BOM (decode using utf-8-sig)", text, 0)
+    return _DECODER.decode(text)
 
 
 def _check_encodable(obj: Any) -> None:

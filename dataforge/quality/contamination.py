@@ -33,6 +33,8 @@ _PUNCT = re.compile(r"[^\w\s]+")
 _BITMAP_BITS = 25  # 32 MiB of booleans: a quick "certainly absent" before the binary search
 _CHUNK = 8  # bytes per value of the substring check: records are probed at every 8th byte
 FORMAT = 2  # of the cached index; bump when hashing changes
+_SEP_WORD = "qzxdataforgesepqzx"  # between the texts of a batch, normalised together (see Matcher._values)
+_SEPARATOR, _SEP_VALUE = f" {_SEP_WORD} ", 2
 
 
 # the same deletion as _PUNCT for ASCII text, by str.translate (several times faster than the regex)
@@ -239,6 +241,7 @@ class Matcher:
         for hashes, _ in index.tables.values():
             self.bitmap[hashes >> np.uint64(64 - _BITMAP_BITS)] = True
         self.word_tables = sorted((int(k[1:]), v) for k, v in index.tables.items() if k.startswith("w"))
+        self._value = {**index.words, _SEP_WORD: _SEP_VALUE}.get  # the separator's value is even: no word's
 
     def _lookup(self, kind_table: tuple[np.ndarray, np.ndarray], hashes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(positions into `hashes` that are in the table, the item of each)."""
@@ -262,14 +265,27 @@ class Matcher:
             self._chars(flat, unit_of, hits)
         return hits
 
-    def _words(self, flat: list[str], unit_of: list[int], hits: list[Hit | None]) -> None:
-        get, values, starts = self.index.words.get, [], []
+    def _values(self, flat: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """(the word values of all texts, a hole after each; where each text starts). The texts are
+        normalised as one string with a separator word between them (one pass in C, not one per text);
+        should a text hold that very word, text by text instead."""
+        words = normalise(_SEPARATOR.join(flat))
+        values = np.fromiter(map(self._value, words, repeat(0)), dtype=np.uint64, count=len(words))
+        seps = np.flatnonzero(values == _SEP_VALUE)
+        if len(seps) == len(flat) - 1:
+            values[seps] = 0
+            return np.append(values, np.uint64(0)), np.concatenate(([0], seps + 1))
+        get, every, starts = self.index.words.get, [], []
         for text in flat:
-            starts.append(len(values))
-            values += map(get, normalise(text), repeat(0))
-            values.append(0)  # a hole: no window spans two texts
-        windows = Windows(np.array(values, dtype=np.uint64))
-        bounds = np.array(starts[1:], dtype=np.int64)
+            starts.append(len(every))
+            every += map(get, normalise(text), repeat(0))
+            every.append(0)  # a hole: no window spans two texts
+        return np.array(every, dtype=np.uint64), np.array(starts, dtype=np.int64)
+
+    def _words(self, flat: list[str], unit_of: list[int], hits: list[Hit | None]) -> None:
+        values, starts = self._values(flat)
+        windows = Windows(values)
+        bounds = starts[1:]
         for n, table in self.word_tables:
             h, where = windows.hashes(n)
             found, items = self._lookup(table, h)

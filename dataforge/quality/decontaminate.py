@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections import Counter
+from collections import Counter, deque
 from itertools import islice
 from pathlib import Path
 from typing import Annotated, Any, Iterable, Iterator
@@ -32,7 +32,9 @@ from ..io import read_records
 from ..io.containers import _open_bytes
 from ..records import Record
 from ..stage import Cli, IOConfig, SideFiles, Stage, StageConfig, StageContext
-from .contamination import FORMAT, BenchmarkIndex, Hit
+from ..stage.procs import default_processes
+from ..stage.work import Work
+from .contamination import FORMAT, BenchmarkIndex, Hit, Matcher
 
 _D = "Decontamination"
 BATCH = 1024
@@ -129,7 +131,8 @@ def _labels(paths: list[str]) -> list[str]:
 
 
 class Decontaminator:
-    """The benchmark index of a run and what it found; `check` rejects the contaminated records."""
+    """The benchmark index of a run and what it found; `check` rejects the contaminated records (here, or
+    `apply` with hits that worker processes looked up: `LookupWork`)."""
 
     def __init__(self, opts: DecontaminationOptions):
         if not opts.benchmarks:
@@ -140,27 +143,43 @@ class Decontaminator:
             idx, hit = index_for(Path(p), opts)
             parts.append(idx)
             self.cached.append(hit)
-        labels = _labels(opts.benchmarks)
-        self.items = {label: len(idx.items) for label, idx in zip(labels, parts)}
-        self.matcher = BenchmarkIndex.merge(parts, labels).matcher()
+        self._parts, self._labels = parts, _labels(opts.benchmarks)
+        self.items = {label: len(idx.items) for label, idx in zip(self._labels, parts)}
+        self._matcher: Matcher | None = None
         self.index_s = time.perf_counter() - t0
         self.found: Counter[str] = Counter()  # benchmark label -> records rejected
         self.how: Counter[str] = Counter()
         self.checked = 0
         self.check_s = 0.0
 
+    @property
+    def matcher(self) -> Matcher:
+        """The merged index's lookup structure, built on first use: a driver whose workers do the lookups
+        never builds it."""
+        if self._matcher is None:
+            self._matcher = BenchmarkIndex.merge(self._parts, self._labels).matcher()
+            self._parts = []
+        return self._matcher
+
+    def lookup(self, texts: list[list[str] | None]) -> tuple[list[Hit | None], float]:
+        """(the first hit of each record's texts, None for a record not to check; seconds it took)."""
+        t0 = time.perf_counter()
+        todo = [k for k, t in enumerate(texts) if t is not None]
+        found = self.matcher.check([texts[k] for k in todo])
+        hits: list[Hit | None] = [None] * len(texts)
+        for k, hit in zip(todo, found):
+            hits[k] = hit
+        return hits, time.perf_counter() - t0
+
     def check(self, records: list[Record]) -> list[Record]:
         """The records, each contaminated one rejected (a record already rejected passes unchanged)."""
-        todo = [k for k, r in enumerate(records) if r.status != "rejected"]
-        t0 = time.perf_counter()
-        hits = self.matcher.check([[records[k].prompt_text, records[k].output] for k in todo])
-        self.check_s += time.perf_counter() - t0
-        self.checked += len(todo)
-        out = list(records)
-        for k, hit in zip(todo, hits):
-            if hit is not None:
-                out[k] = self.reject(records[k], hit)
-        return out
+        return self.apply(records, *self.lookup(texts_of(records)))
+
+    def apply(self, records: list[Record], hits: list[Hit | None], seconds: float) -> list[Record]:
+        """The records with `hits` (from `lookup`, here or in a worker) applied, counted in the summary."""
+        self.check_s += seconds
+        self.checked += sum(r.status != "rejected" for r in records)
+        return [r if hit is None else self.reject(r, hit) for r, hit in zip(records, hits)]
 
     def reject(self, r: Record, hit: Hit) -> Record:
         label = hit.item.rsplit(":", 1)[0]
@@ -189,6 +208,30 @@ class Decontaminator:
                 "records_per_second": round(c.get("checked", 0) / check_s) if check_s > 0 else None}
 
 
+def texts_of(records: list[Record]) -> list[list[str] | None]:
+    """What is looked up per record: its prompt and response (None: already rejected, not checked)."""
+    return [None if r.status == "rejected" else [r.prompt_text, r.output] for r in records]
+
+
+class LookupWork(Work):
+    """The lookups of a batch in a worker process: each worker loads the cached index once (`open`)."""
+
+    def __init__(self, opts: DecontaminationOptions, processes: int):
+        self.opts = DecontaminationOptions(**{k: getattr(opts, k) for k in DecontaminationOptions.model_fields})
+        self.processes = processes
+        self.guard: Decontaminator | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "guard": None}
+
+    def open(self, llm: Any) -> None:
+        self.guard = Decontaminator(self.opts)
+
+    def run(self, batch: list[list[str] | None]) -> tuple[list[Hit | None], float]:
+        assert self.guard is not None
+        return self.guard.lookup(batch)
+
+
 def batches(records: Iterable[Record], size: int = BATCH) -> Iterator[list[Record]]:
     it = iter(records)
     while batch := list(islice(it, size)):
@@ -197,6 +240,10 @@ def batches(records: Iterable[Record], size: int = BATCH) -> Iterator[list[Recor
 
 class DecontaminateConfig(IOConfig, DecontaminationOptions):
     """Options of `dataforge decontaminate` (and of a `decontaminate` pipeline stage)."""
+
+    workers: Annotated[int | None, Cli(panel=_D)] = Field(
+        None, ge=0, description="processes that look the records up while this one reads and writes (default: one "
+        "per core beyond the first; 0: all in this process)")
 
 
 class DecontaminateStage(Stage[DecontaminateConfig]):
@@ -208,7 +255,7 @@ class DecontaminateStage(Stage[DecontaminateConfig]):
     record_parallel = True
     journaled = False  # one fast streaming pass: a re-run redoes it
     side_inputs = ("benchmarks",)
-    output_neutral = frozenset({"out_format", "strict"})
+    output_neutral = frozenset({"out_format", "strict", "workers"})
 
     def __init__(self, cfg: DecontaminateConfig):
         if not cfg.benchmarks:
@@ -219,11 +266,20 @@ class DecontaminateStage(Stage[DecontaminateConfig]):
     def side_outputs(self, side: SideFiles) -> dict[str, Path]:
         return {"rejected": side.rejected}
 
-    def process(self, records: Iterator[Record], ctx: StageContext) -> None:
-        self.guard = Decontaminator(self.cfg)
-        with ctx.bar("decontaminate", unit="rec") as bar:
+    async def process(self, records: Iterator[Record], ctx: StageContext) -> None:
+        self.guard = guard = Decontaminator(self.cfg)  # builds (or loads) the index once, before any worker
+        workers = default_processes() if self.cfg.workers is None else self.cfg.workers
+        waiting: deque[list[Record]] = deque()  # batches whose lookups are under way, in input order
+
+        def lookups() -> Iterator[list[list[str] | None]]:
             for batch in batches(records):
-                for r in self.guard.check(batch):
+                waiting.append(batch)
+                yield texts_of(batch)
+
+        with ctx.bar("decontaminate", unit="rec") as bar:
+            async for hits, seconds in ctx.map(LookupWork(self.cfg, workers), lookups()):
+                batch = waiting.popleft()
+                for r in guard.apply(batch, hits, seconds):
                     ctx.out.write(r)
                 bar.advance(len(batch))
 

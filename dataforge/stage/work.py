@@ -25,6 +25,10 @@ if TYPE_CHECKING:
 class Work(ABC):
     """Per-batch work of a stage. Subclasses implement `run`; `open` loads what `run` needs."""
 
+    #: Worker processes a `LocalMapper` spreads the batches over (`dataforge.stage.procs`), for pure-CPU work
+    #: without a model whose batches cost far more than pickling them; 0 runs them here. Ray ignores it.
+    processes: int = 0
+
     def uses_llm(self) -> bool:
         """Whether `open` needs a model (on Ray, each worker then opens a client to its endpoint)."""
         return False
@@ -56,6 +60,12 @@ class LocalMapper:
         self.report: dict[str, Any] | None = None  # what a distributed mapper tells the summary
 
     async def map(self, work: Work, batches: Iterable[Any]) -> AsyncIterator[Any]:
+        if work.processes > 0 and not work.uses_llm():
+            from .procs import process_map
+
+            async for result in process_map(work, batches, work.processes):
+                yield result
+            return
         work.open(self.llm if work.uses_llm() else None)
         try:
             for batch in batches:

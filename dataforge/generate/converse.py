@@ -75,6 +75,7 @@ class ConverseStage(Stage[ConverseConfig]):
     deeper, change a constraint, challenge the answer), then answers it, up to --turns answers."""
 
     name = "converse"
+    partial_output = True  # stopped by a budget, it writes the conversations finished so far
     Config = ConverseConfig
     record_parallel = True
     output_neutral = frozenset({"max_in_flight", "out_format", "strict"})

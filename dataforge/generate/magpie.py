@@ -83,6 +83,7 @@ class MagpieStage(Stage[MagpieConfig]):
     prefix, fragments and non-questions are dropped and counted, then each query is answered as a chat turn."""
 
     name = "magpie"
+    partial_output = True  # stopped by a budget, it writes the queries answered so far
     Config = MagpieConfig
     input_optional = True
     input_help = "records whose instructions new queries must not repeat (they seed the novelty filter; not written)."
@@ -194,10 +195,16 @@ class MagpieStage(Stage[MagpieConfig]):
         return rec if a["output"] else rec.with_status("rejected", "magpie:empty_answer")
 
     def finish(self, ctx: StageContext) -> dict[str, Any]:
-        """One record per kept query, in pool order (dropped queries last with --keep-rejected)."""
+        """One record per kept query, in pool order (dropped queries last with --keep-rejected). Stopped
+        by a budget: only the queries already answered (the rest are asked for by the re-run)."""
+        if self.pool is None:  # stopped before the first query went out
+            return {"made": 0, "stopped": ctx.stopped}
         model = ctx.llm.model_id
         answers: Counter[str] = Counter()
         for task in self.pool.tasks:
+            if task["task_id"] not in self.answers:
+                answers["not_answered"] += 1
+                continue
             r = self._record(task, model)
             answers["failed" if r.status == "rejected" else "truncated" if "finish_reason" in r.meta else "ok"] += 1
             ctx.out.write(r)

@@ -69,6 +69,7 @@ class PairsStage(Stage[PairsConfig]):
     pair the best with the worst when the gap is clear (verifiable pairs where constraints are attached)."""
 
     name = "pairs"
+    partial_output = True  # stopped by a budget, it writes the records finished so far
     Config = PairsConfig
     record_parallel = True
     output_neutral = frozenset({"max_in_flight", "out_format", "strict"})

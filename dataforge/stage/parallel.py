@@ -3,6 +3,8 @@
 Up to `max_in_flight` records are worked on at once; each finished one is journaled as an entry with its
 record's ``id`` (a killed run resumes without asking again), and results are written in input order, a
 chunk at a time, so the output does not depend on which reply came first and memory stays bounded.
+When a budget stops the run mid-chunk, the chunk's finished records are written (in input order) before
+the stop goes on to the runner, so the output holds everything that was finished.
 """
 
 from __future__ import annotations
@@ -34,9 +36,12 @@ async def each_record(ctx: "StageContext", records: Iterable["Record"],
                       unit: str = "rec") -> None:
     """`work(record)` -> a journal entry (with the record's ``id``) for every record not already in the
     journal; `write(record, entry)` in input order."""
+    from .budget import BudgetReached
+
     done = {e["id"]: e for e in ctx.journal.entries}
     sem = asyncio.Semaphore(max_in_flight)
     chunk: list["Record"] = []
+    finished: dict[str, dict[str, Any]] = {}  # entries of the current chunk, as they finish
     with ctx.bar(label, unit=unit) as bar:
 
         async def one(r: "Record") -> dict[str, Any]:
@@ -45,14 +50,24 @@ async def each_record(ctx: "StageContext", records: Iterable["Record"],
                 async with sem:
                     entry = await work(r)
                 ctx.journal.append(entry)
+            finished[r.id] = entry
             bar.advance()
             return entry
 
         async def flush() -> None:
-            for r, entry in zip(chunk, await gather_or_cancel([one(r) for r in chunk])):
+            try:
+                entries = await gather_or_cancel([one(r) for r in chunk])
+            except BudgetReached:
+                for r in chunk:
+                    if r.id in finished:
+                        write(r, finished[r.id])
+                ctx.journal.sync()
+                raise
+            for r, entry in zip(chunk, entries):
                 write(r, entry)
             ctx.journal.sync()
             chunk.clear()
+            finished.clear()
 
         for r in records:
             chunk.append(r)

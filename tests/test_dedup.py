@@ -189,3 +189,24 @@ def test_row_file_round_trip(tmp_path):
     rows.write(np.array([[1, 2, 3], [7, 8, 9]], np.uint32), [8, 2])
     assert rows.read(0, 10).sum() == 30 and rows.gather([8, 2]).tolist() == [[1, 2, 3], [7, 8, 9]]
     assert [s for s, _ in rows.windows(4)] == [0, 4, 8] and ArrayRows(rows.read(0, 10)).gather([2]).tolist() == [[7, 8, 9]]
+
+
+def test_row_file_gather_maps_one_window_at_a_time(tmp_path, monkeypatch):
+    """Rows in any order, with repeats, come back exactly; the file is never mapped wider than a window
+    (a sample spread over a big file would otherwise touch, and hold, all of it)."""
+    from dataforge.io import rows as rows_mod
+
+    data = np.arange(1000 * 4, dtype=np.float32).reshape(1000, 4)
+    rows = RowFile(tmp_path / "g.f32", 1000, 4)
+    rows.write(data, np.arange(1000))
+    monkeypatch.setattr(rows_mod, "WINDOW_BYTES", 16 * 50)  # 50 rows of 16 bytes
+    spans = []
+    real_map = RowFile._map
+    monkeypatch.setattr(RowFile, "_map", lambda self, mode, start=0, stop=None: (
+        spans.append((start, stop)), real_map(self, mode, start, stop))[1])
+    idx = np.random.default_rng(0).integers(0, 1000, 600)
+    idx[:3] = [999, 0, 999]
+    assert np.array_equal(rows.gather(idx), data[idx])
+    assert spans and all(stop - start <= 50 for start, stop in spans)
+    assert sorted({i for s, e in spans for i in range(s, e)} & set(idx.tolist())) == sorted(set(idx.tolist()))
+    assert rows.gather([]).shape == (0, 4) and rows.gather(np.array([5])).tolist() == [data[5].tolist()]

@@ -146,7 +146,7 @@ def cluster_rows(rows: Rows, method: Method = "kmeans", k: int | None = None, *,
                                   min_cluster_size=min_cluster_size, seed=seed)
     t0 = time.perf_counter()
     picked = np.sort(np.random.default_rng(seed).choice(n, size=fit_max, replace=False))
-    x_fit = rows.gather(picked).astype(np.float32)
+    x_fit = rows.gather(picked).astype(np.float32, copy=False)
     fit = cluster_embeddings(x_fit, method, k, k_min=k_min, k_max=k_max, sample=sample,
                              min_cluster_size=min_cluster_size, seed=seed)
     centres = np.stack([x_fit[fit.labels == c].mean(axis=0) for c in range(fit.k)])

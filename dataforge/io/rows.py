@@ -99,14 +99,22 @@ class RowFile:
         return out
 
     def gather(self, idx: np.ndarray | list[int]) -> np.ndarray:
-        """Rows `idx` (any order), copied into memory."""
+        """Rows `idx` (any order, repeats allowed), copied into memory. The file is mapped a window of
+        about `WINDOW_BYTES` at a time: a sample spread over a big file (balance's clustering fit) would
+        otherwise map and touch all of it, and every touched page counts in the process's memory."""
         idx = np.asarray(idx, dtype=np.int64)
-        if not len(idx):
-            return np.zeros((0, self.width), self.dtype)
-        lo, hi = int(idx.min()), int(idx.max()) + 1
-        mm = self._map("r", lo, hi)
-        out = np.array(mm[idx - lo])
-        del mm
+        out = np.empty((len(idx), self.width), self.dtype)
+        order = np.argsort(idx, kind="stable")
+        srt = idx[order]
+        span = max(1, WINDOW_BYTES // max(self.row_bytes, 1))
+        k = 0
+        while k < len(srt):
+            lo = int(srt[k])
+            j = int(np.searchsorted(srt, lo + span, side="left"))
+            mm = self._map("r", lo, int(srt[j - 1]) + 1)
+            out[order[k:j]] = mm[srt[k:j] - lo]
+            del mm
+            k = j
         return out
 
     def windows(self, rows: int | None = None) -> Iterator[tuple[int, np.ndarray]]:

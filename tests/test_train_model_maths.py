@@ -253,6 +253,10 @@ def test_attention_hook_puts_each_layers_window_and_bias_on_its_last_keys():
     model._ctx = {"masks": masks, "passed": passed}                   # no bias state: the window's mask alone
     _, kwargs = model._attention_hook(1)(layers[1].self_attn, (), {"attention_mask": passed})
     assert kwargs["attention_mask"] is masks[8]
+    half = {w: m.half() for w, m in masks.items()}                  # a half-precision model: the bias follows
+    model._ctx = {"masks": half, "passed": half[None], "inst_key": inst_key, "key_cx": key_cx}
+    _, kwargs = model._attention_hook(1)(layers[1].self_attn, (), {"attention_mask": half[None]})
+    assert kwargs["attention_mask"].dtype == torch.float16
 
 
 # ------------------------------------------------------------------ logits
@@ -326,6 +330,9 @@ def test_nucleus_keeps_the_tokens_whose_preceding_mass_is_below_top_p():
     assert len({_sample(logits, 1.0, 0.5001, gen) for _ in range(200)}) == 3
     gen = torch.Generator().manual_seed(0)
     assert {_sample(torch.tensor([0.0, 5.0, 1.0]), 1.0, 1e-6, gen) for _ in range(50)} == {1}
+    near = torch.tensor([0.0, 1e-5])
+    assert {_sample(near, 1e-4, 1.0, gen) for _ in range(50)} == {1}        # the greedy limit: argmax, no draw
+    assert {_sample(near, 2e-4, 1.0, gen) for _ in range(50)} == {0, 1}     # just above it: a real draw
 
 
 # ------------------------------------------------------------------ save / load
@@ -456,3 +463,33 @@ def test_plain_save_writes_a_gathered_state_under_the_base_names(tmp_path):
     model.save(tmp_path / "deep" / "er", tok)                                # parents are made
     saved = AutoModelForCausalLM.from_pretrained(tmp_path / "deep" / "er").state_dict()
     assert all(torch.equal(saved[k], v) for k, v in model.base.state_dict().items())
+
+
+# ------------------------------------------------------------------ devices
+
+
+def test_tensors_made_here_follow_the_inputs_device_not_torchs_default_device():
+    """Under `torch.set_default_device` (here: meta) every tensor the model makes must still sit on its
+    inputs' device, or CPU inputs meet tensors elsewhere (wrong values or a device error)."""
+    from dataforge.train.data import SEG_INSTRUCTION, SEG_RESPONSE, SEG_TEMPLATE
+    from dataforge.train.model import _single
+
+    model = InstructModel(tiny_llama(V), {}, 0, [7])
+    labels = torch.tensor([[1, 7, 9, -100]])
+    sidx = torch.tensor([[0, 0, 1, -1]])
+    hidden = torch.randn(1, 4, 32)
+    segs = [SEG_TEMPLATE, SEG_INSTRUCTION, SEG_INSTRUCTION, SEG_INSTRUCTION, SEG_TEMPLATE, SEG_RESPONSE]
+    with torch.device("meta"):
+        assert model.lm_labels(labels).tolist() == [[1, -100, 9, -100]]
+        batch = _single([5, 6, 7, 8, 9, 10], segs, 0.25, torch.device("cpu"))
+        assert {k: v.device.type for k, v in batch.items()} == {k: "cpu" for k in batch}
+        assert batch["after_inst"].tolist() == [[False, False, False, False, True, True]]
+        assert batch["complexity"].tolist() == [0.25] and batch["task_ids"].tolist() == [-100]
+        for as_float in (False, True):
+            mask = model._mask(sidx, torch.float32, as_float, 2)
+            assert mask.device.type == "cpu"
+        assert model._mask(sidx, torch.float32, False, 2)[0, 0].tolist() == [
+            [True, False, False, False], [True, True, False, False], [False, False, True, False],
+            [False, False, False, True]]
+        logits = model._logits(hidden)
+        assert logits.device.type == "cpu" and bool((logits[..., 7] == torch.finfo(torch.float32).min).all())

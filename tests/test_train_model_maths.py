@@ -493,3 +493,33 @@ def test_tensors_made_here_follow_the_inputs_device_not_torchs_default_device():
             [False, False, False, True]]
         logits = model._logits(hidden)
         assert logits.device.type == "cpu" and bool((logits[..., 7] == torch.finfo(torch.float32).min).all())
+
+
+def test_adapter_directories_load_onto_their_base_with_the_modules(tmp_path):
+    pytest.importorskip("peft")
+    from dataforge.train.lora import apply_lora, attach, save_adapter
+    from dataforge.train.model import _single
+
+    tok = tiny_tokenizer()
+    base_dir = tmp_path / "base"
+    tiny_llama(V).save_pretrained(base_dir)
+    cfg = TrainConfig(lora=True, lora_r=4, segment_embedding=True)
+    model = tiny_llama(V)                                        # the same seed: the saved base's weights
+    peft_model = apply_lora(model, cfg)
+    imodel = InstructModel(model, cfg.mods_dict())
+    attach(imodel, peft_model)
+    _perturb(imodel)
+    with torch.no_grad():
+        for n, p in peft_model.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.5)
+    save_adapter(tmp_path / "adapter", imodel, peft_model, tok, {"adapter": {"base_model": str(base_dir)}})
+    assert not (tmp_path / "adapter" / "config.json").exists()              # an adapter has no config.json
+    loaded, tok2, meta = load_instruct(tmp_path / "adapter")
+    assert meta["adapter"] == {"base_model": str(base_dir)} and len(tok2) == V
+    assert loaded.__dict__["peft_model"] is not None and not loaded.training
+    batch = _single([5, 6, 7, 8], [1, 2, 2, 4], 0.0, torch.device("cpu"))
+    imodel.eval()
+    with torch.no_grad():
+        assert torch.allclose(loaded(batch)["logits"], imodel(batch)["logits"], atol=1e-5, rtol=0)
+        assert torch.equal(loaded.segment_emb.table.weight, imodel.segment_emb.table.weight)

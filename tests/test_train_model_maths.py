@@ -523,3 +523,63 @@ def test_adapter_directories_load_onto_their_base_with_the_modules(tmp_path):
     with torch.no_grad():
         assert torch.allclose(loaded(batch)["logits"], imodel(batch)["logits"], atol=1e-5, rtol=0)
         assert torch.equal(loaded.segment_emb.table.weight, imodel.segment_emb.table.weight)
+
+
+# ------------------------------------------------------------------ forward
+
+
+def test_forward_adds_noise_only_while_training_and_asks_for_no_cache_without_one():
+    from dataforge.train.model import _single
+
+    model = InstructModel(tiny_model("llama", V, attn="sdpa"), {"segment_embedding": True})
+    batch = _single([5, 6, 7, 8, 9, 10], [1, 2, 2, 3, 4, 4], 0.0, torch.device("cpu"))
+    seen = []
+    model.base.base_model.register_forward_pre_hook(lambda m, a, k: seen.append(dict(k)), with_kwargs=True)
+    model.eval()
+    with torch.no_grad():
+        clean = model(batch)["logits"]
+        assert seen[-1]["use_cache"] is False and seen[-1]["attention_mask"] is model._ctx["passed"]
+        assert not any("past_key" in k or k == "cache_params" for k in seen[-1])
+        model.neftune_alpha = 5.0
+        assert torch.equal(model(batch)["logits"], clean)                       # evaluation: no noise
+        model.train()
+        assert float((model(batch)["logits"] - clean).abs().max()) > 1e-3       # training: noise
+        model.neftune_alpha = 0.0
+        assert torch.allclose(model(batch)["logits"], clean, atol=1e-6, rtol=0)  # training without alpha: none
+
+
+@pytest.mark.parametrize("attn,mods,kind", [("sdpa", {}, torch.bool), ("eager", {}, torch.float32),
+                                            ("sdpa", {"attention_bias": True}, torch.bool),
+                                            ("eager", {"attention_bias": True}, torch.float32)])
+def test_forward_leaves_each_windows_mask_of_the_kind_its_kernel_reads(attn, mods, kind):
+    from dataforge.train.data import collate
+
+    model = InstructModel(tiny_model("qwen2", V, attn=attn), mods)              # windows: full, 8
+    _perturb(model)
+    exs = _examples()
+    batch = collate([exs[:2], exs[2:]], 0)
+    T = batch["input_ids"].shape[1]
+    assert T > 8
+    with torch.no_grad():
+        model(batch)
+    ctx = model._ctx
+    assert set(ctx["masks"]) == {None, 8} and ctx["passed"] is ctx["masks"][None]
+    for w in (None, 8):
+        assert ctx["masks"][w].dtype == kind
+        assert torch.equal(ctx["masks"][w], model._mask(batch["sample_idx"], torch.float32, kind != torch.bool, w))
+    assert ("inst_key" in ctx) == bool(mods)
+    if mods:
+        cx = batch["complexity"][batch["sample_idx"].clamp(min=0)]
+        assert torch.equal(ctx["inst_key"], (batch["segment_ids"] == 2).float())
+        assert torch.equal(ctx["key_cx"], cx) and torch.equal(ctx["query_cx"], cx)
+
+
+def _examples():
+    from dataforge.train.data import PromptFormatter, TaskInfo, encode_records
+    from dataforge.train.tiny import toy_records
+
+    tok = tiny_tokenizer(chat_template=True)
+    cfg = TrainConfig()
+    return encode_records(toy_records(4), PromptFormatter(tok, "auto", False, 256),
+                          TaskInfo(["classification", "generation", "math"], cfg.task_kinds, cfg.temperature_by_kind),
+                          {})

@@ -583,3 +583,15 @@ def _examples():
     return encode_records(toy_records(4), PromptFormatter(tok, "auto", False, 256),
                           TaskInfo(["classification", "generation", "math"], cfg.task_kinds, cfg.temperature_by_kind),
                           {})
+
+
+def test_modified_save_writes_a_gathered_state(tmp_path):
+    tok = tiny_tokenizer()
+    model = InstructModel(tiny_llama(V), {"segment_embedding": True})
+    _perturb(model)
+    state = {k: v + 0.25 for k, v in model.state_dict().items()}
+    model.save(tmp_path / "m", tok, state=state)
+    loaded, _, meta = load_instruct(tmp_path / "m")
+    assert meta["plain_hf"] is False
+    assert loaded.state_dict().keys() == state.keys()
+    assert all(torch.equal(v, state[k]) for k, v in loaded.state_dict().items())

@@ -133,6 +133,7 @@ def test_constructor_keeps_its_arguments_and_builds_the_named_modules():
     assert all(m is None for m in (plain.segment_emb, plain.attn_bias, plain.encoder, plain.fusion,
                                    plain.repr_proj, plain.temp_head, plain.task_head, plain.reasoning))
     assert not plain.has_mods and plain.n_tasks == 0 and plain._hooks == []
+    assert InstructModel(tiny_llama(V), {"task_head": True}, 1).task_head.out_features == 1    # one task
     only_bias = InstructModel(tiny_llama(V), {"attention_bias": True})
     assert only_bias.attn_bias.by_complexity is None and only_bias.has_mods
     assert InstructModel(tiny_llama(V), {}, 0, [7]).has_mods                  # prompt-only tokens alone
@@ -163,6 +164,30 @@ def test_hooks_and_routes_are_installed_only_where_needed():
     with pytest.raises(DataforgeError) as err:
         InstructModel(sdpa.base, {"attention_bias": True})
     assert str(err.value) == "this base model is already wrapped by an InstructModel with an attention bias"
+    flash = tiny_model("llama", V)
+    flash.config._attn_implementation = "flash_attention_2"
+    with pytest.raises(DataforgeError) as err:
+        InstructModel(flash, {})
+    assert str(err.value).startswith("LlamaConfig (model_type 'llama'): attention implementation "
+                                     "'flash_attention_2' is not supported.")
+
+
+class _NotHF(nn.Module):
+    """A causal LM that is not a transformers model: its config has no `_attn_implementation`."""
+
+    def __init__(self):
+        super().__init__()
+        from types import SimpleNamespace
+
+        self.config = SimpleNamespace(hidden_size=8, num_hidden_layers=2, num_attention_heads=2)
+        self.layers = nn.ModuleList([_Layer(self_attn=MixerAttention()) for _ in range(2)])
+        self.base_model = self
+
+
+def test_a_config_without_an_attention_implementation_counts_as_eager():
+    model = InstructModel(_NotHF(), {"attention_bias": True})
+    assert model._orig_attn == "eager" and not model._bias_route and len(model._hooks) == 2
+    assert model.windows == [None, None] and model._post_head is None
 
 
 # ------------------------------------------------------------------ masks and hooks

@@ -130,6 +130,7 @@ def test_checkpoints_hold_their_step_the_best_so_far_and_the_optimizer_settings(
         assert [g["lr"] for g in groups] == pytest.approx([1e-3 * _factor(n - 1)] * 2, rel=1e-12)
         assert [g["weight_decay"] for g in groups] == [0.01, 0.0]
         assert all(g["betas"] == [0.9, 0.95] and g["eps"] == 1e-8 for g in groups)
+        assert state["scaler"] == {}                                  # no fp16 loss scaler on the CPU
     best3 = _ckpt_state(out, 3)["best"]
     assert best3 == {"patience": 0, "best_loss": log[1]["eval_loss"], "best_step": 3, "evals_since_best": 0,
                      "stopped_at": None}
@@ -150,6 +151,8 @@ def test_summary_of_the_run(run):
     n_params = sum(p.numel() for p in run["model"].parameters())
     assert s["params"]["trainable"] == s["params"]["total"] == n_params
     assert s["base_check"]["dataforge_loss"] == s["base_check"]["model_loss"]
+    first = [e for row in trainer.BatchPlan(run["train_ex"], run["cfg"]).rows(0) for e in row]   # micro-batch 0
+    assert (s["base_check"]["samples"], s["base_check"]["tokens"]) == (2, sum(len(e) for e in first))
     assert 0 <= s["wall_s"] < 600
     meta = json.loads((out / "model" / "dataforge.json").read_text())
     assert (meta["prompt_format"], meta["tasks"], meta["base_model"], meta["max_length"]) == \
@@ -163,13 +166,17 @@ def test_inverse_frequency_weights_come_from_the_training_samples(run):
     assert run["counts"] == [per_task + [0]]                          # no sample without a task
 
 
-def test_a_finished_run_started_again_redoes_nothing(run, tmp_path):
+def test_a_finished_run_started_again_redoes_nothing(run, tmp_path, monkeypatch, capsys):
     out = tmp_path / "again"
     shutil.copytree(run["out"], out)
     log_before = (out / "log.jsonl").read_text()
+    last = out / "checkpoints" / "step-0000008"
+    inode = last.stat().st_ino
+    monkeypatch.setenv("DATAFORGE_PROGRESS", "1")
     tok = tiny_tokenizer()
-    s = run_train(run["data"], out, TrainConfig(**CFG), model=tiny_llama(len(tok), seed=5), tokenizer=tok,
-                  progress=False)
+    s = run_train(run["data"], out, TrainConfig(**CFG), model=tiny_llama(len(tok), seed=5), tokenizer=tok)
+    assert "8/8" in capsys.readouterr().err                          # the bar starts where the run was
+    assert last.stat().st_ino == inode                               # the last checkpoint is not written again
     assert s["steps"] == TOTAL and s["resumed_from"] == str(out / "checkpoints" / "step-0000008")
     assert s["tokens"] == run["summary"]["tokens"] and s["tokens_per_s"] is None
     assert (out / "log.jsonl").read_text() == log_before
@@ -203,6 +210,14 @@ def test_one_clipped_step_shows_the_clip_and_adamws_betas_in_the_moments(run, tm
     assert s["eval_samples"] == 0 and "eval_loss" not in s and "best_step" not in s and "best_dir" not in s
     assert not (tmp_path / "one" / "best").exists() and (tmp_path / "one" / "model").is_dir()
     assert s["steps"] == s["total_steps"] == 1 and [e["step"] for e in read_log(tmp_path / "one")] == [1]
+    state = json.loads((tmp_path / "one" / "checkpoints" / "step-0000001" / "state.json").read_text())
+    assert [g["lr"] for g in state["param_groups"]] == [cfg.lr, cfg.lr]     # warmup max(1, round(0.03)) = 1 step
+    tok = tiny_tokenizer()
+    run_train(run["data"], tmp_path / "free", cfg.model_copy(update={"max_grad_norm": 0.0}),
+              model=tiny_llama(len(tok)), tokenizer=tok, progress=False)
+    free = load_file(str(tmp_path / "free" / "checkpoints" / "step-0000001" / "optimizer.safetensors"))
+    norm = float(torch.sqrt(sum((v.double() ** 2).sum() for k, v in free.items() if k.endswith(".exp_avg"))))
+    assert norm > 10 * 0.1 * 0.05                                    # 0 = no clipping: the raw gradient
 
 
 # ------------------------------------------------------------------------------ interrupts
@@ -260,9 +275,14 @@ def test_a_checkpoint_every_few_minutes(run, tmp_path, monkeypatch):
     assert sorted(p.name for p in (tmp_path / "timed" / "checkpoints").iterdir()) == \
         ["step-0000001", "step-0000002", "step-0000003"]
     tok = tiny_tokenizer()
-    run_train(run["data"], tmp_path / "untimed", cfg.model_copy(update={"save_minutes": 0.0}),
-              model=tiny_llama(len(tok)), tokenizer=tok, progress=False)
+    n_tok = len(tok)
+    s = run_train(run["data"], tmp_path / "untimed",
+                  cfg.model_copy(update={"save_minutes": 0.0, "eval_fraction": 0.1, "eval_every": 1, "keep_best": False,
+                                         "instruction_mask_prob": 0.3, "instruction_mask_mode": "drop"}),
+                  model=tiny_llama(len(tok)), tokenizer=tok, progress=False)
     assert sorted(p.name for p in (tmp_path / "untimed" / "checkpoints").iterdir()) == ["step-0000003"]
+    assert s["best_step"] in (1, 2, 3) and "best_dir" not in s and not (tmp_path / "untimed" / "best").exists()
+    assert len(tok) == n_tok                                         # dropping instruction tokens needs no mask token
 
 
 # ------------------------------------------------------------------------------ set-up helpers
@@ -371,3 +391,53 @@ def test_ewc_reference_files_by_suffix_and_text_lines_without_special_tokens(tmp
     got = trainer._reference_examples(TrainConfig(ewc_reference=str(text), ewc_samples=5), fmt, TaskInfo(), [])
     assert [e.input_ids for e in got] == [tok(two, add_special_tokens=False)["input_ids"],
                                           tok("the sea and the wind", add_special_tokens=False)["input_ids"]]
+
+
+def test_throughput_and_wall_time_by_the_trainers_clock(run, tmp_path, monkeypatch):
+    """The trainer's clock made to tick 2 s at every reading: t_start 2, t_saved 4, t_loop 6, t_window 8,
+    the log line of step 2 at 10 (tokens of steps 1-2 over 2 s), of step 3 at 12 (step 3's over 2 s),
+    loop end 14 (all tokens over 8 s), wall time 16 - 2. Steps of one micro-batch of 8 rows of at most 40
+    tokens: 5 of the 24 records have prompts too long for that and are dropped, long answers are cut; 19
+    samples -> micro-batches of 8, 8, 3 -> 3 steps an epoch, so the epoch of step 2 is 0.6667."""
+    from types import SimpleNamespace
+
+    clock = [0.0]
+
+    def tick():
+        clock[0] += 2.0
+        return clock[0]
+
+    monkeypatch.setattr(trainer, "time", SimpleNamespace(time=tick))
+    tok = tiny_tokenizer()
+    cfg = TrainConfig(max_steps=3, batch_size=8, pack=False, group_by_length=False, max_length=40, log_every=2,
+                      eval_fraction=0.0, save_every=0, save_minutes=0)
+    s = run_train(run["data"], tmp_path / "clock", cfg, model=tiny_llama(len(tok)), tokenizer=tok, progress=False)
+    examples = encode_records(read_records(run["data"]), PromptFormatter(tok, "auto", False, 40),
+                              TaskInfo(run["tasks"], cfg.task_kinds, cfg.temperature_by_kind), {})
+    assert len(examples) == s["train_samples"] == 19 and max(len(e) for e in examples) == 40
+    assert s["dropped"] == {"prompt_too_long": 5}
+    plan = trainer.BatchPlan(examples, cfg)
+    per_step = [sum(len(e) for row in plan.rows(g) for e in row) for g in range(3)]
+    log = read_log(tmp_path / "clock")
+    assert [(e["step"], e["epoch"], e["tokens"], e["tokens_per_s"]) for e in log] == [
+        (2, 0.6667, per_step[0] + per_step[1], round((per_step[0] + per_step[1]) / 2, 1)),
+        (3, 1.0, sum(per_step), round(per_step[2] / 2, 1))]
+    assert s["tokens"] == sum(per_step) and s["tokens_per_s"] == round(sum(per_step) / 8, 1)
+    assert s["wall_s"] == 14.0
+
+
+def test_refusals_before_training(run, tmp_path):
+    tok = tiny_tokenizer()
+    rejected = tmp_path / "rejected.jsonl"
+    write_records(rejected, [r.model_copy(update={"status": "rejected"}) for r in toy_records(3)])
+    with pytest.raises(DataforgeError) as err:
+        run_train(rejected, tmp_path / "r", TrainConfig(), model=tiny_llama(len(tok)), tokenizer=tok, progress=False)
+    assert str(err.value) == f"{rejected}: no usable training records (dropped: {{'status_rejected': 3}})"
+    empty = tmp_path / "empty.jsonl"
+    write_records(empty, [r.model_copy(update={"output": " "}) for r in toy_records(2)])
+    with pytest.raises(DataforgeError) as err:
+        run_train(empty, tmp_path / "r", TrainConfig(), model=tiny_llama(len(tok)), tokenizer=tok, progress=False)
+    assert str(err.value) == f"{empty}: no usable training records (dropped: {{'empty_output': 2}})"
+    with pytest.raises(DataforgeError) as err:
+        run_train(run["data"], tmp_path / "r", TrainConfig(qlora=True), model=tiny_llama(len(tok)), tokenizer=tok)
+    assert str(err.value) == "--qlora loads the base itself in 4-bit: give cfg.model, not run_train(model=...)"

@@ -81,6 +81,12 @@ def _ckpt_state(out, step):
     return json.loads((out / "checkpoints" / f"step-{step:07d}" / "state.json").read_text())
 
 
+def test_the_schedule_stays_at_its_floor_past_the_end():
+    assert trainer.lr_factor(3, 3, 2) == pytest.approx(0.1)            # one decay step: progress 1 at step 3
+    assert trainer.lr_factor(2, 3, 2) == pytest.approx(1.0)
+    assert trainer.lr_factor(9, 10, 7) == pytest.approx(0.1 + 0.45 * (1 + math.cos(math.pi * 2 / 3)))
+
+
 def test_steps_epochs_and_the_learning_rate_of_every_logged_step(run):
     log, s = run["log"], run["summary"]
     assert len(run["train_ex"]) == 22 and len(trainer.BatchPlan(run["train_ex"], run["cfg"])) == 11
@@ -347,9 +353,9 @@ def test_cross_process_sums_and_the_sync_check_in_a_one_process_group(tmp_path):
     tdist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
     try:
         d = trainer.Dist(rank=0, world=2)
-        sums, tokens = trainer._all_reduce_sum({"loss": 2.5, "lm": 1.25, "instruction": 0.5}, 37, d)
-        assert sums == {"instruction": 0.5, "lm": 1.25, "loss": 2.5} and tokens == 37
-        assert isinstance(tokens, int)
+        sums, tokens = trainer._all_reduce_sum({"loss": 0.1, "lm": 1 / 3, "instruction": 2.5}, 2 ** 25 + 1, d)
+        assert sums == {"instruction": 2.5, "lm": 1 / 3, "loss": 0.1}           # float64: exact, not float32's
+        assert tokens == 2 ** 25 + 1 and isinstance(tokens, int)
         _, _, obj, _ = _objective()
         assert trainer._ranks_in_sync(obj, d) is True
         assert trainer._ranks_in_sync(obj, trainer.Dist()) is True

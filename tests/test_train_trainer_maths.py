@@ -13,6 +13,7 @@ import os
 import shutil
 import signal
 import threading
+import warnings
 
 import pytest
 
@@ -62,7 +63,8 @@ def run(tmp_path_factory):
         seen_counts.append(list(counts))
         real_init(self, model, cfg, n_tasks, counts, anchor)
 
-    with pytest.MonkeyPatch.context() as mp:
+    with pytest.MonkeyPatch.context() as mp, warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         mp.setattr(Objective, "__init__", spy)
         summary = run_train(data, root / "run", cfg, model=model, tokenizer=tok, progress=False)
     records = list(read_records(data))
@@ -73,7 +75,7 @@ def run(tmp_path_factory):
     plan = trainer.BatchPlan(train_ex, cfg)
     step_tokens = [sum(len(e) for g in (2 * s, 2 * s + 1) for row in plan.rows(g) for e in row)
                    for s in range(TOTAL)]
-    return dict(summary=summary, out=root / "run", data=data, log=read_log(root / "run"), model=model,
+    return dict(summary=summary, out=root / "run", warnings=[str(w.message) for w in caught], data=data, log=read_log(root / "run"), model=model,
                 counts=seen_counts, train_ex=train_ex, tasks=tasks, step_tokens=step_tokens, cfg=cfg)
 
 
@@ -164,6 +166,8 @@ def test_summary_of_the_run(run):
     assert (meta["prompt_format"], meta["tasks"], meta["base_model"], meta["max_length"]) == \
         ("inst", run["tasks"], "smollm2", 128)
     assert run["model"].config.use_cache is False                   # gradient checkpointing turns it off
+    # ... through transformers 5's own name, not the deprecated alias (which warns)
+    assert not [w for w in run["warnings"] if "gradient_checkpointing_enable" in w]
 
 
 def test_inverse_frequency_weights_come_from_the_training_samples(run):
@@ -283,12 +287,17 @@ def test_a_checkpoint_every_few_minutes(run, tmp_path, monkeypatch):
     tok = tiny_tokenizer()
     n_tok = len(tok)
     s = run_train(run["data"], tmp_path / "untimed",
-                  cfg.model_copy(update={"save_minutes": 0.0, "eval_fraction": 0.1, "eval_every": 1, "keep_best": False,
-                                         "instruction_mask_prob": 0.3, "instruction_mask_mode": "drop"}),
+                  cfg.model_copy(update={"save_minutes": 0.0, "eval_fraction": 0.75, "eval_every": 1, "keep_best": False,
+                                         "instruction_mask_prob": 0.3, "instruction_mask_mode": "drop",
+                                         "max_length": 40}),
                   model=tiny_llama(len(tok)), tokenizer=tok, progress=False)
     assert sorted(p.name for p in (tmp_path / "untimed" / "checkpoints").iterdir()) == ["step-0000003"]
     assert s["best_step"] in (1, 2, 3) and "best_dir" not in s and not (tmp_path / "untimed" / "best").exists()
     assert len(tok) == n_tok                                         # dropping instruction tokens needs no mask token
+    # 5 of the 24 records have prompts over 40 tokens: 3 of the 6 kept for training, 2 of the 18 held out;
+    # the held-out ones are skipped, not counted as dropped training records
+    assert (s["records_used"], s["train_samples"], s["eval_samples"]) == (19, 3, 16)
+    assert s["dropped"] == {"prompt_too_long": 3}
 
 
 # ------------------------------------------------------------------------------ set-up helpers
@@ -417,14 +426,14 @@ def test_throughput_and_wall_time_by_the_trainers_clock(run, tmp_path, monkeypat
     tok = tiny_tokenizer()
     cfg = TrainConfig(max_steps=3, batch_size=8, pack=False, group_by_length=False, max_length=40, log_every=2,
                       eval_fraction=0.0, save_every=0, save_minutes=0)
-    s = run_train(run["data"], tmp_path / "clock", cfg, model=tiny_llama(len(tok)), tokenizer=tok, progress=False)
+    s = run_train(run["data"], tmp_path / "new" / "clock", cfg, model=tiny_llama(len(tok)), tokenizer=tok, progress=False)
     examples = encode_records(read_records(run["data"]), PromptFormatter(tok, "auto", False, 40),
                               TaskInfo(run["tasks"], cfg.task_kinds, cfg.temperature_by_kind), {})
     assert len(examples) == s["train_samples"] == 19 and max(len(e) for e in examples) == 40
     assert s["dropped"] == {"prompt_too_long": 5}
     plan = trainer.BatchPlan(examples, cfg)
     per_step = [sum(len(e) for row in plan.rows(g) for e in row) for g in range(3)]
-    log = read_log(tmp_path / "clock")
+    log = read_log(tmp_path / "new" / "clock")                        # parent folders are made too
     assert [(e["step"], e["epoch"], e["tokens"], e["tokens_per_s"]) for e in log] == [
         (2, 0.6667, per_step[0] + per_step[1], round((per_step[0] + per_step[1]) / 2, 1)),
         (3, 1.0, sum(per_step), round(per_step[2] / 2, 1))]

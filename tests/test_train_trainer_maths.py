@@ -48,10 +48,17 @@ def _factor(step: int) -> float:
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
+def data(tmp_path_factory):
+    path = tmp_path_factory.mktemp("data") / "data.jsonl"
+    write_records(path, toy_records(24))
+    return path
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory, data):
+    """The 8-step run. mutmut selects, for a mutant of run_train, the tests that called it: only the test
+    whose set-up ran this fixture counts as calling it, so every check of this run sits in one test."""
     root = tmp_path_factory.mktemp("maths")
-    data = root / "data.jsonl"
-    write_records(data, toy_records(24))
     tok = tiny_tokenizer()
     model = tiny_llama(len(tok))
     assert model.config.use_cache is True
@@ -75,8 +82,9 @@ def run(tmp_path_factory):
     plan = trainer.BatchPlan(train_ex, cfg)
     step_tokens = [sum(len(e) for g in (2 * s, 2 * s + 1) for row in plan.rows(g) for e in row)
                    for s in range(TOTAL)]
-    return dict(summary=summary, out=root / "run", warnings=[str(w.message) for w in caught], data=data, log=read_log(root / "run"), model=model,
-                counts=seen_counts, train_ex=train_ex, tasks=tasks, step_tokens=step_tokens, cfg=cfg)
+    return dict(summary=summary, out=root / "run", warnings=[str(w.message) for w in caught], data=data,
+                log=read_log(root / "run"), model=model, counts=seen_counts, train_ex=train_ex, tasks=tasks,
+                step_tokens=step_tokens, cfg=cfg)
 
 
 def _ckpt_state(out, step):
@@ -89,7 +97,16 @@ def test_the_schedule_stays_at_its_floor_past_the_end():
     assert trainer.lr_factor(9, 10, 7) == pytest.approx(0.1 + 0.45 * (1 + math.cos(math.pi * 2 / 3)))
 
 
-def test_steps_epochs_and_the_learning_rate_of_every_logged_step(run):
+def test_an_eight_step_run_against_hand_computed_figures(run):
+    _steps_epochs_and_the_learning_rate_of_every_logged_step(run)
+    _tokens_are_the_real_tokens_of_each_steps_micro_batches(run)
+    _an_eval_is_logged_once_on_the_next_log_line_and_the_best_is_kept(run)
+    _checkpoints_hold_their_step_the_best_so_far_and_the_optimizer_settings(run)
+    _summary_of_the_run(run)
+    _inverse_frequency_weights_come_from_the_training_samples(run)
+
+
+def _steps_epochs_and_the_learning_rate_of_every_logged_step(run):
     log, s = run["log"], run["summary"]
     assert len(run["train_ex"]) == 22 and len(trainer.BatchPlan(run["train_ex"], run["cfg"])) == 11
     assert s["steps"] == s["total_steps"] == TOTAL
@@ -101,7 +118,7 @@ def test_steps_epochs_and_the_learning_rate_of_every_logged_step(run):
     assert all(e["tokens_per_s"] > 0 for e in log)
 
 
-def test_tokens_are_the_real_tokens_of_each_steps_micro_batches(run):
+def _tokens_are_the_real_tokens_of_each_steps_micro_batches(run):
     log, s, per_step = run["log"], run["summary"], run["step_tokens"]
     cumulative = [sum(per_step[:n]) for n in range(1, TOTAL + 1)]
     assert [e["tokens"] for e in log] == [cumulative[n - 1] for n in (2, 4, 6, 8)]
@@ -110,7 +127,7 @@ def test_tokens_are_the_real_tokens_of_each_steps_micro_batches(run):
     assert s["tokens_per_s"] > 0 and s["resumed_from"] is None
 
 
-def test_an_eval_is_logged_once_on_the_next_log_line_and_the_best_is_kept(run):
+def _an_eval_is_logged_once_on_the_next_log_line_and_the_best_is_kept(run):
     log, s, out = run["log"], run["summary"], run["out"]
     assert "eval_loss" not in log[0] and "eval_loss" not in log[3]
     assert {"eval_loss", "eval_lm_loss", "eval_by"} <= set(log[1]) and "eval_loss" in log[2]
@@ -127,7 +144,7 @@ def test_an_eval_is_logged_once_on_the_next_log_line_and_the_best_is_kept(run):
     assert set(s["final_loss"]) == {"lm", "instruction", "instruction_weighted", "loss"}
 
 
-def test_checkpoints_hold_their_step_the_best_so_far_and_the_optimizer_settings(run):
+def _checkpoints_hold_their_step_the_best_so_far_and_the_optimizer_settings(run):
     out, log = run["out"], run["log"]
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-0000003", "step-0000006",
                                                                       "step-0000008"]
@@ -147,7 +164,7 @@ def test_checkpoints_hold_their_step_the_best_so_far_and_the_optimizer_settings(
     assert _ckpt_state(out, 8)["best"]["best_step"] == run["summary"]["best_step"]
 
 
-def test_summary_of_the_run(run):
+def _summary_of_the_run(run):
     s, out = run["summary"], run["out"]
     assert json.loads((out / "summary.json").read_text()) == s
     assert (s["input"], s["output_dir"], s["model_dir"]) == (str(run["data"]), str(out), str(out / "model"))
@@ -170,7 +187,7 @@ def test_summary_of_the_run(run):
     assert not [w for w in run["warnings"] if "gradient_checkpointing_enable" in w]
 
 
-def test_inverse_frequency_weights_come_from_the_training_samples(run):
+def _inverse_frequency_weights_come_from_the_training_samples(run):
     per_task = [sum(1 for e in run["train_ex"] if e.task_id == k) for k in range(3)]
     assert all(per_task) and sum(per_task) == 22
     assert run["counts"] == [per_task + [0]]                          # no sample without a task
@@ -193,12 +210,19 @@ def test_a_finished_run_started_again_redoes_nothing(run, tmp_path, monkeypatch,
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-0000003", "step-0000006",
                                                                       "step-0000008"]
     assert s["eval_loss"] == pytest.approx(run["summary"]["eval_loss"], rel=1e-6)   # the same weights
+    # a checkpoint without a token count (older versions) resumes counting from 0
+    state = json.loads((last / "state.json").read_text())
+    del state["tokens"]
+    (last / "state.json").write_text(json.dumps(state))
+    tok = tiny_tokenizer()
+    s = run_train(run["data"], out, TrainConfig(**CFG), model=tiny_llama(len(tok)), tokenizer=tok, progress=False)
+    assert s["tokens"] == 0 and s["steps"] == TOTAL
 
 
 # ------------------------------------------------------------------------------ one step, no eval
 
 
-def test_one_clipped_step_shows_the_clip_and_adamws_betas_in_the_moments(run, tmp_path, capsys, monkeypatch):
+def test_one_clipped_step_shows_the_clip_and_adamws_betas_in_the_moments(data, tmp_path, capsys, monkeypatch):
     """After one AdamW step m = 0.1 g and v = 0.05 g^2 (betas 0.9, 0.95) with g the clipped gradient, whose
     global norm is max_grad_norm: so |m| = 0.1 * 0.05 and v = 5 m^2."""
     from safetensors.torch import load_file
@@ -207,7 +231,7 @@ def test_one_clipped_step_shows_the_clip_and_adamws_betas_in_the_moments(run, tm
     tok = tiny_tokenizer()
     cfg = TrainConfig(max_steps=1, batch_size=4, max_length=128, max_grad_norm=0.05, eval_fraction=0.0,
                       save_minutes=0)
-    s = run_train(run["data"], tmp_path / "one", cfg, model=tiny_llama(len(tok)), tokenizer=tok)
+    s = run_train(data, tmp_path / "one", cfg, model=tiny_llama(len(tok)), tokenizer=tok)
     err = capsys.readouterr().err
     assert "train" in err and "1/1" in err and f"loss {s['final_loss']['loss']:.4f}" in err
     opt = load_file(str(tmp_path / "one" / "checkpoints" / "step-0000001" / "optimizer.safetensors"))
@@ -223,8 +247,12 @@ def test_one_clipped_step_shows_the_clip_and_adamws_betas_in_the_moments(run, tm
     state = json.loads((tmp_path / "one" / "checkpoints" / "step-0000001" / "state.json").read_text())
     assert [g["lr"] for g in state["param_groups"]] == [cfg.lr, cfg.lr]     # warmup max(1, round(0.03)) = 1 step
     tok = tiny_tokenizer()
-    run_train(run["data"], tmp_path / "free", cfg.model_copy(update={"max_grad_norm": 0.0}),
+    general = tmp_path / "general.txt"
+    general.write_text("the sea and the wind\none two three four\n", encoding="utf-8")
+    run_train(data, tmp_path / "free", cfg.model_copy(update={"max_grad_norm": 0.0, "ewc_weight": 0.01,
+                                                              "ewc_reference": str(general), "ewc_samples": 2}),
               model=tiny_llama(len(tok)), tokenizer=tok, progress=False)
+    assert read_log(tmp_path / "free")[0]["forgetting"] == 0.0           # EWC on, weights not moved yet
     free = load_file(str(tmp_path / "free" / "checkpoints" / "step-0000001" / "optimizer.safetensors"))
     norm = float(torch.sqrt(sum((v.double() ** 2).sum() for k, v in free.items() if k.endswith(".exp_avg"))))
     assert norm > 10 * 0.1 * 0.05                                    # 0 = no clipping: the raw gradient
@@ -233,24 +261,25 @@ def test_one_clipped_step_shows_the_clip_and_adamws_betas_in_the_moments(run, tm
 # ------------------------------------------------------------------------------ interrupts
 
 
-def test_an_interrupt_saves_the_step_reached_once_and_says_where(run, tmp_path, monkeypatch):
+def test_an_interrupt_saves_the_step_reached_once_and_says_where(data, tmp_path, monkeypatch):
     cfg = TrainConfig(max_steps=4, batch_size=4, max_length=128, save_every=2, eval_fraction=0.0, save_minutes=0)
+    before = signal.getsignal(signal.SIGTERM)
     for at, saved, names in ((3, 3, ["step-0000002", "step-0000003"]), (2, 2, ["step-0000002"])):
         out = tmp_path / f"at{at}"
         interrupt_at_step(monkeypatch, at)
         tok = tiny_tokenizer()
         with pytest.raises(DataforgeError) as err:
-            run_train(run["data"], out, cfg, model=tiny_llama(len(tok)), tokenizer=tok, progress=False)
+            run_train(data, out, cfg, model=tiny_llama(len(tok)), tokenizer=tok, progress=False)
         monkeypatch.undo()
         assert str(err.value) == (f"interrupted at step {at}/4; the checkpoint of step {saved} is in "
                                   f"{out / 'checkpoints'}: run the same command again to resume")
         assert sorted(p.name for p in (out / "checkpoints").iterdir()) == names
         assert [e["step"] for e in read_log(out)] == list(range(1, at + 1))
         assert _ckpt_state(out, saved)["step"] == saved
-        assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL     # the SIGTERM handler is undone
+        assert signal.getsignal(signal.SIGTERM) == before               # the SIGTERM handler is undone
 
 
-def test_an_interrupt_while_the_weights_change_saves_nothing(run, tmp_path, monkeypatch):
+def test_an_interrupt_while_the_weights_change_saves_nothing(data, tmp_path, monkeypatch):
     cfg = TrainConfig(max_steps=4, batch_size=4, max_length=128, save_every=0, save_minutes=0, eval_fraction=0.0)
     real_step, calls = torch.optim.AdamW.step, []
 
@@ -263,12 +292,12 @@ def test_an_interrupt_while_the_weights_change_saves_nothing(run, tmp_path, monk
     monkeypatch.setattr(torch.optim.AdamW, "step", step)
     tok = tiny_tokenizer()
     with pytest.raises(DataforgeError) as err:
-        run_train(run["data"], tmp_path / "mid", cfg, model=tiny_llama(len(tok)), tokenizer=tok, progress=False)
+        run_train(data, tmp_path / "mid", cfg, model=tiny_llama(len(tok)), tokenizer=tok, progress=False)
     assert str(err.value).startswith("interrupted at step 2/4; the checkpoint of step 0 is in ")
     assert not (tmp_path / "mid" / "checkpoints").exists() or not list((tmp_path / "mid" / "checkpoints").iterdir())
 
 
-def test_a_checkpoint_every_few_minutes(run, tmp_path, monkeypatch):
+def test_a_checkpoint_every_few_minutes(data, tmp_path, monkeypatch):
     """save_minutes: a checkpoint once that much time passed since the last one (the clock is made to jump
     5 minutes at every reading), none when it is 0 and save_every is 0."""
     clock = [1000.0]
@@ -281,15 +310,15 @@ def test_a_checkpoint_every_few_minutes(run, tmp_path, monkeypatch):
     monkeypatch.setattr(trainer.time, "time", now)
     cfg = TrainConfig(max_steps=3, batch_size=4, max_length=128, save_every=0, save_minutes=4.0,
                       eval_fraction=0.0, keep_checkpoints=10)
-    run_train(run["data"], tmp_path / "timed", cfg, model=tiny_llama(len(tok)), tokenizer=tok, progress=False)
+    run_train(data, tmp_path / "timed", cfg, model=tiny_llama(len(tok)), tokenizer=tok, progress=False)
     assert sorted(p.name for p in (tmp_path / "timed" / "checkpoints").iterdir()) == \
         ["step-0000001", "step-0000002", "step-0000003"]
     tok = tiny_tokenizer()
     n_tok = len(tok)
-    s = run_train(run["data"], tmp_path / "untimed",
-                  cfg.model_copy(update={"save_minutes": 0.0, "eval_fraction": 0.75, "eval_every": 1, "keep_best": False,
-                                         "instruction_mask_prob": 0.3, "instruction_mask_mode": "drop",
-                                         "max_length": 40}),
+    s = run_train(data, tmp_path / "untimed",
+                  cfg.model_copy(update={"save_minutes": 0.0, "eval_fraction": 0.75, "eval_every": 1,
+                                         "keep_best": False, "instruction_mask_prob": 0.3,
+                                         "instruction_mask_mode": "drop", "max_length": 40}),
                   model=tiny_llama(len(tok)), tokenizer=tok, progress=False)
     assert sorted(p.name for p in (tmp_path / "untimed" / "checkpoints").iterdir()) == ["step-0000003"]
     assert s["best_step"] in (1, 2, 3) and "best_dir" not in s and not (tmp_path / "untimed" / "best").exists()
@@ -408,7 +437,7 @@ def test_ewc_reference_files_by_suffix_and_text_lines_without_special_tokens(tmp
                                           tok("the sea and the wind", add_special_tokens=False)["input_ids"]]
 
 
-def test_throughput_and_wall_time_by_the_trainers_clock(run, tmp_path, monkeypatch):
+def test_throughput_and_wall_time_by_the_trainers_clock(data, tmp_path, monkeypatch):
     """The trainer's clock made to tick 2 s at every reading: t_start 2, t_saved 4, t_loop 6, t_window 8,
     the log line of step 2 at 10 (tokens of steps 1-2 over 2 s), of step 3 at 12 (step 3's over 2 s),
     loop end 14 (all tokens over 8 s), wall time 16 - 2. Steps of one micro-batch of 8 rows of at most 40
@@ -426,9 +455,9 @@ def test_throughput_and_wall_time_by_the_trainers_clock(run, tmp_path, monkeypat
     tok = tiny_tokenizer()
     cfg = TrainConfig(max_steps=3, batch_size=8, pack=False, group_by_length=False, max_length=40, log_every=2,
                       eval_fraction=0.0, save_every=0, save_minutes=0)
-    s = run_train(run["data"], tmp_path / "new" / "clock", cfg, model=tiny_llama(len(tok)), tokenizer=tok, progress=False)
-    examples = encode_records(read_records(run["data"]), PromptFormatter(tok, "auto", False, 40),
-                              TaskInfo(run["tasks"], cfg.task_kinds, cfg.temperature_by_kind), {})
+    s = run_train(data, tmp_path / "new" / "clock", cfg, model=tiny_llama(len(tok)), tokenizer=tok, progress=False)
+    tasks = TaskInfo(["classification", "generation", "math"], cfg.task_kinds, cfg.temperature_by_kind)
+    examples = encode_records(read_records(data), PromptFormatter(tok, "auto", False, 40), tasks, {})
     assert len(examples) == s["train_samples"] == 19 and max(len(e) for e in examples) == 40
     assert s["dropped"] == {"prompt_too_long": 5}
     plan = trainer.BatchPlan(examples, cfg)
@@ -441,7 +470,7 @@ def test_throughput_and_wall_time_by_the_trainers_clock(run, tmp_path, monkeypat
     assert s["wall_s"] == 14.0
 
 
-def test_refusals_before_training(run, tmp_path):
+def test_refusals_before_training(data, tmp_path):
     tok = tiny_tokenizer()
     rejected = tmp_path / "rejected.jsonl"
     write_records(rejected, [r.model_copy(update={"status": "rejected"}) for r in toy_records(3)])
@@ -454,5 +483,5 @@ def test_refusals_before_training(run, tmp_path):
         run_train(empty, tmp_path / "r", TrainConfig(), model=tiny_llama(len(tok)), tokenizer=tok, progress=False)
     assert str(err.value) == f"{empty}: no usable training records (dropped: {{'empty_output': 2}})"
     with pytest.raises(DataforgeError) as err:
-        run_train(run["data"], tmp_path / "r", TrainConfig(qlora=True), model=tiny_llama(len(tok)), tokenizer=tok)
+        run_train(data, tmp_path / "r", TrainConfig(qlora=True), model=tiny_llama(len(tok)), tokenizer=tok)
     assert str(err.value) == "--qlora loads the base itself in 4-bit: give cfg.model, not run_train(model=...)"

@@ -91,6 +91,18 @@ def _ckpt_state(out, step):
     return json.loads((out / "checkpoints" / f"step-{step:07d}" / "state.json").read_text())
 
 
+def test_unpacked_batches_grouped_by_length_hold_neighbours_in_length():
+    """pack off, group_by_length on: within a chunk of 32 batches' worth the samples are sorted by length and cut
+    into batches in that order (then the batches are shuffled), so each batch is a run of the sorted lengths."""
+    tok = tiny_tokenizer()
+    exs = encode_records(toy_records(10), PromptFormatter(tok, "auto"), TaskInfo(), {})
+    plan = trainer.BatchPlan(exs, TrainConfig(batch_size=3, pack=False, group_by_length=True))
+    got = sorted(tuple(sorted(len(e) for row in plan.rows(g) for e in row)) for g in range(len(plan)))
+    lengths = sorted(len(e) for e in exs)
+    assert got == sorted(tuple(lengths[k: k + 3]) for k in range(0, 10, 3))
+    assert len(set(lengths)) > 4                                    # the toy samples differ in length
+
+
 def test_the_schedule_stays_at_its_floor_past_the_end():
     assert trainer.lr_factor(3, 3, 2) == pytest.approx(0.1)            # one decay step: progress 1 at step 3
     assert trainer.lr_factor(2, 3, 2) == pytest.approx(1.0)

@@ -3,7 +3,8 @@ logged step, epoch fractions, tokens counted per step from the batch plan, when 
 checkpoints happen and what they hold, the task counts behind inverse-frequency weighting, gradient clipping
 and AdamW's betas seen through the saved moments, interrupts (what is saved and what is said), a finished run
 started again, and the set-up helpers (environment, base model directory, SIGTERM, cross-process sums).
-One tiny-Llama run (8 steps) is shared by most tests; everything runs in this process."""
+The 8-step tiny-Llama run is checked in one test (see the `run` fixture); everything runs in this process, so
+mutmut sees it."""
 
 from __future__ import annotations
 
@@ -55,10 +56,13 @@ def data(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory, data):
+def run(tmp_path_factory):
     """The 8-step run. mutmut selects, for a mutant of run_train, the tests that called it: only the test
     whose set-up ran this fixture counts as calling it, so every check of this run sits in one test."""
     root = tmp_path_factory.mktemp("maths")
+    data = root / "data.jsonl"                                        # two records without a task
+    write_records(data, [r.model_copy(update={"task": None}) if i in (3, 4) else r
+                         for i, r in enumerate(toy_records(24))])
     tok = tiny_tokenizer()
     model = tiny_llama(len(tok))
     assert model.config.use_cache is True
@@ -201,8 +205,9 @@ def _summary_of_the_run(run):
 
 def _inverse_frequency_weights_come_from_the_training_samples(run):
     per_task = [sum(1 for e in run["train_ex"] if e.task_id == k) for k in range(3)]
-    assert all(per_task) and sum(per_task) == 22
-    assert run["counts"] == [per_task + [0]]                          # no sample without a task
+    untasked = sum(1 for e in run["train_ex"] if e.task_id < 0)
+    assert all(per_task) and untasked == 2 and sum(per_task) == 20
+    assert run["counts"] == [per_task + [untasked]]                   # the last slot: samples without a task
 
 
 def test_a_finished_run_started_again_redoes_nothing(run, tmp_path, monkeypatch, capsys):
@@ -243,7 +248,9 @@ def test_one_clipped_step_shows_the_clip_and_adamws_betas_in_the_moments(data, t
     tok = tiny_tokenizer()
     cfg = TrainConfig(max_steps=1, batch_size=4, max_length=128, max_grad_norm=0.05, eval_fraction=0.0,
                       save_minutes=0)
-    s = run_train(data, tmp_path / "one", cfg, model=tiny_llama(len(tok)), tokenizer=tok)
+    model = tiny_llama(len(tok) + 8)                   # more embedding rows than tokens (as many real models)
+    s = run_train(data, tmp_path / "one", cfg, model=model, tokenizer=tok)
+    assert model.get_input_embeddings().weight.shape[0] == len(tok) + 8     # never shrunk to the tokenizer
     err = capsys.readouterr().err
     assert "train" in err and "1/1" in err and f"loss {s['final_loss']['loss']:.4f}" in err
     opt = load_file(str(tmp_path / "one" / "checkpoints" / "step-0000001" / "optimizer.safetensors"))
@@ -497,3 +504,16 @@ def test_refusals_before_training(data, tmp_path):
     with pytest.raises(DataforgeError) as err:
         run_train(data, tmp_path / "r", TrainConfig(qlora=True), model=tiny_llama(len(tok)), tokenizer=tok)
     assert str(err.value) == "--qlora loads the base itself in 4-bit: give cfg.model, not run_train(model=...)"
+
+
+def test_the_configured_temperatures_are_the_heads_targets(data, tmp_path):
+    """The temperature head's loss at step 1 (same start, same batch) changes with temperature_by_kind: the
+    configured temperatures, not the defaults, are its targets."""
+    losses = []
+    for temps in (None, {"factual": 1.5, "reasoning": 1.5, "creative": 1.5}):
+        tok = tiny_tokenizer()
+        cfg = TrainConfig(max_steps=1, batch_size=4, max_length=128, eval_fraction=0.0, temperature_head=True,
+                          **({"temperature_by_kind": temps} if temps else {}))
+        run_train(data, tmp_path / str(len(losses)), cfg, model=tiny_llama(len(tok)), tokenizer=tok, progress=False)
+        losses.append(read_log(tmp_path / str(len(losses)))[0]["temperature"])
+    assert losses[0] > 0 and losses[1] > 0 and abs(losses[0] - losses[1]) > 1e-3

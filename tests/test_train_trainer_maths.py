@@ -261,6 +261,7 @@ def test_one_clipped_step_shows_the_clip_and_adamws_betas_in_the_moments(data, t
     for a, b in zip(m, v):
         assert torch.allclose(b.double(), 5 * a.double() ** 2, rtol=1e-4, atol=1e-16)
     assert s["eval_samples"] == 0 and "eval_loss" not in s and "best_step" not in s and "best_dir" not in s
+    assert s["eval_loss_by"] == {}
     assert not (tmp_path / "one" / "best").exists() and (tmp_path / "one" / "model").is_dir()
     assert s["steps"] == s["total_steps"] == 1 and [e["step"] for e in read_log(tmp_path / "one")] == [1]
     state = json.loads((tmp_path / "one" / "checkpoints" / "step-0000001" / "state.json").read_text())
@@ -317,21 +318,25 @@ def test_an_interrupt_while_the_weights_change_saves_nothing(data, tmp_path, mon
 
 
 def test_a_checkpoint_every_few_minutes(data, tmp_path, monkeypatch):
-    """save_minutes: a checkpoint once that much time passed since the last one (the clock is made to jump
-    5 minutes at every reading), none when it is 0 and save_every is 0."""
+    """save_minutes: a checkpoint once that much time passed since the last one. The trainer's clock ticks
+    5 minutes at every reading; after a save the next due check is two readings (10 minutes) later, exactly
+    save_minutes = 10, so every step saves. None when save_minutes and save_every are 0."""
+    from types import SimpleNamespace
+
     clock = [1000.0]
 
     def now():
-        clock[0] += 60.0 * 5                                # each reading 5 minutes later
+        clock[0] += 300.0
         return clock[0]
 
+    monkeypatch.setattr(trainer, "time", SimpleNamespace(time=now))
     tok = tiny_tokenizer()
-    monkeypatch.setattr(trainer.time, "time", now)
-    cfg = TrainConfig(max_steps=3, batch_size=4, max_length=128, save_every=0, save_minutes=4.0,
+    cfg = TrainConfig(max_steps=3, batch_size=4, max_length=128, save_every=0, save_minutes=10.0,
                       eval_fraction=0.0, keep_checkpoints=10)
     run_train(data, tmp_path / "timed", cfg, model=tiny_llama(len(tok)), tokenizer=tok, progress=False)
     assert sorted(p.name for p in (tmp_path / "timed" / "checkpoints").iterdir()) == \
         ["step-0000001", "step-0000002", "step-0000003"]
+    monkeypatch.undo()
     tok = tiny_tokenizer()
     n_tok = len(tok)
     s = run_train(data, tmp_path / "untimed",
@@ -457,17 +462,19 @@ def test_ewc_reference_files_by_suffix_and_text_lines_without_special_tokens(tmp
 
 
 def test_throughput_and_wall_time_by_the_trainers_clock(data, tmp_path, monkeypatch):
-    """The trainer's clock made to tick 2 s at every reading: t_start 2, t_saved 4, t_loop 6, t_window 8,
-    the log line of step 2 at 10 (tokens of steps 1-2 over 2 s), of step 3 at 12 (step 3's over 2 s),
-    loop end 14 (all tokens over 8 s), wall time 16 - 2. Steps of one micro-batch of 8 rows of at most 40
-    tokens: 5 of the 24 records have prompts too long for that and are dropped, long answers are cut; 19
-    samples -> micro-batches of 8, 8, 3 -> 3 steps an epoch, so the epoch of step 2 is 0.6667."""
+    """The trainer's clock made to tick 1.001 s at every reading: t_start, t_saved, t_loop, t_window are
+    readings 1-4, the log line of step 2 is reading 5 (tokens of steps 1-2 over one tick), of step 3 reading 6
+    (step 3's over one tick), the loop ends at 7 (all tokens over 4 ticks), the wall time is 8 - 1 ticks.
+    Steps of one micro-batch of 8 rows of at most 40 tokens: 5 of the 24 records have prompts too long for
+    that and are dropped, long answers are cut; 19 samples -> micro-batches of 8, 8, 3 -> 3 steps an epoch,
+    so the epoch of step 2 is 0.6667."""
     from types import SimpleNamespace
 
-    clock = [0.0]
+    readings, clock = [], [0.0]
 
     def tick():
-        clock[0] += 2.0
+        clock[0] += 1.001
+        readings.append(clock[0])
         return clock[0]
 
     monkeypatch.setattr(trainer, "time", SimpleNamespace(time=tick))
@@ -475,6 +482,8 @@ def test_throughput_and_wall_time_by_the_trainers_clock(data, tmp_path, monkeypa
     cfg = TrainConfig(max_steps=3, batch_size=8, pack=False, group_by_length=False, max_length=40, log_every=2,
                       eval_fraction=0.0, save_every=0, save_minutes=0)
     s = run_train(data, tmp_path / "new" / "clock", cfg, model=tiny_llama(len(tok)), tokenizer=tok, progress=False)
+    assert len(readings) == 8
+    t = [None] + readings                                              # t[k]: the k-th reading
     tasks = TaskInfo(["classification", "generation", "math"], cfg.task_kinds, cfg.temperature_by_kind)
     examples = encode_records(read_records(data), PromptFormatter(tok, "auto", False, 40), tasks, {})
     assert len(examples) == s["train_samples"] == 19 and max(len(e) for e in examples) == 40
@@ -483,11 +492,10 @@ def test_throughput_and_wall_time_by_the_trainers_clock(data, tmp_path, monkeypa
     per_step = [sum(len(e) for row in plan.rows(g) for e in row) for g in range(3)]
     log = read_log(tmp_path / "new" / "clock")                        # parent folders are made too
     assert [(e["step"], e["epoch"], e["tokens"], e["tokens_per_s"]) for e in log] == [
-        (2, 0.6667, per_step[0] + per_step[1], round((per_step[0] + per_step[1]) / 2, 1)),
-        (3, 1.0, sum(per_step), round(per_step[2] / 2, 1))]
-    assert s["tokens"] == sum(per_step) and s["tokens_per_s"] == round(sum(per_step) / 8, 1)
-    assert s["wall_s"] == 14.0
-
+        (2, 0.6667, per_step[0] + per_step[1], round((per_step[0] + per_step[1]) / (t[5] - t[4]), 1)),
+        (3, 1.0, sum(per_step), round(per_step[2] / (t[6] - t[5]), 1))]
+    assert s["tokens"] == sum(per_step) and s["tokens_per_s"] == round(sum(per_step) / (t[7] - t[3]), 1)
+    assert s["wall_s"] == round(t[8] - t[1], 2) == 7.01
 
 def test_refusals_before_training(data, tmp_path):
     tok = tiny_tokenizer()
@@ -517,3 +525,11 @@ def test_the_configured_temperatures_are_the_heads_targets(data, tmp_path):
         run_train(data, tmp_path / str(len(losses)), cfg, model=tiny_llama(len(tok)), tokenizer=tok, progress=False)
         losses.append(read_log(tmp_path / str(len(losses)))[0]["temperature"])
     assert losses[0] > 0 and losses[1] > 0 and abs(losses[0] - losses[1]) > 1e-3
+
+
+def test_bf16_on_the_cpu_trains_under_autocast_and_says_so(data, tmp_path):
+    tok = tiny_tokenizer()
+    s = run_train(data, tmp_path / "bf16", TrainConfig(max_steps=1, batch_size=4, max_length=128, eval_fraction=0.0,
+                                                       bf16="on"), model=tiny_llama(len(tok)), tokenizer=tok,
+                  progress=False)
+    assert s["precision"] == "bfloat16" and math.isfinite(s["final_loss"]["loss"])

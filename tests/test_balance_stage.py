@@ -1,5 +1,6 @@
 """balance's stage plumbing, by hand: which side files count, which output formats can carry dropped records,
-which embedder is used, and the topics of a state that holds no row. Fast: no model is loaded."""
+which embedder is used, the per-record state's embeddings on disk, and the topics of a state that holds no
+row; where a complexity level comes from. Fast: no model is loaded."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import pytest
 
 from dataforge.curate.balance import BalanceConfig, BalanceStage, run_balance
 from dataforge.curate.balance_state import BalanceState
+from dataforge.curate.levels import LevelScheme, complexity_of, level_of
 from dataforge.errors import DataforgeError
 from dataforge.io import read_records, write_records
 from dataforge.records import Record
@@ -63,9 +65,36 @@ def test_the_embedder_option_is_the_one_used(tmp_path):
 @pytest.mark.parametrize("method", ["kmeans", "hdbscan"])
 def test_a_state_without_rows_has_no_topics(tmp_path, method):
     """The topics of a state that embedded nothing: no label, no key, k 0, the method asked for (no
-    clustering of an empty matrix). run_stage refuses an empty input, so this guards the stage's own use."""
+    clustering of an empty matrix), and no duplicate id. run_stage refuses an empty input, so this guards
+    the stage's own use."""
     stage = BalanceStage(BalanceConfig(method=method))
     stage.state = BalanceState(tmp_path / "work", stage.scheme, seed=0)
     labels, keys, info = stage._topics(ctx=None)
     assert isinstance(labels, np.ndarray) and labels.shape == (0,) and labels.dtype == np.int64
     assert keys == [] and info == {"topics": {}, "method": method, "k": 0}
+    assert stage.state.duplicate_ids() == 0
+
+
+def test_the_state_appends_embeddings_to_a_file_in_its_work_folder(tmp_path):
+    """Embeddings go to disk as float32 rows in the order they come, batch after batch (bounded memory)."""
+    state = BalanceState(tmp_path / "work", LevelScheme(), seed=0)
+    assert state.vectors is None
+    a = np.arange(6, dtype=np.float64).reshape(2, 3) / 7
+    b = np.array([[1.5, -2.0, 0.25]], dtype=np.float32)
+    state.add_vectors(a)
+    state.add_vectors(b)
+    rows = state.vectors.read(0, state.vectors.n)
+    assert state.vectors.n == 3 and rows.shape == (3, 3) and rows.dtype == np.float32
+    assert np.array_equal(rows, np.vstack([a.astype(np.float32), b]))
+    assert state.vectors.path.parent == tmp_path / "work"  # removed with the stage's scratch folder
+
+
+def test_the_complexity_level_comes_from_the_field_else_the_gate_score_else_the_depth():
+    """record.complexity first, then the gate's scores["complexity"] (an int is read as a number), then the
+    evolution round; neither: unrated."""
+    assert complexity_of(Record(instruction="x", scores={"complexity": 8})) == 8.0
+    assert level_of(Record(instruction="x", scores={"complexity": 8})) == "high"
+    assert level_of(Record(instruction="x", scores={"complexity": 5.0}, lineage={"round": 3})) == "mid"
+    assert level_of(Record(instruction="x", complexity=2.0, scores={"complexity": 9.0})) == "low"
+    assert complexity_of(Record(instruction="x", scores={"coherence": 0.9})) is None
+    assert level_of(Record(instruction="x", scores={"coherence": 0.9})) == "unrated"

@@ -52,6 +52,18 @@ def test_dropped_records_stay_in_a_parquet_output_with_their_reason(tmp_path):
                                   "tell dropped records from kept ones")
 
 
+def test_an_input_that_arrived_all_rejected_keeps_nothing_and_counts_everything(tmp_path):
+    """No candidate at all: nothing kept, every record goes to the rejects file with the gate's reason, the
+    summary counts them as arrived rejected."""
+    src, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    write_records(src, [_rec(i, status="rejected", reasons=["gate:coherence"]) for i in range(3)])
+    s = run_balance(src, out, BalanceConfig(reuse_topics=True), progress=False)
+    d = s.details
+    assert d["candidates"] == 0 and d["kept"] == 0 and d["arrived_rejected"] == 3 and d["dropped_by_balance"] == 0
+    assert d["by_reason"] == {"gate": 3} and s.out == {"rejected": 3} and out.read_text() == ""
+    assert [r.reasons for r in read_records(tmp_path / "out.jsonl.rejected.jsonl")] == [["gate:coherence"]] * 3
+
+
 def test_the_embedder_option_is_the_one_used(tmp_path):
     """--embedder names the model folder that embeds the prompts: a folder that holds no model is refused
     (the default model is never used in its place)."""
@@ -76,9 +88,14 @@ def test_a_state_without_rows_has_no_topics(tmp_path, method):
 
 
 def test_the_state_appends_embeddings_to_a_file_in_its_work_folder(tmp_path):
-    """Embeddings go to disk as float32 rows in the order they come, batch after batch (bounded memory)."""
-    state = BalanceState(tmp_path / "work", LevelScheme(), seed=0)
-    assert state.vectors is None
+    """Embeddings go to disk as float32 rows in the order they come, batch after batch (bounded memory), in
+    a work folder the state makes (parents too) and empties first (what a killed run left is not reused)."""
+    work = tmp_path / "scratch" / "work"
+    state = BalanceState(work, LevelScheme(), seed=0)
+    assert work.is_dir() and state.vectors is None
+    (work / "embeddings.f32").write_bytes(b"left by a killed run")
+    state = BalanceState(work, LevelScheme(), seed=0)
+    assert list(work.iterdir()) == []
     a = np.arange(6, dtype=np.float64).reshape(2, 3) / 7
     b = np.array([[1.5, -2.0, 0.25]], dtype=np.float32)
     state.add_vectors(a)
@@ -86,7 +103,7 @@ def test_the_state_appends_embeddings_to_a_file_in_its_work_folder(tmp_path):
     rows = state.vectors.read(0, state.vectors.n)
     assert state.vectors.n == 3 and rows.shape == (3, 3) and rows.dtype == np.float32
     assert np.array_equal(rows, np.vstack([a.astype(np.float32), b]))
-    assert state.vectors.path.parent == tmp_path / "work"  # removed with the stage's scratch folder
+    assert state.vectors.path.parent == work  # removed with the stage's scratch folder
 
 
 def test_the_complexity_level_comes_from_the_field_else_the_gate_score_else_the_depth():

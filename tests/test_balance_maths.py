@@ -133,6 +133,42 @@ def test_level_scheme_defaults_and_errors():
             BalanceConfig(level_names=bad).scheme()
 
 
+def test_level_targets_and_edges_parsed_and_refused_by_hand():
+    """--levels-target: empty, blank or 'uniform' is uniform; empty items are skipped; a share may be 0; each
+    refusal names the option, the text and what is expected. Edges and schemes likewise."""
+    from dataforge.curate.levels import LevelScheme, parse_edges, parse_target
+
+    names = ("low", "mid", "high")
+    for text in (None, "", "   ", "uniform", " uniform "):
+        assert parse_target(text, names) == {"low": 1 / 3, "mid": 1 / 3, "high": 1 / 3}
+    assert parse_target("low=1,,high=1, ", names) == {"low": 0.5, "mid": 0.0, "high": 0.5}
+    assert parse_target("low=0,high=2", names) == {"low": 0.0, "mid": 0.0, "high": 1.0}
+    refused = {
+        "low=1=2": "--levels-target 'low=1=2': '1=2' is not a number",
+        "top=1": "--levels-target 'top=1': each item must be LEVEL=SHARE with LEVEL in low, mid, high",
+        "low=-1,high=2": "--levels-target 'low=-1,high=2': shares must be >= 0",
+        "low=0,high=0": "--levels-target 'low=0,high=0': shares must add up to more than 0",
+    }
+    for text, message in refused.items():
+        with pytest.raises(DataforgeError) as err:
+            parse_target(text, names)
+        assert str(err.value) == message
+    assert parse_edges("2, 5,", (4.0, 7.0)) == (2.0, 5.0) and parse_edges(None, (4.0, 7.0)) == (4.0, 7.0)
+    with pytest.raises(DataforgeError) as err:
+        parse_edges("4,seven", (4.0, 7.0))
+    assert str(err.value) == "level edges '4,seven': expected comma-separated numbers, e.g. 4,7"
+    schemes = {
+        (("a", "b"), (1.0, 2.0), (1.0,)): "score level edges [1.0, 2.0] need exactly 1 values for levels ['a', 'b']",
+        (("a", "b"), (1.0,), ()): "depth level edges [] need exactly 1 values for levels ['a', 'b']",
+        (("a", "b", "c"), (7.0, 4.0), (1.0, 2.0)): "score level edges [7.0, 4.0] must be increasing",
+        (("a", "b", "c"), (4.0, 7.0), (2.0, 1.0)): "depth level edges [2.0, 1.0] must be increasing",
+    }
+    for (level_names, score, depth), message in schemes.items():
+        with pytest.raises(DataforgeError) as err:
+            LevelScheme(level_names, score, depth)
+        assert str(err.value) == message
+
+
 # ---------------------------------------------------------------- running the stage
 
 

@@ -176,6 +176,10 @@ def run_mutmut(scratch: Path, jobs: int, log: Path, only: list[str] | None = Non
     # pool (libgomp) does not survive a fork, so the child hangs in its first parallel op (embeddings) until
     # the wall timeout, and the mutant is wrongly counted as detected. One thread means no pool.
     env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
+    # Every mutant's run is a fresh pytest session with a fresh cache folder, so each test that embeds
+    # would export the embedder to ONNX again (10-30 s a mutant); tests/conftest.py links the sessions'
+    # export folder here instead (exports are keyed by the model files' hash and written atomically).
+    env.setdefault("DATAFORGE_TEST_ONNX_DIR", str(SCRATCH_ROOT / "onnx"))
     shared = REPO.parent / "shared" / "data"
     if shared.is_dir():
         env.setdefault("DATAFORGE_SHARED_DATA", str(shared))  # conftest looks beside the repo, not the copy

@@ -30,6 +30,14 @@ def shared_data() -> Path:
 def _isolated_cache(tmp_path_factory, monkeypatch):
     """Each test session writes request/embedding caches under a temp dir, never the user's home."""
     cache = tmp_path_factory.getbasetemp() / "dataforge-cache"
+    shared_onnx = os.environ.get("DATAFORGE_TEST_ONNX_DIR")
+    if shared_onnx and not (cache / "onnx").exists():
+        # scripts/mutation.py runs a fresh pytest session per mutant: without this each one would
+        # export the embedder to ONNX again (10-30 s); the export is keyed by the model files' hash
+        # and written atomically, so sessions can share it
+        cache.mkdir(parents=True, exist_ok=True)
+        Path(shared_onnx).mkdir(parents=True, exist_ok=True)
+        (cache / "onnx").symlink_to(Path(shared_onnx).resolve(), target_is_directory=True)
     monkeypatch.setenv("DATAFORGE_CACHE_DIR", str(cache))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")

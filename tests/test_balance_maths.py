@@ -133,6 +133,42 @@ def test_level_scheme_defaults_and_errors():
             BalanceConfig(level_names=bad).scheme()
 
 
+def test_level_targets_and_edges_parsed_and_refused_by_hand():
+    """--levels-target: empty, blank or 'uniform' is uniform; empty items are skipped; a share may be 0; each
+    refusal names the option, the text and what is expected. Edges and schemes likewise."""
+    from dataforge.curate.levels import LevelScheme, parse_edges, parse_target
+
+    names = ("low", "mid", "high")
+    for text in (None, "", "   ", "uniform", " uniform "):
+        assert parse_target(text, names) == {"low": 1 / 3, "mid": 1 / 3, "high": 1 / 3}
+    assert parse_target("low=1,,high=1, ", names) == {"low": 0.5, "mid": 0.0, "high": 0.5}
+    assert parse_target("low=0,high=2", names) == {"low": 0.0, "mid": 0.0, "high": 1.0}
+    refused = {
+        "low=1=2": "--levels-target 'low=1=2': '1=2' is not a number",
+        "top=1": "--levels-target 'top=1': each item must be LEVEL=SHARE with LEVEL in low, mid, high",
+        "low=-1,high=2": "--levels-target 'low=-1,high=2': shares must be >= 0",
+        "low=0,high=0": "--levels-target 'low=0,high=0': shares must add up to more than 0",
+    }
+    for text, message in refused.items():
+        with pytest.raises(DataforgeError) as err:
+            parse_target(text, names)
+        assert str(err.value) == message
+    assert parse_edges("2, 5,", (4.0, 7.0)) == (2.0, 5.0) and parse_edges(None, (4.0, 7.0)) == (4.0, 7.0)
+    with pytest.raises(DataforgeError) as err:
+        parse_edges("4,seven", (4.0, 7.0))
+    assert str(err.value) == "level edges '4,seven': expected comma-separated numbers, e.g. 4,7"
+    schemes = {
+        (("a", "b"), (1.0, 2.0), (1.0,)): "score level edges [1.0, 2.0] need exactly 1 values for levels ['a', 'b']",
+        (("a", "b"), (1.0,), ()): "depth level edges [] need exactly 1 values for levels ['a', 'b']",
+        (("a", "b", "c"), (7.0, 4.0), (1.0, 2.0)): "score level edges [7.0, 4.0] must be increasing",
+        (("a", "b", "c"), (4.0, 7.0), (2.0, 1.0)): "depth level edges [2.0, 1.0] must be increasing",
+    }
+    for (level_names, score, depth), message in schemes.items():
+        with pytest.raises(DataforgeError) as err:
+            LevelScheme(level_names, score, depth)
+        assert str(err.value) == message
+
+
 # ---------------------------------------------------------------- running the stage
 
 
@@ -210,54 +246,6 @@ def test_side_files_are_read_only_when_asked(tmp_path):
     s = run_balance(src, out, BalanceConfig(reuse_topics=True, upstream=[str(extra)], auto_upstream=False),
                     progress=False)
     assert s.details["upstream_counted"] == 2 and s.records_in == 2
-
-
-def test_topics_are_clustered_when_not_reused(tmp_path, monkeypatch, capsys):
-    """Without --reuse-topics the records are embedded (real MiniLM) and clustered: 4 sources -> 4 topics that
-    each hold one source, keys `NN_terms`, the model's names when asked, and the clustering facts in the stats."""
-    import json
-    from collections import Counter
-
-    from conftest import TEST_DATA
-    from dataforge.llm import BackendConfig, make_llm
-    from dataforge.testing.loopback import LoopbackServer, last_user_message
-
-    rows = [json.loads(line) for line in (TEST_DATA / "curate_topics.jsonl").read_text().splitlines()]
-    recs = [Record(instruction=r["instruction"], output="ok", complexity=2.0, topic="ignored", meta={"source": r["source"]})
-            for r in rows]
-    recs[0] = recs[0].model_copy(update={"topic": None})  # one record without a topic: reuse is impossible
-    src, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
-    write_records(src, recs)
-    monkeypatch.setenv("DATAFORGE_PROGRESS", "1")
-    s = run_balance(src, out, BalanceConfig(reuse_topics=True, k=4, topic_cap_ratio=None), progress=True)
-    assert "embed" in capsys.readouterr().err  # the embedding pass shows its bar too
-    assert s.details["topics"] == 4 and s.details["kept"] == 48  # one level, no cap: everything is kept
-    kept = list(read_records(out))
-    by_topic: dict[str, Counter] = {}
-    for r in kept:
-        assert r.topic[:2].isdigit() and r.topic[2] == "_" and r.topic != "ignored"
-        by_topic.setdefault(r.topic, Counter())[r.meta["source"]] += 1
-    assert sorted(len(c) for c in by_topic.values()) == [1, 1, 1, 1]  # each topic is one source
-    stats = json.loads((tmp_path / "out.jsonl.stats.json").read_text())
-    facts = stats["balance"]["clustering"]
-    assert facts["method"] == "kmeans" and facts["k"] == 4 and facts["embed_s"] >= 0 and facts["cluster_s"] >= 0
-    from dataforge.curate.balance import assign_topics
-
-    with pytest.raises(DataforgeError, match="--name-topics needs a model"):
-        assign_topics(recs, BalanceConfig(k=4, name_topics=True), llm=None, progress=False)
-
-    def namer(body):
-        text = last_user_message(body).lower()
-        return "Topic: Baking Recipes" if "recipe" in text or "bake" in text else "Travel tips"
-
-    with LoopbackServer(namer) as srv:
-        llm = make_llm(BackendConfig(backend="openai", base_url=srv.base_url, model="test", no_cache=True))
-        s = run_balance(src, out, BalanceConfig(k=4, name_topics=True), llm=llm, progress=False)
-    names = {r.topic for r in read_records(out)}
-    assert any(t.endswith("_baking_recipes") for t in names) and s.tokens.total > 0
-    topics = json.loads((tmp_path / "out.jsonl.stats.json").read_text())["topics"]
-    baking = [v for k, v in topics.items() if k.endswith("_baking_recipes")]
-    assert baking and all(v["name"] == "Baking Recipes" and v["label"] and v["label"] != v["name"] for v in baking)
 
 
 def test_the_whole_summary_and_stats_of_a_small_run(tmp_path):

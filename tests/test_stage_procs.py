@@ -97,3 +97,34 @@ def test_decontaminate_with_workers_writes_what_one_process_writes(tmp_path):
     rejected = [json.loads(line) for line in open(tmp_path / "out2.jsonl.rejected.jsonl", encoding="utf-8")]
     assert [r["instruction"] for r in rejected][:3] == ["Story 0.", "Story 97.", "Story 194."]
     assert rejected[0]["reasons"] == ["contaminated:bench.txt:1"]
+
+
+MARK = {"value": "set at import"}
+
+
+class Peek(Work):
+    """Returns what this process sees of MARK (forked workers see the parent's state at the fork)."""
+
+    processes = 2
+
+    def run(self, batch):
+        return MARK["value"], batch
+
+
+def test_workers_are_forked_and_only_a_few_batches_are_in_flight():
+    MARK["value"] = "set at run time"
+    pulled, seen = [0], []
+
+    def batches():
+        for k in range(40):
+            pulled[0] += 1
+            yield [k]
+
+    async def go():
+        async for mark, batch in LocalMapper().map(Peek(), batches()):
+            seen.append((mark, batch, pulled[0]))
+    run_sync(go())
+    assert [b for _, b, _ in seen] == [[k] for k in range(40)]
+    assert {m for m, _, _ in seen} == {"set at run time"}  # forked, not spawned (a spawn re-imports)
+    # at most two batches per worker ahead of the one handed back
+    assert max(p - k for k, (_, _, p) in enumerate(seen)) <= 2 * Peek.processes

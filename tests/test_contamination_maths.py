@@ -95,3 +95,19 @@ def test_an_index_holds_every_ngram_short_item_and_byte_window_and_the_first_ite
     got = dict(zip(*(a.tolist() for a in idx.tables["c"])))
     assert got == chars and idx.tables["c"][0].tolist() == sorted(chars)
     assert set(got.values()) == {0, 1, 2}  # "too short" (9 bytes) holds no 16-byte window
+
+
+def test_powers_are_p_to_the_i_and_its_inverse_grown_on_demand():
+    powers = C._Powers()
+    assert powers.fwd.tolist() == [1] and powers.inv.tolist() == [1]
+    inv = pow(P, -1, 1 << 64)
+    fwd, back = powers.upto(5)
+    assert fwd.tolist() == [pow(P, i, 1 << 64) for i in range(5)]
+    assert back.tolist() == [pow(inv, i, 1 << 64) for i in range(5)]
+    assert len(powers.fwd) == 1 << 20  # grown once to a million, not per call
+    big = (1 << 20) + 3
+    fwd, back = powers.upto(big)
+    assert len(fwd) == big and len(powers.fwd) == 1 << 21
+    assert fwd[-1] == pow(P, big - 1, 1 << 64) and back[-1] == pow(inv, big - 1, 1 << 64)
+    assert all((int(a) * int(b)) & M == 1 for a, b in zip(fwd[:50], back[:50]))
+    assert powers.upto(7)[0].tolist() == [pow(P, i, 1 << 64) for i in range(7)]

@@ -95,13 +95,15 @@ def test_single_file_keeps_everything_with_status(tmp_path):
     assert not (tmp_path / "all.jsonl.review.jsonl").exists()
 
 
-def test_interrupted_run_resumes_to_the_same_result(tmp_path):
-    """Ctrl-C in the middle of judging (raised in the main thread by the loopback server after 30
-    requests), a half-written journal line, then a re-run: same output as an uninterrupted run,
-    and finished records are not judged again."""
-    import _thread
+def test_interrupted_run_resumes_to_the_same_result(tmp_path, monkeypatch):
+    """Ctrl-C in the middle of judging (SIGINT raised in the main thread as the 30th request is sent), a
+    half-written journal line, then a re-run: same output as an uninterrupted run, and finished records
+    are not judged again. (It used to come from the loopback server's thread through
+    `_thread.interrupt_main`; in the full suite that was sometimes never raised.)"""
+    import signal
 
     from dataforge.llm import BackendConfig, make_llm
+    from dataforge.llm.openai_backend import OpenAIBackend
     from dataforge.testing.loopback import LoopbackServer, last_user_message
 
     def judge(body):
@@ -118,18 +120,21 @@ def test_interrupted_run_resumes_to_the_same_result(tmp_path):
         full_requests = len(srv.requests)
 
     state = {"n": 0}
+    real_request = OpenAIBackend._request
 
-    def interrupting(body):
+    async def interrupting(self, kind, payload, est_tokens):
         state["n"] += 1
         if state["n"] == 30:
-            _thread.interrupt_main()
-        return judge(body)
+            signal.raise_signal(signal.SIGINT)  # Ctrl-C, in the main thread: handled at the next await
+        return await real_request(self, kind, payload, est_tokens)
 
     out = tmp_path / "resumed.jsonl"
-    with LoopbackServer(interrupting) as srv:
+    with LoopbackServer(judge) as srv:
         llm = make_llm(BackendConfig(backend="openai", base_url=srv.base_url, model="test", no_cache=True))
-        with pytest.raises(KeyboardInterrupt):
-            run_filter(src, out, cfg, llm=llm, progress=False)
+        with monkeypatch.context() as m:
+            m.setattr(OpenAIBackend, "_request", interrupting)
+            with pytest.raises(KeyboardInterrupt):
+                run_filter(src, out, cfg, llm=llm, progress=False)
         journal = SideFiles(out).journal
         lines = journal.read_text(encoding="utf-8").splitlines()[1:]  # the header line fingerprints the run
         done = sum('"__spent__"' not in line for line in lines)  # what the interrupted attempt spent is noted too

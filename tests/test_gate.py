@@ -133,8 +133,15 @@ def test_interrupted_run_resumes_to_the_same_result(tmp_path, monkeypatch):
         llm = make_llm(BackendConfig(backend="openai", base_url=srv.base_url, model="test", no_cache=True))
         with monkeypatch.context() as m:
             m.setattr(OpenAIBackend, "_request", interrupting)
-            with pytest.raises(KeyboardInterrupt):
-                run_filter(src, out, cfg, llm=llm, progress=False)
+            # Ctrl-C as a terminal delivers it, whatever an earlier test or library left installed (in
+            # fresh-clone suites SIGINT was sometimes found ignored here)
+            before_handler = signal.signal(signal.SIGINT, signal.default_int_handler)
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+            try:
+                with pytest.raises(KeyboardInterrupt):
+                    run_filter(src, out, cfg, llm=llm, progress=False)
+            finally:
+                signal.signal(signal.SIGINT, before_handler)
         journal = SideFiles(out).journal
         lines = journal.read_text(encoding="utf-8").splitlines()[1:]  # the header line fingerprints the run
         done = sum('"__spent__"' not in line for line in lines)  # what the interrupted attempt spent is noted too

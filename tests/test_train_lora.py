@@ -74,6 +74,9 @@ def test_lora_run_trains_adapter_tokens_and_modules_only_and_saves_the_peft_way(
     # trainable: LoRA A/B of every projection + the two new token rows + the segment table (5 x d)
     assert s["params"]["trainable"] == expected_lora + 2 * d + 5 * d
     assert s["adapter"]["targets"] == ["down_proj", "gate_proj", "k_proj", "o_proj", "q_proj", "up_proj", "v_proj"]
+    assert {k: v for k, v in s["adapter"].items() if k != "targets"} == {"kind": "lora", "r": 4, "alpha": cfg.lora_alpha}
+    assert s["merged_dir"] == str(tmp_path / "run" / "merged") and s["plain_hf"] is False
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["merged_dir"] == s["merged_dir"]
     full = run_train(records_file, tmp_path / "full", TrainConfig(max_steps=1, batch_size=4, max_length=128),
                      model=tiny_llama(len(tiny_tokenizer())), tokenizer=tiny_tokenizer(), progress=False)
     assert full["params"]["trainable"] == full["params"]["total"] > 10 * s["params"]["trainable"]

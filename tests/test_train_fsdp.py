@@ -1,6 +1,7 @@
 """FSDP2 on CPU (gloo) with a tiny model and three modifications: two processes compute the loss curve of
 one process with twice the gradient accumulation, and resume from sharded and from gathered checkpoints
-to the weights of an unbroken run. Processes get torchrun's environment (no launcher start-up time)."""
+to the weights of an unbroken run. Rank 0 runs in this process, rank 1 is a `dataforge train` process with
+torchrun's environment (no launcher start-up time)."""
 
 from __future__ import annotations
 
@@ -16,20 +17,34 @@ from safetensors.torch import load_file  # noqa: E402
 from dataforge.io import write_records  # noqa: E402
 from dataforge.train import TrainConfig, run_train  # noqa: E402
 from dataforge.train.tiny import tiny_llama, tiny_tokenizer, toy_records  # noqa: E402
-from train_helpers import read_log, run_two_processes, tiny_run_inputs  # noqa: E402
+from train_helpers import rank_one_beside_this_process, read_log, tiny_run_inputs  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-MODS = ["--segment-embedding", "--attention-bias", "--fusion", "--task-weighting", "uncertainty"]
 #: clipping runs (over sharded gradients) but never binds: a gradient off by a factor shows in AdamW's moments
 CLIP = 1e6
 
 
-def _launch(data, out, base, *extra):
-    outputs = run_two_processes(["train", str(data), "-o", str(out), "--model", str(base), "--fsdp", "--max-steps",
-                                 "3", "--batch-size", "2", "--max-length", "128", "--eval-every", "2",
-                                 "--eval-fraction", "0.1", "--keep-checkpoints", "3", "--no-progress",
-                                 "--max-grad-norm", str(CLIP), *MODS, *extra])
-    return json.loads(outputs[0][0])
+#: the run's settings, shared by rank 0 (in this process) and rank 1 (a `dataforge train` process)
+SETTINGS = dict(fsdp=True, max_steps=3, batch_size=2, max_length=128, eval_every=2, eval_fraction=0.1,
+                keep_checkpoints=3, max_grad_norm=CLIP, segment_embedding=True, attention_bias=True, fusion=True,
+                task_weighting="uncertainty")
+
+
+def _flags(settings: dict) -> list[str]:
+    out = []
+    for k, v in settings.items():
+        out += [f"--{k.replace('_', '-')}"] if v is True else [f"--{k.replace('_', '-')}", str(v)]
+    return out
+
+
+def _launch(data, out, base, monkeypatch, **extra):
+    """Both ranks of a two-process FSDP run; rank 0 runs in this process (see rank_one_beside_this_process)."""
+    settings = SETTINGS | extra
+    with rank_one_beside_this_process(["train", str(data), "-o", str(out), "--model", str(base), "--no-progress",
+                                       *_flags(settings)], monkeypatch):
+        summary = run_train(data, out, TrainConfig(model=str(base), **settings), progress=False)
+    assert summary == json.loads((out / "summary.json").read_text())
+    return summary
 
 
 def _weights(run):
@@ -47,10 +62,10 @@ def _rewind(src, dst, step):
     (dst / "summary.json").unlink()
 
 
-def test_two_fsdp_processes_equal_one_process_and_resume_sharded_and_full(tmp_path):
+def test_two_fsdp_processes_equal_one_process_and_resume_sharded_and_full(tmp_path, monkeypatch):
     base, data = tiny_run_inputs(tmp_path, 30)
 
-    a = _launch(data, tmp_path / "a", base, "--save-every", "1", "--grad-checkpointing")
+    a = _launch(data, tmp_path / "a", base, monkeypatch, save_every=1, grad_checkpointing=True)
     assert a["world_size"] == 2 and a["fsdp"] is True and a["ranks_in_sync"] is None and a["steps"] == 3
     ckpt = tmp_path / "a" / "checkpoints" / "step-0000001"
     assert (ckpt / "shards").is_dir() and not (ckpt / "weights.safetensors").exists()
@@ -71,13 +86,13 @@ def test_two_fsdp_processes_equal_one_process_and_resume_sharded_and_full(tmp_pa
 
     # resume from the sharded checkpoint of step 1, now writing gathered ("full") checkpoints every step
     _rewind(tmp_path / "a", tmp_path / "b", 1)
-    b = _launch(data, tmp_path / "b", base, "--save-every", "1", "--fsdp-checkpoint", "full",
-                "--grad-checkpointing")
+    b = _launch(data, tmp_path / "b", base, monkeypatch, save_every=1, fsdp_checkpoint="full",
+                grad_checkpointing=True)
     assert b["resumed_from"].endswith("step-0000001") and b["steps"] == 3
     assert (tmp_path / "b" / "checkpoints" / "step-0000002" / "weights.safetensors").exists()
     # resume from the gathered checkpoint of step 2
     _rewind(tmp_path / "b", tmp_path / "c", 2)
-    c = _launch(data, tmp_path / "c", base, "--save-every", "1", "--fsdp-checkpoint", "full")
+    c = _launch(data, tmp_path / "c", base, monkeypatch, save_every=1, fsdp_checkpoint="full")
     assert c["resumed_from"].endswith("step-0000002")
     # the gradients themselves, not only their direction (AdamW hides a scale): first moments after step 3
     final = "checkpoints/step-0000003/optimizer.safetensors"
@@ -91,6 +106,26 @@ def test_two_fsdp_processes_equal_one_process_and_resume_sharded_and_full(tmp_pa
         w = _weights(tmp_path / run)
         assert max(float((w[k] - wa[k]).abs().max()) for k in wa) < 1e-6, run
         assert [e["loss"] for e in read_log(tmp_path / run)] == [e["loss"] for e in la]
+
+
+def test_one_fsdp_step_equals_one_process_and_saves_shards_and_the_gathered_model(tmp_path, monkeypatch):
+    """The short FSDP case (the mutation runs use it): a step, an evaluation, a sharded checkpoint (every rank
+    writes its shard) and the gathered final model, against one process accumulating both micro-batches."""
+    base, data = tiny_run_inputs(tmp_path, 30)
+    s = _launch(data, tmp_path / "a", base, monkeypatch, max_steps=2, eval_every=1, save_every=1)
+    assert (s["world_size"], s["fsdp"], s["ranks_in_sync"], s["steps"]) == (2, True, None, 2)
+    shards = tmp_path / "a" / "checkpoints" / "step-0000001" / "shards"
+    assert shards.is_dir() and len(list(shards.iterdir())) >= 2
+    one = run_train(data, tmp_path / "one", TrainConfig(model=str(base), grad_accum=2,
+                                                        **(SETTINGS | dict(max_steps=2, eval_every=1, fsdp=False))),
+                    progress=False)
+    la, l1 = read_log(tmp_path / "a"), read_log(tmp_path / "one")
+    assert [(e["step"], e["tokens"]) for e in la] == [(e["step"], e["tokens"]) for e in l1] == \
+        [(1, la[0]["tokens"]), (2, la[1]["tokens"])]
+    assert abs(la[0]["eval_loss"] - l1[0]["eval_loss"]) < 1e-5 and abs(s["eval_loss"] - one["eval_loss"]) < 1e-5
+    assert abs(la[1]["loss"] - l1[1]["loss"]) <= 1e-5 * abs(l1[1]["loss"])
+    wa, w1 = _weights(tmp_path / "a"), _weights(tmp_path / "one")
+    assert wa.keys() == w1.keys() and max(float((wa[k] - w1[k]).abs().max()) for k in wa) < 1e-5
 
 
 def test_fsdp_refusals(tmp_path):

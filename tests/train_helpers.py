@@ -3,6 +3,7 @@ with the environment torchrun would give them (without the launcher's start-up t
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -38,6 +39,46 @@ def run_two_processes(args: list[str], timeout: float = 300) -> list[tuple[str, 
     outputs = [p.communicate(timeout=timeout) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outputs[0][1][-3000:] + outputs[1][1][-3000:]
     return outputs
+
+
+@contextlib.contextmanager
+def rank_one_beside_this_process(args: list[str], monkeypatch, timeout: float = 300):
+    """Rank 0 of a two-process gloo group in this (test) process, rank 1 as `python -m dataforge <args>`.
+
+    Rank 0 calls run_train in-process, so mutation testing (which sees only this process) credits the
+    multi-process paths to the test, and rank 1 inherits the environment that selects the same mutant.
+    The group is joined here with a short timeout, so a rank that dies never hangs the other for gloo's
+    default 30 minutes. Yields rank 1's Popen; on exit destroys the group and fails on rank 1's exit code."""
+    import datetime
+
+    import torch.distributed as tdist
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {"WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+    rank1 = subprocess.Popen([sys.executable, "-m", "dataforge", *args],
+                             env=os.environ | {"OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "DATAFORGE_PROGRESS": "0",
+                                               "RANK": "1", "LOCAL_RANK": "1"} | env,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for k, v in (env | {"RANK": "0", "LOCAL_RANK": "0"}).items():
+        monkeypatch.setenv(k, v)
+    ok = False
+    try:
+        tdist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=2,
+                                 timeout=datetime.timedelta(seconds=90))
+        yield rank1
+        ok = True
+    finally:
+        if tdist.is_initialized():
+            tdist.destroy_process_group()
+        for k in (*env, "RANK", "LOCAL_RANK"):
+            monkeypatch.delenv(k)
+        if not ok and rank1.poll() is None:
+            rank1.kill()
+        out, err = rank1.communicate(timeout=timeout)
+    assert rank1.returncode == 0, err[-3000:]
+    assert out.strip() == "", out[-1000:]                       # only rank 0 reports
 
 
 def read_log(run_dir) -> list[dict]:

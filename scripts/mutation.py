@@ -26,6 +26,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 TESTS_MAP = REPO / "scripts" / "mutation_tests.toml"
 EQUIVALENT = REPO / "scripts" / "mutation_equivalent.toml"
+FAST_FIRST = REPO / "scripts" / "mutation_fast_first.py"   # pytest plugin: a mutant's fastest tests first
 SCRATCH_ROOT = REPO / ".mutation"
 PACKAGE = "dataforge"
 RESOURCES = ["prompts", "pipelines", "examples"]  # read by the code through dataforge.paths.resource_dir
@@ -155,7 +156,7 @@ def write_mutmut_config(scratch: Path, files: list[str], tests: list[str], inclu
         "pytest_add_cli_args_test_selection": tests,
         # tests marked slow (real models, large corpora) cost minutes per mutant: every behaviour needs a
         # fast test anyway, so they are left out unless asked for
-        "pytest_add_cli_args": ["-p", "no:cacheprovider"] + ([] if include_slow else ["-m", "not slow"]),
+        "pytest_add_cli_args": ["-p", "no:cacheprovider", "-p", FAST_FIRST.stem] + ([] if include_slow else ["-m", "not slow"]),
         "use_git_change_detection": False,
         "use_setproctitle": False,
     }
@@ -171,6 +172,7 @@ def run_mutmut(scratch: Path, jobs: int, log: Path, only: list[str] | None = Non
     # install points at some checkout). The folder must exist before Python starts: a missing PYTHONPATH
     # entry is cached as "nothing here" and the installed package would win.
     (scratch / "mutants").mkdir()
+    shutil.copy2(FAST_FIRST, scratch / "mutants" / FAST_FIRST.name)   # importable as a pytest plugin (-p)
     env["PYTHONPATH"] = str(scratch / "mutants")
     # mutmut forks each mutant's run from a process that has already run the tests once; torch's OpenMP
     # pool (libgomp) does not survive a fork, so the child hangs in its first parallel op (embeddings) until

@@ -16,7 +16,13 @@ from dataforge.testing.loopback import LoopbackServer
 def test_split_reasoning_empty_and_stray_close():
     assert split_reasoning(None) == ("", None, False) and split_reasoning("") == ("", None, False)
     answer, reasoning, unfinished = split_reasoning("<think>a</think>b</think>c<think>d</think>e")
-    assert reasoning == "a\n\nd" and not unfinished and answer.endswith("ce")  # each think closes at its own tag
+    # each think closes at its own tag; what precedes a stray extra close was thinking too, never the answer
+    assert (answer, reasoning, unfinished) == ("ce", "a\n\nd\n\nb", False)
+    assert split_reasoning("<think>a</think></think>b") == ("b", "a", False)
+    assert split_reasoning("x</think>y</think>z") == ("z", "x\n\ny", False)
+    # cut off while thinking: the answer before the open think stays, a close inside the think is reasoning
+    assert split_reasoning("pre</think>ans<think>more") == ("ans", "pre\n\nmore", True)
+    assert split_reasoning("<think>a</think>b</think>c<think>d") == ("c", "a\n\nd\n\nb", True)
 
 
 class _Sender:

@@ -26,7 +26,8 @@ def split_reasoning(text: str | None, message: dict[str, Any] | None = None) -> 
     """(answer, reasoning or None, thinking_unfinished).
 
     Handles ``<think>…</think>answer``; content that starts inside the think (templates that put
-    ``<think>`` in the prompt, so only ``…</think>answer`` comes back); an unterminated ``<think>…``
+    ``<think>`` in the prompt, so only ``…</think>answer`` comes back); a stray extra ``</think>`` (what
+    precedes it was still thinking); an unterminated ``<think>…``
     (cut off while thinking: no answer, `thinking_unfinished`); several think blocks; and the
     separate `reasoning_content` / `reasoning` fields of `message`."""
     text = text or ""
@@ -54,6 +55,10 @@ def split_reasoning(text: str | None, message: dict[str, Any] | None = None) -> 
             break
         parts.append(text[m.end(): end.start()].strip())
         text = text[: m.start()] + text[end.end():]
+    stray = list(_CLOSE.finditer(text))
+    if stray:  # a closing tag with no opening one left: the model was still thinking
+        parts.append(_CLOSE.sub("", text[: stray[-1].start()]).strip())
+        text = text[stray[-1].end():]
     reasoning = "\n\n".join(p for p in parts if p) or None
     answer = text.strip() if reasoning is not None or unfinished else text
     return answer, reasoning, unfinished

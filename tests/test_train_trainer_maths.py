@@ -27,7 +27,7 @@ from dataforge.train import trainer  # noqa: E402
 from dataforge.train.data import PromptFormatter, TaskInfo, encode_records, split_eval  # noqa: E402
 from dataforge.train.losses import Objective  # noqa: E402
 from dataforge.train.tiny import tiny_llama, tiny_tokenizer, toy_records  # noqa: E402
-from train_helpers import interrupt_at_step, read_log  # noqa: E402
+from train_helpers import interrupt_at_step, rank_one_beside_this_process, read_log  # noqa: E402
 
 pytestmark = [pytest.mark.usefixtures("one_torch_thread"),
               pytest.mark.filterwarnings("ignore:Converting a tensor with requires_grad")]
@@ -367,6 +367,51 @@ def test_the_process_layout_comes_from_torchruns_environment(monkeypatch):
     d = trainer.Dist.from_env()
     assert (d.rank, d.world, d.local_rank, d.main) == (3, 1, 2, False)
     assert trainer.Dist(rank=0, world=2).main and not trainer.Dist(rank=1, world=2).main
+
+
+def test_the_base_comes_from_the_embedded_smollm2_or_the_4_bit_loader_by_name(monkeypatch):
+    """`smollm2` names the embedded model and `--qlora` hands the config and this process's device to the
+    4-bit loader (both replaced here: the real ones load 135M weights or need CUDA)."""
+    import dataforge.train.lora as lora
+    import dataforge.train.smollm2 as smollm2
+
+    monkeypatch.setattr(smollm2, "load_smollm2", lambda: ("smol", "tok"))
+    calls = []
+    monkeypatch.setattr(lora, "load_qlora_base", lambda cfg, device: calls.append((cfg, device)) or ("q", "t"))
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    assert trainer.load_base(TrainConfig(model="smollm2")) == ("smol", "tok")
+    cfg = TrainConfig(model="smollm2", qlora=True)
+    assert trainer.load_base(cfg) == ("q", "t") and calls == [(cfg, torch.device("cpu"))]
+    with pytest.raises(DataforgeError, match="SMOLLM2: not a model directory"):
+        trainer.load_base(TrainConfig(model="SMOLLM2"))
+
+
+RANK_ONE_SYNC = """
+import sys, torch, torch.distributed as tdist
+from dataforge.train import trainer
+tdist.init_process_group("gloo")
+for value in sys.argv[1:]:
+    m = torch.nn.Module()
+    m.p = torch.nn.Parameter(torch.tensor([float(value), 0.0], dtype=torch.float64))
+    print(trainer._ranks_in_sync(m, trainer.Dist(rank=1, world=2)))
+tdist.destroy_process_group()
+"""
+
+
+def test_the_sync_check_compares_both_ranks_weights_in_float64(monkeypatch):
+    """Two real ranks (rank 1 a subprocess): equal sums are in sync, sums 1e-8 apart are not (float32 would
+    round them together), and the tolerance is 1e-9 of the larger sum, at least 1e-9: 5e-7 apart at 1000 is in
+    sync, and so is exactly 1e-9 apart near 0, but not 1.5e-9."""
+    rank0 = [1.0, 1.0, 1000.0, 1000.0, -3.0, 0.0, 0.0]
+    rank1 = [1.0, 1.0 + 1e-8, 1000.0 + 5e-7, 1000.0 + 2e-6, -3.0 - 1e-6, -1e-9, -1.5e-9]   # (1e-9: the bound itself)
+    with rank_one_beside_this_process([repr(v) for v in rank1], monkeypatch, script=RANK_ONE_SYNC) as proc:
+        got = []
+        for value in rank0:
+            m = torch.nn.Module()
+            m.p = torch.nn.Parameter(torch.tensor([value, 0.0], dtype=torch.float64))
+            got.append(trainer._ranks_in_sync(m, trainer.Dist(rank=0, world=2)))
+    assert got == [True, False, True, False, False, True, False]
+    assert proc.output.split() == [str(g) for g in got]          # both ranks reach the same verdict
 
 
 def test_a_base_model_directory_loads_in_float32_with_its_own_or_the_given_tokenizer(tmp_path):

@@ -42,13 +42,15 @@ def run_two_processes(args: list[str], timeout: float = 300) -> list[tuple[str, 
 
 
 @contextlib.contextmanager
-def rank_one_beside_this_process(args: list[str], monkeypatch, timeout: float = 300):
+def rank_one_beside_this_process(args: list[str], monkeypatch, timeout: float = 300, script: str | None = None):
     """Rank 0 of a two-process gloo group in this (test) process, rank 1 as `python -m dataforge <args>`.
 
     Rank 0 calls run_train in-process, so mutation testing (which sees only this process) credits the
     multi-process paths to the test, and rank 1 inherits the environment that selects the same mutant.
     The group is joined here with a short timeout, so a rank that dies never hangs the other for gloo's
-    default 30 minutes. Yields rank 1's Popen; on exit destroys the group and fails on rank 1's exit code."""
+    default 30 minutes. `script` (Python source) runs as rank 1 instead of the CLI, with `args` as its
+    sys.argv[1:]. Yields rank 1's Popen; on exit destroys the group and fails on rank 1's exit code (and, for
+    the CLI, on any output from it)."""
     import datetime
 
     import torch.distributed as tdist
@@ -57,7 +59,7 @@ def rank_one_beside_this_process(args: list[str], monkeypatch, timeout: float = 
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     env = {"WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
-    rank1 = subprocess.Popen([sys.executable, "-m", "dataforge", *args],
+    rank1 = subprocess.Popen([sys.executable, *(["-c", script] if script else ["-m", "dataforge"]), *args],
                              env=os.environ | {"OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "DATAFORGE_PROGRESS": "0",
                                                "RANK": "1", "LOCAL_RANK": "1"} | env,
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -78,7 +80,9 @@ def rank_one_beside_this_process(args: list[str], monkeypatch, timeout: float = 
             rank1.kill()
         out, err = rank1.communicate(timeout=timeout)
     assert rank1.returncode == 0, err[-3000:]
-    assert out.strip() == "", out[-1000:]                       # only rank 0 reports
+    if script is None:
+        assert out.strip() == "", out[-1000:]                   # only rank 0 reports
+    rank1.output = out
 
 
 def read_log(run_dir) -> list[dict]:

@@ -386,6 +386,13 @@ def test_the_base_comes_from_the_embedded_smollm2_or_the_4_bit_loader_by_name(mo
         trainer.load_base(TrainConfig(model="SMOLLM2"))
 
 
+def test_batches_move_to_the_given_device():
+    """`_to` moves every tensor to the device it is given (the meta device stands in for a GPU here)."""
+    moved = trainer._to({"input_ids": torch.ones(2, 3, dtype=torch.long), "w": torch.ones(2)}, torch.device("meta"))
+    assert {k: (v.device.type, v.dtype, tuple(v.shape)) for k, v in moved.items()} == \
+        {"input_ids": ("meta", torch.long, (2, 3)), "w": ("meta", torch.float32, (2,))}
+
+
 RANK_ONE_SYNC = """
 import sys, torch, torch.distributed as tdist
 from dataforge.train import trainer

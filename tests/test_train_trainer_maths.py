@@ -386,6 +386,45 @@ def test_the_base_comes_from_the_embedded_smollm2_or_the_4_bit_loader_by_name(mo
         trainer.load_base(TrainConfig(model="SMOLLM2"))
 
 
+def test_a_run_shows_its_bar_by_default_and_seeds_the_global_generator(data, tmp_path, monkeypatch):
+    """run_train shows a `train` bar over its steps unless told not to, and seeds Python's global `random`
+    with the run's seed (for libraries that draw from it; dataforge's own draws use seeded generators)."""
+    import contextlib
+    import random
+
+    import dataforge.progress as progress
+
+    bars = []
+
+    class Bar:
+        def __init__(self):
+            self.advanced, self.statuses = 0, []
+
+        def advance(self, n=1):
+            self.advanced += n
+
+        def status(self, text):
+            self.statuses.append(text)
+
+    @contextlib.contextmanager
+    def fake(description, total=None, unit="rec", **_):
+        bars.append((description, total, unit, Bar()))
+        yield bars[-1][3]
+
+    monkeypatch.setattr(progress, "progress_bar", fake)
+    random.seed(12345)
+    tok = tiny_tokenizer()
+    run_train(data, tmp_path / "r", TrainConfig(max_steps=3, batch_size=2, max_length=128, seed=7, log_every=2),
+              model=tiny_llama(len(tok)), tokenizer=tok)
+    assert random.random() == random.Random(7).random()
+    assert [b[:3] for b in bars] == [("train", 3, "step")]
+    bar = bars[0][3]
+    assert bar.advanced == 3 and len(bar.statuses) == 2 and bar.statuses[0].startswith("loss ")
+    run_train(data, tmp_path / "q", TrainConfig(max_steps=1, batch_size=2, max_length=128),
+              model=tiny_llama(len(tok)), tokenizer=tok, progress=False)
+    assert len(bars) == 1
+
+
 def test_batches_move_to_the_given_device():
     """`_to` moves every tensor to the device it is given (the meta device stands in for a GPU here)."""
     moved = trainer._to({"input_ids": torch.ones(2, 3, dtype=torch.long), "w": torch.ones(2)}, torch.device("meta"))

@@ -425,6 +425,60 @@ def test_a_run_shows_its_bar_by_default_and_seeds_the_global_generator(data, tmp
     assert len(bars) == 1
 
 
+def test_instruction_tokens_are_in_the_training_text(data, tmp_path):
+    """With `inst_tokens` the prompts are wrapped in [INST] ... [/INST]: without weight decay only the rows of
+    tokens that occur in the batches move, and the two new rows do (unused rows keep their values)."""
+    from dataforge.train.model import add_inst_tokens
+
+    tok = tiny_tokenizer()
+    ids = add_inst_tokens(tok)
+    model = tiny_llama(len(tok))
+    before = model.get_input_embeddings().weight.detach().clone()
+    run_train(data, tmp_path / "r", TrainConfig(max_steps=2, batch_size=2, max_length=128, inst_tokens=True,
+                                                 weight_decay=0.0, lr=1e-2), model=model, tokenizer=tok,
+              progress=False)
+    after = model.get_input_embeddings().weight.detach()
+    assert ids == [400, 401] and after.shape == before.shape == (402, before.shape[1])
+    moved = {i for i in range(402) if not torch.equal(after[i], before[i])}
+    assert set(ids) <= moved and len(moved) < 402
+
+
+def test_fp16_scales_the_loss_saves_the_scaler_and_resumes_it(data, tmp_path, monkeypatch):
+    """The fp16 path a GPU without bf16 takes, on the CPU (autocast and GradScaler both run there): the loss is
+    scaled by 2**16 and the gradients unscaled before AdamW (its first moments match a float32 run's to fp16
+    precision, not 2**-16 of them), the scaler's state is in every checkpoint and a resumed run continues it."""
+    from safetensors.torch import load_file
+
+    cfg = TrainConfig(max_steps=4, batch_size=2, max_length=128, save_every=1, keep_checkpoints=5, max_grad_norm=0.0)
+    tok = tiny_tokenizer()
+    f32 = run_train(data, tmp_path / "f32", cfg, model=tiny_llama(len(tok)), tokenizer=tok, progress=False)
+    monkeypatch.setattr(trainer, "choose_precision", lambda *a: torch.float16)
+    root = tmp_path / "fp16"
+    root.mkdir()
+    from train_helpers import run_then_interrupt
+
+    run_then_interrupt(data, root, cfg, monkeypatch, at=2)
+    monkeypatch.setattr(trainer, "choose_precision", lambda *a: torch.float16)
+    tok_b = tiny_tokenizer()
+    b = run_train(data, root / "b", cfg, model=tiny_llama(len(tok_b)), tokenizer=tok_b, progress=False)
+    a = json.loads((root / "a" / "summary.json").read_text())
+    assert (f32["precision"], a["precision"], b["precision"]) == ("float32", "float16", "float16")
+    assert b["resumed_from"].endswith("step-0000002")
+
+    def scaler(run, step):
+        return json.loads((root / run / "checkpoints" / f"step-{step:07d}" / "state.json").read_text())["scaler"]
+
+    assert [scaler("a", s)["_growth_tracker"] for s in (1, 2, 3, 4)] == [1, 2, 3, 4]   # no overflow, no skip
+    assert scaler("a", 4)["scale"] == 65536.0 and scaler("b", 4) == scaler("a", 4)    # b continued at 2, not 0
+    assert json.loads((tmp_path / "f32" / "checkpoints" / "step-0000001" / "state.json").read_text())["scaler"] == {}
+    m16, m32 = (load_file(str(r / "checkpoints" / "step-0000001" / "optimizer.safetensors"))
+                for r in (root / "a", tmp_path / "f32"))
+    norms = [(float(m16[k].norm()), float(m32[k].norm())) for k in m32 if k.endswith("exp_avg")]
+    assert len(norms) > 10 and all(abs(x - y) <= 0.05 * y + 1e-9 for x, y in norms), norms
+    wa, wb = (load_file(str(root / r / "model" / "model.safetensors")) for r in ("a", "b"))
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
 def test_batches_move_to_the_given_device():
     """`_to` moves every tensor to the device it is given (the meta device stands in for a GPU here)."""
     moved = trainer._to({"input_ids": torch.ones(2, 3, dtype=torch.long), "w": torch.ones(2)}, torch.device("meta"))

@@ -157,3 +157,23 @@ def test_dpo_accumulation_of_equal_micro_batches_equals_one_batch(tmp_path):
         assert torch.allclose(a[k], b[k], rtol=1e-4, atol=1e-9), k
     logs = [__import__("json").loads((tmp_path / n / "log.jsonl").read_text().splitlines()[0]) for n in ("big", "acc")]
     assert abs(logs[0]["loss"] - logs[1]["loss"]) < 1e-6 and abs(logs[0]["dpo"] - math.log(2)) < 1e-6
+
+
+def test_records_dropped_from_the_eval_split_are_counted_too(tmp_path):
+    """A record without a preference is dropped and counted wherever the id hash puts it, eval included."""
+    from dataforge.io import write_records
+    from dataforge.train import run_train
+    from dataforge.train.data import split_eval
+
+    records = _pair_records(12) + [Record(instruction=f"plain {i}", output="no pair here") for i in range(8)]
+    cfg = TrainConfig(objective="dpo", max_steps=1, batch_size=4, eval_fraction=0.25, save_minutes=0)
+    train, held = split_eval(records, cfg.eval_fraction, cfg.eval_max)
+    plain_held = sum(r.preference is None for r in held)
+    assert 0 < plain_held < len(held)                        # the case this test is about
+    src = tmp_path / "pairs.jsonl"
+    write_records(src, records)
+    tok = tiny_tokenizer(chat_template=True)
+    s = run_train(src, tmp_path / "run", cfg, progress=False, model=tiny_llama(len(tok), seed=1), tokenizer=tok)
+    assert s["dropped"] == {"no_preference": 8}
+    assert (s["train_samples"], s["eval_samples"]) == (len(train) - (8 - plain_held), len(held) - plain_held)
+    assert s["records_used"] == 12 and s["records_in"] == 20

@@ -479,6 +479,38 @@ def test_fp16_scales_the_loss_saves_the_scaler_and_resumes_it(data, tmp_path, mo
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
+@pytest.mark.parametrize("name", ["activation_checkpointing_enable", "gradient_checkpointing_enable"])
+def test_gradient_checkpointing_by_either_transformers_name_gives_the_same_steps(name, data, tmp_path, monkeypatch):
+    """transformers 5 names it `activation_checkpointing_enable`, 4 `gradient_checkpointing_enable` (hidden
+    here from the newer name to take the older branch): either way the layers recompute, non-reentrant,
+    and the steps equal a run without checkpointing."""
+    import transformers
+
+    cfg = dict(max_steps=2, batch_size=2, max_length=128, segment_embedding=True, fusion=True)
+    tok = tiny_tokenizer()
+    plain = run_train(data, tmp_path / "plain", TrainConfig(**cfg), model=tiny_llama(len(tok)), tokenizer=tok,
+                      progress=False)
+    seen = []
+    real = transformers.PreTrainedModel._activation_checkpointing_enable      # what both names end in
+
+    def spy(self, **kwargs):
+        seen.append(kwargs)
+        return real(self, *kwargs.values())
+
+    if name == "gradient_checkpointing_enable":      # transformers 4: the newer name does not exist
+        monkeypatch.delattr(transformers.PreTrainedModel, "activation_checkpointing_enable")
+
+    monkeypatch.setattr(transformers.PreTrainedModel, name, spy)
+    tok = tiny_tokenizer()
+    model = tiny_llama(len(tok))
+    ckpt = run_train(data, tmp_path / "ckpt", TrainConfig(grad_checkpointing=True, **cfg), model=model,
+                     tokenizer=tok, progress=False)
+    key = "activation_checkpointing_kwargs" if name.startswith("activation") else "gradient_checkpointing_kwargs"
+    assert seen == [{key: {"use_reentrant": False}}] and model.config.use_cache is False
+    assert any(getattr(m, "gradient_checkpointing", False) for m in model.modules())
+    assert ckpt["final_loss"] == plain["final_loss"]
+
+
 def test_batches_move_to_the_given_device():
     """`_to` moves every tensor to the device it is given (the meta device stands in for a GPU here)."""
     moved = trainer._to({"input_ids": torch.ones(2, 3, dtype=torch.long), "w": torch.ones(2)}, torch.device("meta"))
@@ -641,6 +673,23 @@ def test_throughput_and_wall_time_by_the_trainers_clock(data, tmp_path, monkeypa
         (3, 1.0, sum(per_step), round(per_step[2] / (t[6] - t[5]), 1))]
     assert s["tokens"] == sum(per_step) and s["tokens_per_s"] == round(sum(per_step) / (t[7] - t[3]), 1)
     assert s["wall_s"] == round(t[8] - t[1], 2) == 7.01
+
+def test_records_dropped_from_the_eval_split_are_counted_too(tmp_path):
+    """An empty answer is dropped and counted wherever the id hash puts it, eval included."""
+    records = toy_records(16) + [r.model_copy(update={"output": " ", "instruction": f"empty {i}"})
+                                 for i, r in enumerate(toy_records(8))]
+    train, held = split_eval(records, 0.25, 100)
+    empty_held = sum(not r.output.strip() for r in held)
+    assert 0 < empty_held < len(held)                        # the case this test is about
+    path = tmp_path / "d.jsonl"
+    write_records(path, records)
+    tok = tiny_tokenizer()
+    s = run_train(path, tmp_path / "r", TrainConfig(max_steps=1, batch_size=2, max_length=128, eval_fraction=0.25,
+                                                     eval_max=100), model=tiny_llama(len(tok)), tokenizer=tok,
+                  progress=False)
+    assert s["dropped"] == {"empty_output": 8}
+    assert (s["train_samples"], s["eval_samples"]) == (len(train) - (8 - empty_held), len(held) - empty_held)
+
 
 def test_refusals_before_training(data, tmp_path):
     tok = tiny_tokenizer()

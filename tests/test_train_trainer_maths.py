@@ -511,6 +511,36 @@ def test_gradient_checkpointing_by_either_transformers_name_gives_the_same_steps
     assert ckpt["final_loss"] == plain["final_loss"]
 
 
+def test_forgetting_penalties_and_the_fisher_only_when_asked(data, tmp_path, monkeypatch):
+    """L2-SP alone (any weight above 0) adds the forgetting term and estimates no Fisher; EWC estimates it
+    on the reference records file, with their tasks known, `ewc_samples` of them."""
+    import dataforge.train.losses as losses
+
+    calls = []
+    real = losses.estimate_fisher
+
+    def spy(model, batches):
+        batches = list(batches)
+        calls.append(len(batches))
+        return real(model, iter(batches))
+
+    monkeypatch.setattr(trainer, "estimate_fisher", spy)
+    tok = tiny_tokenizer()
+    base = dict(max_steps=1, batch_size=2, max_length=128)
+    s = run_train(data, tmp_path / "l2sp", TrainConfig(l2sp_weight=0.5, **base), model=tiny_llama(len(tok)),
+                  tokenizer=tok, progress=False)
+    assert "forgetting" in s["final_loss"] and calls == []
+    none = run_train(data, tmp_path / "none", TrainConfig(**base), model=tiny_llama(len(tok)), tokenizer=tok,
+                     progress=False)
+    assert "forgetting" not in none["final_loss"] and calls == []
+    ref = tmp_path / "ref.jsonl"
+    write_records(ref, toy_records(5))
+    tok = tiny_tokenizer()
+    e = run_train(data, tmp_path / "ewc", TrainConfig(ewc_weight=0.5, ewc_reference=str(ref), ewc_samples=3, **base),
+                  model=tiny_llama(len(tok)), tokenizer=tok, progress=False)
+    assert "forgetting" in e["final_loss"] and calls == [3]
+
+
 def test_batches_move_to_the_given_device():
     """`_to` moves every tensor to the device it is given (the meta device stands in for a GPU here)."""
     moved = trainer._to({"input_ids": torch.ones(2, 3, dtype=torch.long), "w": torch.ones(2)}, torch.device("meta"))

@@ -229,8 +229,7 @@ def run_train(input_path, output_dir, cfg: TrainConfig, *, progress: bool = True
     train_ex = dpo.encode_pairs(train_recs, fmt, drops) if dpo else encode_records(train_recs, fmt, tasks, drops)
     eval_ex = dpo.encode_pairs(eval_recs, fmt, drops) if dpo else encode_records(eval_recs, fmt, tasks, drops)
     if not train_ex:
-        # (an empty input is refused by the reader, and a hold-out never takes every record: drops is never empty)
-        raise DataforgeError(f"{input_path}: no usable training records (dropped: {drops})")
+        raise DataforgeError(f"{input_path}: no usable training records (dropped: {drops or 'none'})")
     pad_id = next(t for t in (tokenizer.pad_token_id, tokenizer.eos_token_id, 0) if t is not None)
     make_plan, collate_fn = (dpo.pair_plan, dpo.collate_pairs) if dpo else (BatchPlan, collate)
     evaluate_fn = dpo.evaluate if dpo else evaluate

@@ -541,6 +541,20 @@ def test_forgetting_penalties_and_the_fisher_only_when_asked(data, tmp_path, mon
     assert "forgetting" in e["final_loss"] and calls == [3]
 
 
+def test_an_epoch_of_one_step(tmp_path):
+    """4 records, rows of 2, 2 micro-batches a step: one step an epoch, so 1 epoch is 1 step (not a floor of 2)
+    and 3 epochs are 3 steps, each a whole epoch."""
+    path = tmp_path / "d.jsonl"
+    write_records(path, toy_records(4))
+    tok = tiny_tokenizer()
+    for epochs, steps in ((1, 1), (3, 3), (0.5, 1)):
+        s = run_train(path, tmp_path / f"e{epochs}", TrainConfig(epochs=epochs, batch_size=2, grad_accum=2, pack=False,
+                                                                  eval_fraction=0.0, max_length=128, log_every=1),
+                      model=tiny_llama(len(tok)), tokenizer=tok, progress=False)
+        assert (s["train_samples"], s["total_steps"], s["steps"]) == (4, steps, steps)
+        assert [e["epoch"] for e in read_log(tmp_path / f"e{epochs}")] == [float(i) for i in range(1, steps + 1)]
+
+
 def test_batches_move_to_the_given_device():
     """`_to` moves every tensor to the device it is given (the meta device stands in for a GPU here)."""
     moved = trainer._to({"input_ids": torch.ones(2, 3, dtype=torch.long), "w": torch.ones(2)}, torch.device("meta"))
@@ -600,6 +614,8 @@ def test_sigterm_takes_the_interrupt_path_in_the_main_thread_only():
     before = signal.getsignal(signal.SIGTERM)
     undo = trainer._sigterm_as_interrupt()
     try:
+        # a handler must be in place before the signal is sent: without one SIGTERM would end this process
+        assert signal.getsignal(signal.SIGTERM) not in (before, signal.SIG_DFL, signal.SIG_IGN, None)
         with pytest.raises(KeyboardInterrupt):
             os.kill(os.getpid(), signal.SIGTERM)
             for _ in range(100):                 # the handler runs at the next bytecode boundary

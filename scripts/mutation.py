@@ -239,6 +239,7 @@ class FileResult:
     survivors: list[tuple[str, str]] = field(default_factory=list)  # (name, diff)
     killed_but_listed: list[str] = field(default_factory=list)
     ambiguous: list[tuple[str, list[str]]] = field(default_factory=list)  # (entry, mutants it matches)
+    carried: int = 0  # verdicts taken from an earlier run (--carry-from)
 
     def rate(self) -> float | None:
         c = self.counts
@@ -246,8 +247,29 @@ class FileResult:
         return None if tested <= 0 else (c["killed"] + c["timeout"]) / tested
 
 
-def collect(scratch: Path, files: list[str], equivalents: list[Equivalent]) -> list[FileResult]:
-    """Read mutmut's verdicts from its meta files, in-process (mutmut reads its config from the cwd)."""
+def detected_in(scratch: Path, files: list[str]) -> dict[str, tuple[int, tuple[str, ...]]]:
+    """The mutants an earlier kept run detected: name -> (exit code, change), for --carry-from."""
+    os.chdir(scratch)
+    from mutmut.configuration import reset_config
+    from mutmut.mutation.data import SourceFileMutationData
+    from mutmut.mutation.diff_apply import get_diff_for_mutant
+    from mutmut.stats import status_by_exit_code
+
+    reset_config()
+    out = {}
+    for path in files:
+        data = SourceFileMutationData(path=Path(path))
+        data.load()
+        for name, code in data.exit_code_by_key.items():
+            if code is not None and status_by_exit_code[code] in DETECTED:
+                out[name] = (code, change_of(get_diff_for_mutant(name, path=path)))
+    return out
+
+
+def collect(scratch: Path, files: list[str], equivalents: list[Equivalent],
+            carried: dict[str, tuple[int, tuple[str, ...]]] | None = None) -> list[FileResult]:
+    """Read mutmut's verdicts from its meta files, in-process (mutmut reads its config from the cwd).
+    `carried`: verdicts of an earlier run, used for mutants not run now whose change is exactly the same."""
     os.chdir(scratch)
     from mutmut.configuration import reset_config
     from mutmut.mutation.data import SourceFileMutationData
@@ -262,6 +284,10 @@ def collect(scratch: Path, files: list[str], equivalents: list[Equivalent]) -> l
         data.load()
         verdicts = []  # (name, status, diff body)
         for name, code in sorted(data.exit_code_by_key.items(), key=lambda kv: _natural(kv[0])):
+            if code is None and carried and name in carried and \
+                    change_of(get_diff_for_mutant(name, path=path)) == carried[name][1]:
+                code = carried[name][0]
+                res.carried += 1
             status = status_by_exit_code[code]
             res.counts["mutants"] += 1
             if code is None or status == "check was interrupted by user":
@@ -360,6 +386,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", action="append", default=None, metavar="GLOB",
                     help="run only the mutants whose mutmut name matches GLOB (repeatable), e.g. a sample of a huge "
                          "function: 'dataforge.train.trainer.x_run_train__mutmut_*7'; the others count as 'not run'")
+    ap.add_argument("--carry-from", type=Path, default=None, metavar="SCRATCH",
+                    help="a kept scratch copy (--keep) of an earlier run of the same modules: its detected mutants "
+                         "that --only leaves out count as detected when their change is exactly the same now. For "
+                         "finishing an interrupted run after tests were added (tests only kill more); never after "
+                         "the tests lost a check")
+    ap.add_argument("--report-from", type=Path, default=None, metavar="SCRATCH",
+                    help="run nothing: report again on a kept scratch copy of these modules (after entries were "
+                         "added to the equivalents list, or with --carry-from)")
     ap.add_argument("--fail-under", type=float, default=None, metavar="PCT",
                     help="exit 1 when a module's kill rate is below PCT")
     args = ap.parse_args(argv)
@@ -377,13 +411,19 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     results: dict[str, FileResult] = {}
     for tests, run_files in runs.items():
-        got = mutate(run_files, list(tests), equivalents, args)
+        if args.report_from:
+            carried = detected_in(args.carry_from.resolve(), run_files) if args.carry_from else None
+            got = collect(args.report_from.resolve(), run_files, equivalents, carried)
+            os.chdir(REPO)
+        else:
+            got = mutate(run_files, list(tests), equivalents, args)
         if got is None:
             return 1
         for r in got:  # a first figure as soon as its run ends; the full table comes at the end
             rate = r.rate()
             print(f"  done {r.path}: {r.counts['killed'] + r.counts['timeout']}/{r.counts['mutants']} detected"
-                  + ("" if rate is None else f", kill rate {100 * rate:.1f}%"), flush=True)
+                  + ("" if rate is None else f", kill rate {100 * rate:.1f}%")
+                  + (f" ({r.carried} verdicts carried from {args.carry_from})" if r.carried else ""), flush=True)
         results.update((r.path, r) for r in got)
     print_report([(arg, [results[f] for f in fs]) for arg, fs in groups], equivalents, files)
     incomplete = [r.path for r in results.values() if r.counts["not run"]]
@@ -419,7 +459,8 @@ def mutate(files: list[str], tests: list[str], equivalents: list[Equivalent],
                   file=sys.stderr)
             keep = True
             return None
-        return collect(scratch, files, equivalents)
+        carried = detected_in(args.carry_from.resolve(), files) if args.carry_from else None
+        return collect(scratch, files, equivalents, carried)
     finally:
         os.chdir(REPO)
         if keep:

@@ -350,7 +350,7 @@ def test_a_checkpoint_every_few_minutes(data, tmp_path, monkeypatch):
     # 5 of the 24 records have prompts over 40 tokens: 3 of the 6 kept for training, 2 of the 18 held out;
     # the held-out ones are skipped, not counted as dropped training records
     assert (s["records_used"], s["train_samples"], s["eval_samples"]) == (19, 3, 16)
-    assert s["dropped"] == {"prompt_too_long": 3}
+    assert s["dropped"] == {"prompt_too_long": 5}          # 3 in train, 2 in the eval split
 
 
 # ------------------------------------------------------------------------------ set-up helpers

@@ -266,6 +266,16 @@ def detected_in(scratch: Path, files: list[str]) -> dict[str, tuple[int, tuple[s
     return out
 
 
+def carried_from(scratches: list[Path] | None, files: list[str]) -> dict[str, tuple[int, tuple[str, ...]]] | None:
+    """The detected verdicts of earlier kept runs (later ones win), or None without --carry-from."""
+    if not scratches:
+        return None
+    out: dict[str, tuple[int, tuple[str, ...]]] = {}
+    for scratch in scratches:
+        out.update(detected_in(scratch.resolve(), files))
+    return out
+
+
 def collect(scratch: Path, files: list[str], equivalents: list[Equivalent],
             carried: dict[str, tuple[int, tuple[str, ...]]] | None = None) -> list[FileResult]:
     """Read mutmut's verdicts from its meta files, in-process (mutmut reads its config from the cwd).
@@ -386,11 +396,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", action="append", default=None, metavar="GLOB",
                     help="run only the mutants whose mutmut name matches GLOB (repeatable), e.g. a sample of a huge "
                          "function: 'dataforge.train.trainer.x_run_train__mutmut_*7'; the others count as 'not run'")
-    ap.add_argument("--carry-from", type=Path, default=None, metavar="SCRATCH",
+    ap.add_argument("--carry-from", type=Path, action="append", default=None, metavar="SCRATCH",
                     help="a kept scratch copy (--keep) of an earlier run of the same modules: its detected mutants "
                          "that --only leaves out count as detected when their change is exactly the same now. For "
                          "finishing an interrupted run after tests were added (tests only kill more); never after "
-                         "the tests lost a check")
+                         "the tests lost a check (repeatable: later copies win)")
     ap.add_argument("--report-from", type=Path, default=None, metavar="SCRATCH",
                     help="run nothing: report again on a kept scratch copy of these modules (after entries were "
                          "added to the equivalents list, or with --carry-from)")
@@ -412,8 +422,7 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, FileResult] = {}
     for tests, run_files in runs.items():
         if args.report_from:
-            carried = detected_in(args.carry_from.resolve(), run_files) if args.carry_from else None
-            got = collect(args.report_from.resolve(), run_files, equivalents, carried)
+            got = collect(args.report_from.resolve(), run_files, equivalents, carried_from(args.carry_from, run_files))
             os.chdir(REPO)
         else:
             got = mutate(run_files, list(tests), equivalents, args)
@@ -423,7 +432,8 @@ def main(argv: list[str] | None = None) -> int:
             rate = r.rate()
             print(f"  done {r.path}: {r.counts['killed'] + r.counts['timeout']}/{r.counts['mutants']} detected"
                   + ("" if rate is None else f", kill rate {100 * rate:.1f}%")
-                  + (f" ({r.carried} verdicts carried from {args.carry_from})" if r.carried else ""), flush=True)
+                  + (f" ({r.carried} verdicts carried from {', '.join(map(str, args.carry_from))})" if r.carried else ""),
+                  flush=True)
         results.update((r.path, r) for r in got)
     print_report([(arg, [results[f] for f in fs]) for arg, fs in groups], equivalents, files)
     incomplete = [r.path for r in results.values() if r.counts["not run"]]
@@ -459,8 +469,7 @@ def mutate(files: list[str], tests: list[str], equivalents: list[Equivalent],
                   file=sys.stderr)
             keep = True
             return None
-        carried = detected_in(args.carry_from.resolve(), files) if args.carry_from else None
-        return collect(scratch, files, equivalents, carried)
+        return collect(scratch, files, equivalents, carried_from(args.carry_from, files))
     finally:
         os.chdir(REPO)
         if keep:

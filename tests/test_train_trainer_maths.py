@@ -430,7 +430,7 @@ def test_instruction_tokens_are_in_the_training_text(data, tmp_path):
     tokens that occur in the batches move, and the two new rows do (unused rows keep their values)."""
     from dataforge.train.model import add_inst_tokens
 
-    tok = tiny_tokenizer()
+    tok = tiny_tokenizer(chat_template=True)          # the chat format: [INST] comes from inst_tokens alone
     ids = add_inst_tokens(tok)
     model = tiny_llama(len(tok))
     before = model.get_input_embeddings().weight.detach().clone()
@@ -553,6 +553,54 @@ def test_an_epoch_of_one_step(tmp_path):
                       model=tiny_llama(len(tok)), tokenizer=tok, progress=False)
         assert (s["train_samples"], s["total_steps"], s["steps"]) == (4, steps, steps)
         assert [e["epoch"] for e in read_log(tmp_path / f"e{epochs}")] == [float(i) for i in range(1, steps + 1)]
+
+
+def test_without_resume_a_run_starts_over_and_early_stopping_survives_a_resume(data, tmp_path, monkeypatch):
+    """`resume=False` ignores the checkpoints already there; a resumed run keeps counting evals without
+    improvement towards the patience it is given (eval losses scripted: best at step 2, stop at step 4)."""
+    from safetensors.torch import load_file
+
+    losses = {1: 3.0, 2: 2.0, 3: 2.5, 4: 2.6, 5: 2.7, 6: 2.8}
+    monkeypatch.setattr(trainer, "evaluate", lambda objective, evalset, device, autocast, rank, world, fsdp:
+                        {"eval_loss": losses.get(evalset.step[0], 9.0)})
+    tok = tiny_tokenizer()
+    cfg = TrainConfig(max_steps=6, batch_size=2, max_length=128, eval_every=1, save_every=1, keep_checkpoints=10,
+                      early_stop_patience=2, keep_best=False)
+
+    def run(out, **update):
+        evalset_step = [0]
+        real_build = trainer.EvalSet.build
+
+        def build(*a, **k):
+            es = real_build(*a, **k)
+            es.step = evalset_step
+            return es
+
+        monkeypatch.setattr(trainer.EvalSet, "build", build)
+        real_lr = trainer.lr_factor
+
+        def lr_factor(step, total, warmup):
+            evalset_step[0] = step + 1                   # the eval after this step sees its number
+            return real_lr(step, total, warmup)
+
+        monkeypatch.setattr(trainer, "lr_factor", lr_factor)
+        return run_train(data, tmp_path / out, cfg.model_copy(update=update), model=tiny_llama(len(tok)),
+                         tokenizer=tok, progress=False)
+
+    whole = run("whole")
+    assert whole["steps"] == 4 and whole["stopped_early"]["step"] == 4 and whole["best_step"] == 2
+    shutil.copytree(tmp_path / "whole", tmp_path / "part")
+    for ckpt in (tmp_path / "part" / "checkpoints").iterdir():
+        if ckpt.name != "step-0000003":
+            shutil.rmtree(ckpt)                          # as if killed after the checkpoint of step 3
+    part = run("part")
+    assert part["resumed_from"].endswith("step-0000003") and part["steps"] == 4
+    assert part["stopped_early"] == whole["stopped_early"]
+    again = run("whole", resume=False, early_stop_patience=0, max_steps=2)
+    assert again["resumed_from"] is None and again["steps"] == 2 and "stopped_early" not in again
+    fresh = run("fresh", resume=False, early_stop_patience=0, max_steps=2)
+    wa, wf = (load_file(str(tmp_path / d / "model" / "model.safetensors")) for d in ("whole", "fresh"))
+    assert all(torch.equal(wa[k], wf[k]) for k in wf)
 
 
 def test_batches_move_to_the_given_device():

@@ -6,11 +6,11 @@ Heavy imports (torch, transformers) happen when `run_train` is first used, not a
 from .config import TrainConfig
 
 
-def run_train(input_path, output_dir, cfg: TrainConfig, *, progress: bool = True, **kwargs) -> dict:
-    """See `dataforge.train.trainer.run_train`."""
+def run_train(input_path, output_dir, cfg: TrainConfig, **kwargs) -> dict:
+    """See `dataforge.train.trainer.run_train` (its keyword arguments and their defaults live there alone)."""
     from .trainer import run_train as _run
 
-    return _run(input_path, output_dir, cfg, progress=progress, **kwargs)
+    return _run(input_path, output_dir, cfg, **kwargs)
 
 
 __all__ = ["TrainConfig", "run_train"]

@@ -815,9 +815,21 @@ def test_the_configured_temperatures_are_the_heads_targets(data, tmp_path):
     assert losses[0] > 0 and losses[1] > 0 and abs(losses[0] - losses[1]) > 1e-3
 
 
-def test_bf16_on_the_cpu_trains_under_autocast_and_says_so(data, tmp_path):
+def test_bf16_on_the_cpu_trains_under_autocast_and_says_so(data, tmp_path, monkeypatch):
+    """The same first step in float32, bf16 and fp16 (forced): three slightly different losses (each under its
+    own autocast dtype: bf16 keeps 8 mantissa bits, fp16 11), all within 2% of float32's."""
     tok = tiny_tokenizer()
-    s = run_train(data, tmp_path / "bf16", TrainConfig(max_steps=1, batch_size=4, max_length=128, eval_fraction=0.0,
-                                                       bf16="on"), model=tiny_llama(len(tok)), tokenizer=tok,
-                  progress=False)
-    assert s["precision"] == "bfloat16" and math.isfinite(s["final_loss"]["loss"])
+
+    def first_loss(name, **kw):
+        s = run_train(data, tmp_path / name, TrainConfig(max_steps=1, batch_size=4, max_length=128,
+                                                         eval_fraction=0.0, **kw),
+                      model=tiny_llama(len(tok)), tokenizer=tok, progress=False)
+        return s["precision"], s["final_loss"]["loss"]
+
+    p32, l32 = first_loss("f32", bf16="off")
+    pbf, lbf = first_loss("bf16", bf16="on")
+    monkeypatch.setattr(trainer, "choose_precision", lambda *a: torch.float16)
+    p16, l16 = first_loss("fp16")
+    assert (p32, pbf, p16) == ("float32", "bfloat16", "float16")
+    assert len({l32, lbf, l16}) == 3 and all(abs(x - l32) <= 0.02 * l32 for x in (lbf, l16)), (l32, lbf, l16)
+    assert abs(l16 - l32) < abs(lbf - l32)                     # fp16 is the closer of the two

@@ -24,9 +24,12 @@ def test_two_process_gloo_run(tmp_path, monkeypatch):
     with rank_one_beside_this_process(["train", str(data), "-o", str(tmp_path / "run"), "--model", str(base),
                                        "--max-steps", "3", "--batch-size", "2", "--max-length", "128",
                                        "--segment-embedding", "--task-weighting", "uncertainty", "--no-progress",
-                                       "--save-every", "1", "--keep-checkpoints", "3", "--max-grad-norm", "0"],
+                                       "--save-every", "1", "--keep-checkpoints", "3", "--max-grad-norm", "0",
+                                       "--report-to", "tensorboard"],
                                       monkeypatch):
-        summary = run_train(data, tmp_path / "run", TrainConfig(model=str(base), **common), progress=False)
+        summary = run_train(data, tmp_path / "run", TrainConfig(model=str(base), report_to="tensorboard", **common),
+                            progress=False)
+    assert len(list((tmp_path / "run" / "tensorboard").glob("events.out.tfevents.*"))) == 1   # rank 0 reports
     assert summary == json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["world_size"] == 2 and summary["ranks_in_sync"] is True and summary["steps"] == 3
     log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]

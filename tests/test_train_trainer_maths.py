@@ -336,6 +336,12 @@ def test_a_checkpoint_every_few_minutes(data, tmp_path, monkeypatch):
     run_train(data, tmp_path / "timed", cfg, model=tiny_llama(len(tok)), tokenizer=tok, progress=False)
     assert sorted(p.name for p in (tmp_path / "timed" / "checkpoints").iterdir()) == \
         ["step-0000001", "step-0000002", "step-0000003"]
+    # 20 minutes: four readings, i.e. every other step (the loop's start-up readings make step 1 the first);
+    # with 60 / save_minutes instead of 60 * save_minutes every step would save
+    run_train(data, tmp_path / "timed20", cfg.model_copy(update={"save_minutes": 20.0, "max_steps": 5}),
+              model=tiny_llama(len(tok)), tokenizer=tok, progress=False)
+    assert sorted(p.name for p in (tmp_path / "timed20" / "checkpoints").iterdir()) == \
+        ["step-0000001", "step-0000003", "step-0000005"]
     monkeypatch.undo()
     tok = tiny_tokenizer()
     n_tok = len(tok)
@@ -348,7 +354,7 @@ def test_a_checkpoint_every_few_minutes(data, tmp_path, monkeypatch):
     assert s["best_step"] in (1, 2, 3) and "best_dir" not in s and not (tmp_path / "untimed" / "best").exists()
     assert len(tok) == n_tok                                         # dropping instruction tokens needs no mask token
     # 5 of the 24 records have prompts over 40 tokens: 3 of the 6 kept for training, 2 of the 18 held out;
-    # the held-out ones are skipped, not counted as dropped training records
+    # the held-out ones are counted as dropped too: records in = records used + dropped
     assert (s["records_used"], s["train_samples"], s["eval_samples"]) == (19, 3, 16)
     assert s["dropped"] == {"prompt_too_long": 5}          # 3 in train, 2 in the eval split
 

@@ -455,7 +455,7 @@ def test_fp16_scales_the_loss_saves_the_scaler_and_resumes_it(data, tmp_path, mo
     precision, not 2**-16 of them), the scaler's state is in every checkpoint and a resumed run continues it."""
     from safetensors.torch import load_file
 
-    cfg = TrainConfig(max_steps=4, batch_size=2, max_length=128, save_every=1, keep_checkpoints=5, max_grad_norm=0.0)
+    cfg = TrainConfig(max_steps=4, batch_size=2, max_length=128, save_every=3, keep_checkpoints=5, max_grad_norm=0.0)
     tok = tiny_tokenizer()
     f32 = run_train(data, tmp_path / "f32", cfg, model=tiny_llama(len(tok)), tokenizer=tok, progress=False)
     monkeypatch.setattr(trainer, "choose_precision", lambda *a: torch.float16)
@@ -463,7 +463,7 @@ def test_fp16_scales_the_loss_saves_the_scaler_and_resumes_it(data, tmp_path, mo
     root.mkdir()
     from train_helpers import run_then_interrupt
 
-    run_then_interrupt(data, root, cfg, monkeypatch, at=2)
+    run_then_interrupt(data, root, cfg, monkeypatch, at=2)       # b: the interrupt saves step 2, scaler included
     monkeypatch.setattr(trainer, "choose_precision", lambda *a: torch.float16)
     tok_b = tiny_tokenizer()
     b = run_train(data, root / "b", cfg, model=tiny_llama(len(tok_b)), tokenizer=tok_b, progress=False)
@@ -474,10 +474,11 @@ def test_fp16_scales_the_loss_saves_the_scaler_and_resumes_it(data, tmp_path, mo
     def scaler(run, step):
         return json.loads((root / run / "checkpoints" / f"step-{step:07d}" / "state.json").read_text())["scaler"]
 
-    assert [scaler("a", s)["_growth_tracker"] for s in (1, 2, 3, 4)] == [1, 2, 3, 4]   # no overflow, no skip
-    assert scaler("a", 4)["scale"] == 65536.0 and scaler("b", 4) == scaler("a", 4)    # b continued at 2, not 0
-    assert json.loads((tmp_path / "f32" / "checkpoints" / "step-0000001" / "state.json").read_text())["scaler"] == {}
-    m16, m32 = (load_file(str(r / "checkpoints" / "step-0000001" / "optimizer.safetensors"))
+    assert [scaler("a", 3)["_growth_tracker"], scaler("a", 4)["_growth_tracker"]] == [3, 4]   # no overflow, no skip
+    assert scaler("b", 2)["_growth_tracker"] == 2 and scaler("a", 4)["scale"] == 65536.0
+    assert scaler("b", 4) == scaler("a", 4)                                  # b continued at 2, not at 0
+    assert json.loads((tmp_path / "f32" / "checkpoints" / "step-0000003" / "state.json").read_text())["scaler"] == {}
+    m16, m32 = (load_file(str(r / "checkpoints" / "step-0000003" / "optimizer.safetensors"))
                 for r in (root / "a", tmp_path / "f32"))
     norms = [(float(m16[k].norm()), float(m32[k].norm())) for k in m32 if k.endswith("exp_avg")]
     assert len(norms) > 10 and all(abs(x - y) <= 0.05 * y + 1e-9 for x, y in norms), norms

@@ -287,10 +287,14 @@ def test_an_interrupt_saves_the_step_reached_once_and_says_where(data, tmp_path,
     for at, saved, names in ((3, 3, ["step-0000002", "step-0000003"]), (2, 2, ["step-0000002"])):
         out = tmp_path / f"at{at}"
         interrupt_at_step(monkeypatch, at)
+        saves, real_save = [], trainer.save_checkpoint
+        monkeypatch.setattr(trainer, "save_checkpoint", lambda o, step, *a, **k: saves.append(step) or
+                            real_save(o, step, *a, **k))
         tok = tiny_tokenizer()
         with pytest.raises(DataforgeError) as err:
             run_train(data, out, cfg, model=tiny_llama(len(tok)), tokenizer=tok, progress=False)
         monkeypatch.undo()
+        assert saves == sorted({2, saved})                 # each step saved once: no second save of step 2
         assert str(err.value) == (f"interrupted at step {at}/4; the checkpoint of step {saved} is in "
                                   f"{out / 'checkpoints'}: run the same command again to resume")
         assert sorted(p.name for p in (out / "checkpoints").iterdir()) == names

@@ -247,22 +247,43 @@ class FileResult:
         return None if tested <= 0 else (c["killed"] + c["timeout"]) / tested
 
 
+def mutant_changes(scratch: Path, path: str) -> dict[str, tuple[str, ...]]:
+    """Each mutant of `path` in a scratch copy -> its change: the diff (3 lines of context) between the
+    mutated function and the original, as mutmut wrote both into the mutants file. One parse per file (mutmut's
+    own diff re-reads the file for every mutant, far too slow for hundreds of carried verdicts)."""
+    import ast
+    import difflib
+
+    source = (scratch / "mutants" / path).read_text(encoding="utf-8")
+    funcs = {node.name: ast.get_source_segment(source, node) or ""
+             for node in ast.walk(ast.parse(source)) if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+             and "__mutmut_" in node.name}
+    module = path[:-3].replace("/", ".").removesuffix(".__init__")
+    out = {}
+    for name, text in funcs.items():
+        head, _, tail = name.rpartition("__mutmut_")
+        orig = funcs.get(f"{head}__mutmut_orig")
+        if tail == "orig" or orig is None:
+            continue
+        a = orig.replace(f"{head}__mutmut_orig", "FUNC").splitlines()
+        b = text.replace(name, "FUNC").splitlines()
+        out[f"{module}.{name}"] = change_of("\n".join(difflib.unified_diff(a, b, lineterm="", n=3)))
+    return out
+
+
 def detected_in(scratch: Path, files: list[str]) -> dict[str, tuple[int, tuple[str, ...]]]:
     """The mutants an earlier kept run detected: name -> (exit code, change), for --carry-from."""
-    os.chdir(scratch)
-    from mutmut.configuration import reset_config
-    from mutmut.mutation.data import SourceFileMutationData
-    from mutmut.mutation.diff_apply import get_diff_for_mutant
+    import json as _json
+
     from mutmut.stats import status_by_exit_code
 
-    reset_config()
     out = {}
     for path in files:
-        data = SourceFileMutationData(path=Path(path))
-        data.load()
-        for name, code in data.exit_code_by_key.items():
-            if code is not None and status_by_exit_code[code] in DETECTED:
-                out[name] = (code, change_of(get_diff_for_mutant(name, path=path)))
+        codes = _json.loads((scratch / "mutants" / f"{path}.meta").read_text(encoding="utf-8"))["exit_code_by_key"]
+        changes = mutant_changes(scratch, path)
+        for name, code in codes.items():
+            if code is not None and status_by_exit_code[code] in DETECTED and name in changes:
+                out[name] = (code, changes[name])
     return out
 
 
@@ -293,9 +314,9 @@ def collect(scratch: Path, files: list[str], equivalents: list[Equivalent],
         data = SourceFileMutationData(path=Path(path))
         data.load()
         verdicts = []  # (name, status, diff body)
+        changes = mutant_changes(scratch, path) if carried else {}
         for name, code in sorted(data.exit_code_by_key.items(), key=lambda kv: _natural(kv[0])):
-            if code is None and carried and name in carried and \
-                    change_of(get_diff_for_mutant(name, path=path)) == carried[name][1]:
+            if code is None and carried and name in carried and changes.get(name) == carried[name][1]:
                 code = carried[name][0]
                 res.carried += 1
             status = status_by_exit_code[code]

@@ -255,7 +255,8 @@ def mutant_changes(scratch: Path, path: str) -> dict[str, tuple[str, ...]]:
     import difflib
 
     source = (scratch / "mutants" / path).read_text(encoding="utf-8")
-    funcs = {node.name: ast.get_source_segment(source, node) or ""
+    lines = source.splitlines()                  # (ast.get_source_segment splits the file again per call)
+    funcs = {node.name: "\n".join(lines[node.lineno - 1: node.end_lineno])
              for node in ast.walk(ast.parse(source)) if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
              and "__mutmut_" in node.name}
     module = path[:-3].replace("/", ".").removesuffix(".__init__")
@@ -314,7 +315,7 @@ def collect(scratch: Path, files: list[str], equivalents: list[Equivalent],
         data = SourceFileMutationData(path=Path(path))
         data.load()
         verdicts = []  # (name, status, diff body)
-        changes = mutant_changes(scratch, path) if carried else {}
+        changes = mutant_changes(scratch, path)
         for name, code in sorted(data.exit_code_by_key.items(), key=lambda kv: _natural(kv[0])):
             if code is None and carried and name in carried and changes.get(name) == carried[name][1]:
                 code = carried[name][0]
@@ -325,7 +326,10 @@ def collect(scratch: Path, files: list[str], equivalents: list[Equivalent],
                 res.counts["not run"] += 1
                 continue
             listed = any(function_of(e.mutant) == function_of(name) for e in equivalents)
-            diff = get_diff_for_mutant(name, path=path) if status not in DETECTED or listed else ""
+            diff = ""
+            if status not in DETECTED or listed:      # the printed diff is mutmut's; matching uses either
+                diff = get_diff_for_mutant(name, path=path) if status not in DETECTED or name not in changes \
+                    else "\n".join(changes[name])
             verdicts.append((name, status, diff))
         # an entry applies only when it names exactly one mutant of its function (killed ones included)
         named: dict[str, Equivalent] = {}

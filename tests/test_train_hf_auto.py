@@ -55,6 +55,7 @@ def _probe(tok, inst_tokens: bool):
 AUTO_SCRIPT = r"""
 import sys, torch
 from transformers import AutoModelForCausalLM
+torch.set_num_threads(1)                            # the test process's count: bitwise-equal reductions
 path = sys.argv[1]
 try:
     AutoModelForCausalLM.from_pretrained(path)
@@ -86,7 +87,8 @@ def test_automodel_loads_a_modified_checkpoint_with_load_instruct_logits(tmp_pat
     with torch.no_grad():
         via_df = loaded(single_sample_batch(ids, None, segs, 4))["logits"]
         in_memory = model(single_sample_batch(ids, None, segs, 4))["logits"]
-    assert torch.equal(via_auto, via_df) and torch.equal(via_df, in_memory)
+    assert torch.equal(via_df, in_memory), "load_instruct changed the logits"
+    assert torch.equal(via_auto, via_df), "AutoModelForCausalLM's logits differ from load_instruct's"
     from transformers import AutoModelForCausalLM
 
     auto = AutoModelForCausalLM.from_pretrained(tmp_path / "m")

@@ -266,7 +266,11 @@ def test_embedded_smollm2_on_real_seeds(tmp_path, shared_data):
     assert summary.details["seed_tasks"] == 175 and summary.details["candidates"] > 0
     assert summary.details["new_tasks"] >= 1, summary
     seed_texts = [r.instruction for r in read_records(seeds)]
-    new = [r for r in read_records(out)] if out.exists() else []
+    # a task whose instances the 135M model never got right writes no record, so the file may be empty
+    d = summary.details
+    assert d["tasks_written"] + d["tasks_without_instances"] == d["new_tasks"], d
+    new = list(read_records(out)) if out.stat().st_size else []
+    assert len({r.instruction for r in new}) == d["tasks_written"]
     for r in new:
         assert 3 < len(r.instruction.split()) <= 150
         assert max(rouge_l(r.instruction, s) for s in seed_texts) <= 0.7

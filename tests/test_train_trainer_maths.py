@@ -609,6 +609,7 @@ def test_without_resume_a_run_starts_over_and_early_stopping_survives_a_resume(d
     assert part["stopped_early"] == whole["stopped_early"]
     again = run("whole", resume=False, early_stop_patience=0, max_steps=2)
     assert again["resumed_from"] is None and again["steps"] == 2 and "stopped_early" not in again
+    assert sorted({e["step"] for e in read_log(tmp_path / "whole")}) == [1, 2]   # the old run's lines are gone
     fresh = run("fresh", resume=False, early_stop_patience=0, max_steps=2)
     wa, wf = (load_file(str(tmp_path / d / "model" / "model.safetensors")) for d in ("whole", "fresh"))
     assert all(torch.equal(wa[k], wf[k]) for k in wf)

@@ -328,7 +328,8 @@ def run_train(input_path, output_dir, cfg: TrainConfig, *, progress: bool = True
         kept = [line for line in log_path.read_text(encoding="utf-8").splitlines()
                 if line.strip() and _log_step(line) <= step]
         log_path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
-    log = open(log_path, "a", encoding="utf-8") if dist.main else None
+    # a run that starts over (no checkpoint, or resume=False) starts its log over too
+    log = open(log_path, "a" if resumed_from else "w", encoding="utf-8") if dist.main else None
     reporter = None
     if dist.main and cfg.report_to != "none":
         from .reporting import Reporter

@@ -14,6 +14,10 @@ set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 DATAFORGE_PROGRESS=0
 export PYTHONPATH="$(dirname "$here")${PYTHONPATH:+:$PYTHONPATH}"
+# the project's environment when none is active, so `python` and `torchrun` are the ones with torch
+if [ -z "${VIRTUAL_ENV:-}" ] && [ -x "$(dirname "$here")/.venv/bin/python" ]; then
+  export PATH="$(dirname "$here")/.venv/bin:$PATH"
+fi
 
 device="" keep=""
 args=("$@")

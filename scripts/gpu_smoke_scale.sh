@@ -8,10 +8,11 @@ repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 work="${1:-$(mktemp -d /tmp/dataforge-gpu-scale.XXXXXX)}"
 mkdir -p "$work"
 export PYTHONPATH="$repo${PYTHONPATH:+:$PYTHONPATH}" HF_HUB_OFFLINE=1 DATAFORGE_PROGRESS=0
+if [ -z "${VIRTUAL_ENV:-}" ] && [ -x "$repo/.venv/bin/python" ]; then export PATH="$repo/.venv/bin:$PATH"; fi
 fail=0
 report() { echo "$1: $2"; [ "$1" = FAIL ] && fail=1; return 0; }
 
-ngpu=$(python -c "import torch; print(torch.cuda.device_count())")
+ngpu=$(python -c "import torch; print(torch.cuda.device_count())") || { echo "FAIL: torch is not importable by $(command -v python)"; exit 1; }
 if [ "$ngpu" -lt 1 ]; then echo "NOT RUN: no CUDA device"; exit 0; fi
 
 python - "$work" <<'PY' > "$work/setup.log" 2>&1 || report FAIL "setup (see $work/setup.log)"

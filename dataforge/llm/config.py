@@ -70,6 +70,8 @@ class BackendConfig(BaseModel):
                                   "so the answer keeps its own budget after it")
     seed: Optional[int] = Field(None, description="vllm backend engine seed")
     gpu_memory_utilization: float = Field(0.85, gt=0, le=1, description="vllm backend")
+    vllm_eager: Optional[bool] = Field(None, description="vllm backend: no torch.compile or CUDA graphs; None = "
+                                       "eager where there is no CUDA device (vLLM's CPU compile takes minutes)")
 
     @classmethod
     def from_env(cls, **overrides: Any) -> "BackendConfig":

@@ -57,6 +57,31 @@ def test_every_generated_option_shows_its_config_default_and_leaves_it_to_the_co
     assert checked > 150
 
 
+def test_every_generated_option_parses_to_its_config_type(capsys):
+    """typer reads an option's type from the command's annotations: each generated option's is the config
+    field's (`--backend` was once a dictionary option that refused 'local'), and a bad choice is refused
+    with the choices named, on every command that takes the backend options."""
+    import typing
+
+    from dataforge.cli import main
+
+    checked = 0
+    for info in app.registered_commands:
+        generated = getattr(info.callback, "__dataforge_options__", None)
+        if generated is None:
+            continue
+        hints = typing.get_type_hints(info.callback)
+        for opt in generated[1] + generated[2]:
+            assert hints[opt.name] == opt.annotation, (info.name, opt.flags, hints[opt.name])
+        if generated[2]:
+            with pytest.raises(SystemExit) as ex:
+                main([info.name, "--backend", "bogus"])
+            out = capsys.readouterr()
+            assert ex.value.code == 2 and "'openai', 'local', 'vllm'" in out.err + out.out, info.name
+            checked += 1
+    assert checked >= 8
+
+
 def test_hand_written_options_show_the_default_they_apply():
     """Options a command declares itself (not from a config): a default in the help is the real one."""
     for name, command, generated in _commands():

@@ -244,6 +244,9 @@ def config_command(app: typer.Typer, name: str, cls: type[BaseModel] | None, *, 
 
         params = fixed + [o.parameter() for o in own + shared]
         command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+        # typer reads types from __annotations__ before the signature: functools.wraps copied fn's, whose
+        # `backend: dict` would make --backend a dictionary option that refuses every value
+        command.__annotations__ = {p.name: p.annotation for p in params if p.annotation is not p.empty}
         command.__dataforge_options__ = (cls, own, shared)  # type: ignore[attr-defined]  # for the help test
         app.command(name, help=help or fn.__doc__)(command)
         return fn

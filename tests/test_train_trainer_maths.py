@@ -186,6 +186,7 @@ def _summary_of_the_run(run):
     assert (s["input"], s["output_dir"], s["model_dir"]) == (str(run["data"]), str(out), str(out / "model"))
     assert (s["records_in"], s["records_used"], s["train_samples"], s["eval_samples"]) == (24, 24, 22, 2)
     assert s["dropped"] == {} and s["tasks"] == run["tasks"] == ["classification", "generation", "math"]
+    assert all(p.grad is None for p in run["model"].parameters())    # each step frees its gradients
     assert (s["world_size"], s["fsdp"], s["ranks_in_sync"], s["objective"], s["precision"]) == \
         (1, False, True, "sft", "float32")
     assert s["plain_hf"] is True and s["prompt_format"] == "inst" and "adapter" not in s and "merged_dir" not in s

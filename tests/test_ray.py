@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 from dataforge.cli import app
 from dataforge.pipeline import RunOptions, load_pipeline, run_pipeline
 from dataforge.testing.loopback import LoopbackServer
+from conftest import REPO
 from pipeline_helpers import load_jsonl, scripted_responder, small_seeds
 
 
@@ -118,14 +119,20 @@ def _outputs(root: Path) -> dict[str, bytes]:
 
 
 def test_filter_balance_on_ray_writes_what_a_local_run_writes(tmp_path, ray_local, monkeypatch):
-    """`dataforge run filter_balance --ray local`: the gate's scoring, balance's embeddings and the export
-    run as Work on two Ray workers, dedup and the choice on the driver; every file equals a local run's."""
-    monkeypatch.chdir(tmp_path)  # the shipped YAML writes its chat copy under ./runs/filter_balance
+    """`dataforge run filter_balance.yaml --ray local`: the gate's scoring, balance's embeddings and the export
+    run as Work on two Ray workers, dedup and the choice on the driver; every file equals a local run's.
+    The shipped pipeline's stages with the gate's checks that need no model (model calls on Ray workers:
+    the judged test below); with the embedded model's self-consistency this test took 150 s."""
+    monkeypatch.chdir(tmp_path)  # the export writes its chat copy under ./runs/filter_balance
     monkeypatch.setenv("DATAFORGE_PROGRESS", "0")
     src = _gate_input(tmp_path)
+    shipped = (REPO / "pipelines" / "filter_balance.yaml").read_text()
+    assert "  - stage: filter\n" in shipped
+    job = tmp_path / "filter_balance.yaml"
+    job.write_text(shipped.replace("  - stage: filter\n", "  - stage: filter\n    no_llm: true\n"))
     runs = {}
     for name, extra in (("local", []), ("ray", ["--ray", "local"])):
-        res = CliRunner().invoke(app, ["run", "filter_balance", "--input", str(src), "--run-dir", str(tmp_path / name),
+        res = CliRunner().invoke(app, ["run", str(job), "--input", str(src), "--run-dir", str(tmp_path / name),
                                        *extra])
         assert res.exit_code == 0, res.output
         copy = tmp_path / "runs" / "filter_balance" / "balanced.chat.jsonl"

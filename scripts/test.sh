@@ -7,7 +7,11 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 . .venv/bin/activate
 rc=0
-python -m pytest -q "$@" || rc=$?
+# two workers, each module on one of them (modules share fixtures and, for vLLM, one engine at a time);
+# most tests run torch or llama.cpp on one thread, so 2 workers use both cores. Modules go out in the
+# order tests/conftest.py collects them (longest first), not xdist's most-tests-first.
+# DATAFORGE_TEST_WORKERS=0 runs in this process; `-n N` among the arguments also overrides it.
+python -m pytest -q -n "${DATAFORGE_TEST_WORKERS:-2}" --dist loadfile --no-loadscope-reorder "$@" || rc=$?
 if [ "$rc" -eq 5 ]; then
   echo "error: pytest collected no tests (exit 5) - refusing to report success" >&2
   exit 1

@@ -49,12 +49,12 @@ SITE=$("$VPY" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
 echo "$PWD" > "$SITE/dataforge-checkout.pth"
 "$VPY" -c "import vllm, dataforge; print('vllm', vllm.__version__)"
 if [ ! -f "$MODEL/config.json" ]; then
-  say "building $MODEL from the embedded GGUF (load_smollm2 + save_pretrained, bf16)"
+  say "building $MODEL from the embedded GGUF (dequantised + save_pretrained, bf16)"
   "$VPY" - "$MODEL" <<'PY'
 import sys, torch
-from dataforge.train.smollm2 import load_smollm2
-model, tok = load_smollm2(torch.bfloat16)
-model.save_pretrained(sys.argv[1]); tok.save_pretrained(sys.argv[1])
+from dataforge.train.smollm2 import dequantised, smollm2_gguf_path
+model, tok = dequantised(smollm2_gguf_path())
+model.to(torch.bfloat16).save_pretrained(sys.argv[1]); tok.save_pretrained(sys.argv[1])
 PY
 fi
 touch "$STAMP"

@@ -20,10 +20,12 @@ needs_shared = pytest.mark.skipif(
 )
 
 
-# The longest modules (each several minutes on 2 cores) are collected first: under scripts/test.sh's
-# `-n 2 --dist loadfile` one worker starts on them while the other takes the rest, instead of one worker
-# finishing them alone at the end. The order inside each module is kept (the sort is stable).
-LONGEST_MODULES = ("test_vllm_cpu.py", "test_ray.py")
+# The longest modules (measured on 2 cores: vLLM's 300 s, the others 40-70 s) are collected first: under
+# scripts/test.sh's `-n 2 --dist loadfile` one worker starts on vLLM's while the other takes the rest, and
+# the run ends on short modules instead of one worker finishing a long one alone. The order inside each
+# module is kept (the sort is stable).
+LONGEST_MODULES = ("test_vllm_cpu.py", "test_kinds_real_models.py", "test_llama_server.py", "test_train_fsdp.py",
+                   "test_ray.py", "test_gpu_smoke.py", "test_train_lora.py", "test_train_archs.py")
 
 
 def pytest_collection_modifyitems(session, config, items):
@@ -37,18 +39,29 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
+def _shared_cache_parts(tmp_path_factory) -> dict[str, Path]:
+    """Cache folders keyed by content and written whole (renamed into place), so pytest sessions may share
+    them: the ONNX export of the embedder (10-30 s to make) and the dequantised SmolLM2 (about 40 s).
+    Shared between the xdist workers of one run (their base temps sit side by side), and for the ONNX export
+    across the sessions of a mutation run (DATAFORGE_TEST_ONNX_DIR, set by scripts/mutation.py)."""
+    parts: dict[str, Path] = {}
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = tmp_path_factory.getbasetemp().parent / "shared-cache"
+        parts = {name: root / name for name in ("onnx", "smollm2")}
+    if os.environ.get("DATAFORGE_TEST_ONNX_DIR"):
+        parts["onnx"] = Path(os.environ["DATAFORGE_TEST_ONNX_DIR"])
+    return parts
+
+
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path_factory, monkeypatch):
     """Each test session writes request/embedding caches under a temp dir, never the user's home."""
     cache = tmp_path_factory.getbasetemp() / "dataforge-cache"
-    shared_onnx = os.environ.get("DATAFORGE_TEST_ONNX_DIR")
-    if shared_onnx and not (cache / "onnx").exists():
-        # scripts/mutation.py runs a fresh pytest session per mutant: without this each one would
-        # export the embedder to ONNX again (10-30 s); the export is keyed by the model files' hash
-        # and written atomically, so sessions can share it
-        cache.mkdir(parents=True, exist_ok=True)
-        Path(shared_onnx).mkdir(parents=True, exist_ok=True)
-        (cache / "onnx").symlink_to(Path(shared_onnx).resolve(), target_is_directory=True)
+    for name, shared in _shared_cache_parts(tmp_path_factory).items():
+        if not (cache / name).exists():
+            cache.mkdir(parents=True, exist_ok=True)
+            shared.mkdir(parents=True, exist_ok=True)
+            (cache / name).symlink_to(shared.resolve(), target_is_directory=True)
     monkeypatch.setenv("DATAFORGE_CACHE_DIR", str(cache))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")

@@ -20,6 +20,8 @@ def test_split_reasoning_empty_and_stray_close():
     assert (answer, reasoning, unfinished) == ("ce", "a\n\nd\n\nb", False)
     assert split_reasoning("<think>a</think></think>b") == ("b", "a", False)
     assert split_reasoning("x</think>y</think>z") == ("z", "x\n\ny", False)
+    # several stray closes: the thinking between them stays apart, never run together and never the answer
+    assert split_reasoning("x</think>y</think> w</think>z") == ("z", "x\n\ny\n\nw", False)
     # cut off while thinking: the answer before the open think stays, a close inside the think is reasoning
     assert split_reasoning("pre</think>ans<think>more") == ("ans", "pre\n\nmore", True)
     assert split_reasoning("<think>a</think>b</think>c<think>d") == ("c", "a\n\nd\n\nb", True)

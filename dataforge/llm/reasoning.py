@@ -57,7 +57,7 @@ def split_reasoning(text: str | None, message: dict[str, Any] | None = None) -> 
         text = text[: m.start()] + text[end.end():]
     stray = list(_CLOSE.finditer(text))
     if stray:  # a closing tag with no opening one left: the model was still thinking
-        parts.append(_CLOSE.sub("", text[: stray[-1].start()]).strip())
+        parts.extend(piece.strip() for piece in _CLOSE.split(text[: stray[-1].start()]))  # each its own part
         text = text[stray[-1].end():]
     reasoning = "\n\n".join(p for p in parts if p) or None
     answer = text.strip() if reasoning is not None or unfinished else text

@@ -35,9 +35,19 @@ def fake_gguf(tmp_path, monkeypatch):
 def test_converted_once_then_loaded_from_the_cache(fake_gguf, tmp_path, monkeypatch):
     gguf, calls = fake_gguf
     monkeypatch.setenv("DATAFORGE_CACHE_DIR", str(tmp_path / "cache"))
+    root = tmp_path / "cache" / "smollm2"
+    convert = smollm2.dequantised
+    during = []
+
+    def watched(path):
+        during.append(sorted(p.name for p in root.iterdir()))   # what the cache holds mid-conversion
+        return convert(path)
+
+    monkeypatch.setattr(smollm2, "dequantised", watched)
     first, tok = smollm2.load_smollm2()
     second, tok2 = smollm2.load_smollm2(torch.bfloat16)
-    assert len(calls) == 1
+    assert calls == [gguf]
+    assert len(during) == 1 and len(during[0]) == 1 and during[0][0].startswith(".converting-")  # beside, hidden
     folder = tmp_path / "cache" / "smollm2" / f"SmolLM2-135M-Instruct.Q4_1-{file_hash(gguf)}"
     assert (folder / "config.json").is_file() and [p.name for p in folder.parent.iterdir()] == [folder.name]
     torch.manual_seed(0)

@@ -37,5 +37,7 @@ def test_eager_where_no_cuda_device_unless_set(engine_kwargs, monkeypatch, cuda,
 
 
 def test_default_context_is_the_models_own(engine_kwargs):
+    """n_ctx at its default (2048) leaves the context to the model; one token more is passed on."""
     VLLMBackend(BackendConfig(backend="vllm", model="m"))._llm()
-    assert engine_kwargs[0]["max_model_len"] is None and engine_kwargs[0]["seed"] == 0
+    VLLMBackend(BackendConfig(backend="vllm", model="m", n_ctx=2049))._llm()
+    assert [kw["max_model_len"] for kw in engine_kwargs] == [None, 2049] and engine_kwargs[0]["seed"] == 0
